@@ -1,0 +1,17 @@
+# Warnings on for every cellfuse target; sanitizers when asked.
+add_library(cellfuse_options INTERFACE)
+target_compile_options(cellfuse_options INTERFACE -Wall -Wextra -Wpedantic -Wshadow -Wconversion
+                       -Wno-sign-conversion -Wnon-virtual-dtor -Wold-style-cast)
+# GCC 12 reports -Wrestrict inside libstdc++ for `"literal" + std::string` (GCC bug 105651), a
+# false positive in the standard library, not in our code.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+  target_compile_options(cellfuse_options INTERFACE -Wno-restrict)
+endif()
+if(CELLFUSE_WERROR)
+  target_compile_options(cellfuse_options INTERFACE -Werror)
+endif()
+if(CELLFUSE_SANITIZE)
+  target_compile_options(cellfuse_options INTERFACE -fsanitize=address,undefined
+                         -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  target_link_options(cellfuse_options INTERFACE -fsanitize=address,undefined)
+endif()

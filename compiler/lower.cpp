@@ -1,0 +1,36 @@
+#include "compiler/lower.h"
+
+#include "compiler/ir/text.h"
+#include "compiler/ir/verifier.h"
+#include "compiler/passes/passes.h"
+
+namespace cellfuse {
+
+Cell optimize(const Cell& cell, std::vector<Stage>* log) {
+  verify(cell);
+  if (log) log->push_back({"input", print_cell(cell)});
+  Cell current = cell;
+  struct Pass {
+    const char* name;
+    Cell (*run)(const Cell&);
+  };
+  const Pass passes[] = {{"simplify", simplify},
+                         {"cse", eliminate_common_subexpressions},
+                         {"dce", eliminate_dead_code}};
+  // Each pass can expose work for the others (CSE makes operands equal, which simplify's
+  // min(x,x) needs); a handful of rounds reaches the fixed point on any real cell.
+  for (int round = 0; round < 4; ++round) {
+    std::uint64_t before = cell_hash(current);
+    std::size_t before_size = current.graph.size();
+    for (const Pass& pass : passes) {
+      current = pass.run(current);
+      verify(current);
+      if (log) log->push_back({std::string(pass.name) + " (round " + std::to_string(round + 1) + ")",
+                               print_cell(current)});
+    }
+    if (cell_hash(current) == before && current.graph.size() == before_size) break;
+  }
+  return current;
+}
+
+}  // namespace cellfuse

@@ -1,0 +1,178 @@
+// The cellfuse command line: print a cell's IR, run it over a random sequence.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/error.h"
+#include "compiler/ir/text.h"
+#include "compiler/lower.h"
+#include "frontend/cells.h"
+#include "runtime/random_args.h"
+#include "runtime/reference/interpreter.h"
+
+namespace cellfuse {
+namespace {
+
+constexpr const char* kUsage = R"(usage:
+  cellfuse print CELL [--stages] [--dtype f32|f64]
+      the cell's IR before and after the graph passes (--stages: after every pass)
+  cellfuse run CELL --seq T --batch B [--seed S] [--target ref] [--dtype f32|f64]
+      runs CELL over T steps of random inputs (from seed S, default 0) and prints
+      `checksum: <sum of every output and final state>` and `time: <ms>`
+
+CELL is a .cell file or a built-in cell with optional sizes:
+  elman, elman_proj, lstm, gru, lnlstm, peephole
+  lstm:512 (input = hidden = 512), lstm:256,512 (input 256, hidden 512),
+  elman_proj:256,128,64 (input 256, hidden 128, output 64)
+)";
+
+struct Options {
+  std::string command, cell;
+  std::map<std::string, std::string> values;
+  bool stages = false;
+};
+
+Options parse_args(int argc, char** argv) {
+  if (argc < 2) throw Error("missing command\n" + std::string(kUsage));
+  Options o;
+  o.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--stages") {
+      o.stages = true;
+    } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" ||
+               a == "--dtype") {
+      if (i + 1 >= argc) throw Error(a + " needs a value");
+      o.values[a.substr(2)] = argv[++i];
+    } else if (a.rfind("--", 0) == 0) {
+      throw Error("unknown option " + a + "\n" + kUsage);
+    } else if (o.cell.empty()) {
+      o.cell = a;
+    } else {
+      throw Error("unexpected argument '" + a + "'");
+    }
+  }
+  if (o.cell.empty()) throw Error(o.command + ": which cell? (a .cell file or a built-in name)");
+  return o;
+}
+
+std::int64_t int_option(const Options& o, const std::string& name, std::optional<std::int64_t> def) {
+  auto it = o.values.find(name);
+  if (it == o.values.end()) {
+    if (!def) throw Error("run: --" + name + " is required");
+    return *def;
+  }
+  try {
+    std::size_t used = 0;
+    long long v = std::stoll(it->second, &used);
+    if (used != it->second.size() || v < 0) throw std::invalid_argument("");
+    return v;
+  } catch (const std::exception&) {
+    throw Error("--" + name + ": '" + it->second + "' is not a non-negative whole number");
+  }
+}
+
+DType dtype_option(const Options& o) {
+  auto it = o.values.find("dtype");
+  if (it == o.values.end()) return DType::f32;
+  auto d = parse_dtype(it->second);
+  if (!d) throw Error("--dtype: '" + it->second + "' is not f32 or f64");
+  return *d;
+}
+
+Cell load(const Options& o) {
+  if (cells::is_builtin(o.cell)) return cells::by_spec(o.cell, dtype_option(o));
+  if (o.cell.find('/') != std::string::npos || o.cell.find(".cell") != std::string::npos) {
+    Cell c = load_cell_file(o.cell);
+    if (o.values.count("dtype") && c.graph.dtype() != dtype_option(o))
+      throw Error(o.cell + ": the file declares " + std::string(dtype_name(c.graph.dtype())) +
+                  "; edit its header to change the dtype");
+    return c;
+  }
+  throw Error("unknown cell '" + o.cell + "' (built-in cells: " + cells::builtin_names() +
+              "; or give a path to a .cell file)");
+}
+
+int print_command(const Options& o) {
+  Cell cell = load(o);
+  std::vector<Stage> log;
+  optimize(cell, &log);
+  if (o.stages) {
+    for (const Stage& s : log) std::cout << "# after " << s.name << "\n" << s.text << "\n";
+  } else {
+    std::cout << "# before passes\n" << log.front().text << "\n# after passes\n" << log.back().text;
+  }
+  return 0;
+}
+
+template <class T>
+double checksum(const SequenceResult<T>& r) {
+  double sum = 0;
+  for (const auto& t : r.outputs)
+    for (T v : t.data) sum += static_cast<double>(v);
+  for (const auto& t : r.final_states)
+    for (T v : t.data) sum += static_cast<double>(v);
+  return sum;
+}
+
+template <class T>
+int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed) {
+  SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
+  auto start = std::chrono::steady_clock::now();
+  SequenceResult<T> result = interpret_sequence(cell, args);
+  auto stop = std::chrono::steady_clock::now();
+  double ms = std::chrono::duration<double, std::milli>(stop - start).count();
+  std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=ref\n", cell.name.c_str(),
+              std::string(dtype_name(cell.graph.dtype())).c_str(), static_cast<long long>(steps),
+              static_cast<long long>(batch), static_cast<unsigned long long>(seed));
+  std::printf("checksum: %.10g\n", checksum(result));
+  std::printf("time: %.3f ms\n", ms);
+  return 0;
+}
+
+int run_command(const Options& o) {
+  std::string target = o.values.count("target") ? o.values.at("target") : "ref";
+  if (target == "cpu" || target == "cuda")
+    throw Error("--target " + target + ": this build has no " + target +
+                " backend yet; use --target ref");
+  if (target != "ref") throw Error("--target: unknown target '" + target + "' (ref, cpu, cuda)");
+  std::int64_t steps = int_option(o, "seq", std::nullopt);
+  std::int64_t batch = int_option(o, "batch", std::nullopt);
+  auto seed = static_cast<std::uint64_t>(int_option(o, "seed", 0));
+  Cell cell = optimize(load(o));
+  if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed);
+  return run_typed<float>(cell, steps, batch, seed);
+}
+
+int main_checked(int argc, char** argv) {
+  if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0 ||
+                    std::strcmp(argv[1], "-h") == 0)) {
+    std::cout << kUsage;
+    return 0;
+  }
+  Options o = parse_args(argc, argv);
+  if (o.command == "print") return print_command(o);
+  if (o.command == "run") return run_command(o);
+  throw Error("unknown command '" + o.command + "'\n" + kUsage);
+}
+
+}  // namespace
+}  // namespace cellfuse
+
+int main(int argc, char** argv) {
+  try {
+    return cellfuse::main_checked(argc, argv);
+  } catch (const cellfuse::Error& e) {
+    std::fprintf(stderr, "cellfuse: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cellfuse: internal error: %s\n", e.what());
+    return 3;
+  }
+}
