@@ -113,7 +113,7 @@ class StageBuilder {
     return index;
   }
 
-  Stage finish() {
+  SequenceStage finish() {
     if (out_->outputs.empty() && out_->states.empty()) {
       stage_.cell.reset();
     } else {
@@ -158,7 +158,7 @@ class StageBuilder {
   NameSource& names_;
   std::vector<ValueId> map_;
   std::optional<Cell> out_;
-  Stage stage_;
+  SequenceStage stage_;
   std::map<std::uint32_t, int> exported_;
 };
 
@@ -202,7 +202,7 @@ std::string print_plan(const SequencePlan& plan) {
   auto from_name = [](StageInput::From f) {
     return f == StageInput::From::CellInput ? "cell input" : f == StageInput::From::Pre ? "pre output" : "loop output";
   };
-  const std::pair<const char*, const Stage*> stages[] = {
+  const std::pair<const char*, const SequenceStage*> stages[] = {
       {"pre (all steps at once, before the loop)", &plan.pre},
       {"loop (every step)", &plan.loop},
       {"post (all steps at once, after the loop)", &plan.post}};

@@ -28,14 +28,14 @@ struct StageInput {
   int index;  // CellInput: index into the cell's inputs; Pre/Loop: that stage's output index
 };
 
-struct Stage {
+struct SequenceStage {
   std::optional<Cell> cell;         // empty when the stage has no work
   std::vector<StageInput> inputs;   // parallel to cell->inputs
   std::vector<int> params;          // the cell's param index of each of cell->params
 };
 
 struct SequencePlan {
-  Stage pre, loop, post;
+  SequenceStage pre, loop, post;
   // For each output of the cell, the stage that computes it and its output index there.
   struct OutputSource {
     StageKind stage;

@@ -38,7 +38,7 @@ SequenceResult<double> run_plan(const SequencePlan& plan, const Cell& cell,
     }
     return Tensor{};
   };
-  auto params_for = [&](const Stage& s) {
+  auto params_for = [&](const SequenceStage& s) {
     std::vector<Tensor> p;
     for (int i : s.params) p.push_back(args.params[i]);
     return p;
