@@ -18,8 +18,9 @@ Cell optimize(const Cell& cell, std::vector<Stage>* log) {
                          {"cse", eliminate_common_subexpressions},
                          {"dce", eliminate_dead_code}};
   // Each pass can expose work for the others (CSE makes operands equal, which simplify's
-  // min(x,x) needs); a handful of rounds reaches the fixed point on any real cell.
-  for (int round = 0; round < 4; ++round) {
+  // min(x,x) needs); a few rounds reach the fixed point on any real cell, and the cap only
+  // guards against a rule that undoes another.
+  for (int round = 0; round < 16; ++round) {
     std::uint64_t before = cell_hash(current);
     std::size_t before_size = current.graph.size();
     for (const Pass& pass : passes) {

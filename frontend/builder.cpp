@@ -23,13 +23,15 @@ Val widen(const Val& v, const Shape& target) {
   return v;  // let the op report the mismatch
 }
 
+// The shape the other operands widen to: more axes first, then more features.
+bool bigger(const Shape& x, const Shape& y) {
+  return x.rank > y.rank || (x.rank == y.rank && x.features() > y.features());
+}
+
 Val binary(OpKind op, const Val& a, const Val& b) {
   same_cell(a, b);
   const Shape& sa = a.shape();
   const Shape& sb = b.shape();
-  auto bigger = [](const Shape& x, const Shape& y) {
-    return x.rank > y.rank || (x.rank == y.rank && x.features() > y.features());
-  };
   if (sa == sb) return apply(op, {a, b});
   if (bigger(sa, sb)) return apply(op, {a, widen(b, sa)});
   return apply(op, {widen(a, sb), b});
@@ -95,7 +97,11 @@ Val greater_equal(const Val& a, const Val& b) { return binary(OpKind::ge, a, b);
 Val less(const Val& a, const Val& b) { return binary(OpKind::lt, a, b); }
 Val less_equal(const Val& a, const Val& b) { return binary(OpKind::le, a, b); }
 Val where(const Val& cond, const Val& a, const Val& b) {
-  const Shape& target = a.shape().rank >= b.shape().rank ? a.shape() : b.shape();
+  // All three operands widen to the widest of them, as torch.where broadcasts (a [B,1] branch
+  // against a [B,n] one, or a column condition).
+  Shape target = cond.shape();
+  if (bigger(a.shape(), target)) target = a.shape();
+  if (bigger(b.shape(), target)) target = b.shape();
   return apply(OpKind::where, {widen(cond, target), widen(a, target), widen(b, target)});
 }
 
@@ -155,10 +161,10 @@ CellBuilder::CellBuilder(std::string name, DType dtype) : cell_(std::make_unique
 }
 
 Val CellBuilder::input(std::string name, std::int64_t features) {
-  return Val(cell_.get(), cell_->add_input(std::move(name), features));
+  return Val(cell_.get(), live()->add_input(std::move(name), features));
 }
 Val CellBuilder::state(std::string name, std::int64_t features) {
-  return Val(cell_.get(), cell_->add_state(std::move(name), features));
+  return Val(cell_.get(), live()->add_state(std::move(name), features));
 }
 Val CellBuilder::param(std::string name, std::initializer_list<std::int64_t> dims) {
   if (dims.size() == 1) return param(std::move(name), Shape::vector(*dims.begin()));
@@ -167,19 +173,24 @@ Val CellBuilder::param(std::string name, std::initializer_list<std::int64_t> dim
               std::to_string(dims.size()));
 }
 Val CellBuilder::param(std::string name, Shape shape) {
-  return Val(cell_.get(), cell_->add_param(std::move(name), shape));
+  return Val(cell_.get(), live()->add_param(std::move(name), shape));
 }
 Val CellBuilder::constant(double value, Shape shape) {
-  return Val(cell_.get(), cell_->graph.add(OpKind::constant, {}, {value}, shape));
+  return Val(cell_.get(), live()->graph.add(OpKind::constant, {}, {value}, shape));
 }
 void CellBuilder::output(std::string name, const Val& value) {
-  if (&value.cell() != cell_.get()) throw Error("output '" + name + "': value of another cell");
+  if (&value.cell() != live()) throw Error("output '" + name + "': value of another cell");
   cell_->add_output(std::move(name), value.id());
 }
 void CellBuilder::next(const Val& state, const Val& value) {
-  if (&value.cell() != cell_.get() || &state.cell() != cell_.get())
+  if (&value.cell() != live() || &state.cell() != cell_.get())
     throw Error("next: value of another cell");
   cell_->set_next(state.id(), value.id());
+}
+
+Cell* CellBuilder::live() const {
+  if (!cell_) throw Error("CellBuilder used after finish(): the cell was handed out");
+  return cell_.get();
 }
 
 Cell CellBuilder::finish() && {

@@ -105,11 +105,13 @@ class CellBuilder {
   void output(std::string name, const Val& value);
   void next(const Val& state, const Val& value);
 
-  Cell& cell() { return *cell_; }
+  Cell& cell() { return *live(); }
   // Verifies and hands out the cell; the builder is empty afterwards.
   Cell finish() &&;
 
  private:
+  Cell* live() const;
+
   std::unique_ptr<Cell> cell_;
 };
 

@@ -23,10 +23,16 @@ Val elman_step(CellBuilder& b, std::int64_t input, std::int64_t hidden, Val& h) 
   Val x = b.input("x", input);
   h = b.state("h", hidden);
   auto w = gate_weights(b, hidden, input, hidden);
-  return tanh(linear(x, w.W_ih, w.b_ih) + linear(h, w.W_hh, w.b_hh));
+  Val from_input = linear(x, w.W_ih, w.b_ih);
+  Val from_state = linear(h, w.W_hh, w.b_hh);
+  return tanh(from_input + from_state);
 }
 
 }  // namespace
+
+// Every cell below makes one node per statement where an expression would make several: the
+// operands of one call are evaluated in an unspecified order, and node order must not depend on
+// the compiler (it is the cell's printed form and its cache key).
 
 Cell elman(std::int64_t input, std::int64_t hidden, DType dtype) {
   CellBuilder b("elman", dtype);
@@ -41,7 +47,11 @@ Cell elman_proj(std::int64_t input, std::int64_t hidden, std::int64_t output, DT
   CellBuilder b("elman_proj", dtype);
   Val h;
   Val h2 = elman_step(b, input, hidden, h);
-  Val y = linear(h2, b.param("W_ho", {output, hidden}), b.param("b_ho", {output}));
+  // One declaration a statement: the operands of one call are evaluated in an unspecified order,
+  // and the declaration order is the order in which the parameters are passed.
+  Val W_ho = b.param("W_ho", {output, hidden});
+  Val b_ho = b.param("b_ho", {output});
+  Val y = linear(h2, W_ho, b_ho);
   b.output("y", y);
   b.next(h, h2);
   return std::move(b).finish();
@@ -53,9 +63,16 @@ Cell lstm(std::int64_t input, std::int64_t hidden, DType dtype) {
   Val h = b.state("h", hidden);
   Val c = b.state("c", hidden);
   auto w = gate_weights(b, 4 * hidden, input, hidden);
-  auto gates = chunk(linear(x, w.W_ih, w.b_ih) + linear(h, w.W_hh, w.b_hh), 4);
-  Val i = sigmoid(gates[0]), f = sigmoid(gates[1]), g = tanh(gates[2]), o = sigmoid(gates[3]);
-  Val c2 = f * c + i * g;
+  Val from_input = linear(x, w.W_ih, w.b_ih);
+  Val from_state = linear(h, w.W_hh, w.b_hh);
+  auto gates = chunk(from_input + from_state, 4);
+  Val i = sigmoid(gates[0]);
+  Val f = sigmoid(gates[1]);
+  Val g = tanh(gates[2]);
+  Val o = sigmoid(gates[3]);
+  Val kept = f * c;
+  Val written = i * g;
+  Val c2 = kept + written;
   Val h2 = o * tanh(c2);
   b.output("h", h2);
   b.next(h, h2);
@@ -73,7 +90,9 @@ Cell gru(std::int64_t input, std::int64_t hidden, DType dtype) {
   Val r = sigmoid(gi[0] + gh[0]);
   Val z = sigmoid(gi[1] + gh[1]);
   Val n = tanh(gi[2] + r * gh[2]);
-  Val h2 = (1.0 - z) * n + z * h;
+  Val fresh = (1.0 - z) * n;
+  Val kept = z * h;
+  Val h2 = fresh + kept;
   b.output("h", h2);
   b.next(h, h2);
   return std::move(b).finish();
@@ -86,13 +105,30 @@ Cell lnlstm(std::int64_t input, std::int64_t hidden, DType dtype) {
   Val c = b.state("c", hidden);
   Val W_ih = b.param("W_ih", {4 * hidden, input});
   Val W_hh = b.param("W_hh", {4 * hidden, hidden});
-  auto norm = [&](const Val& v, const std::string& name, std::int64_t n) {
-    return layer_norm(v, b.param(name + "_weight", {n}), b.param(name + "_bias", {n}));
+  // Each parameter is declared in a statement of its own: the operands of one expression are
+  // evaluated in an unspecified order, and the declaration order is the order of the arguments,
+  // so it must not depend on the compiler.
+  struct Affine {
+    Val weight, bias;
   };
-  Val gates = norm(linear(x, W_ih), "ln_i", 4 * hidden) + norm(linear(h, W_hh), "ln_h", 4 * hidden);
-  auto g4 = chunk(gates, 4);
-  Val i = sigmoid(g4[0]), f = sigmoid(g4[1]), g = tanh(g4[2]), o = sigmoid(g4[3]);
-  Val c2 = norm(f * c + i * g, "ln_c", hidden);
+  auto norm_params = [&](const std::string& name, std::int64_t n) {
+    Val weight = b.param(name + "_weight", {n});
+    Val bias = b.param(name + "_bias", {n});
+    return Affine{weight, bias};
+  };
+  Affine ln_i = norm_params("ln_i", 4 * hidden);
+  Affine ln_h = norm_params("ln_h", 4 * hidden);
+  Affine ln_c = norm_params("ln_c", hidden);
+  Val x_gates = layer_norm(linear(x, W_ih), ln_i.weight, ln_i.bias);
+  Val h_gates = layer_norm(linear(h, W_hh), ln_h.weight, ln_h.bias);
+  auto g4 = chunk(x_gates + h_gates, 4);
+  Val i = sigmoid(g4[0]);
+  Val f = sigmoid(g4[1]);
+  Val g = tanh(g4[2]);
+  Val o = sigmoid(g4[3]);
+  Val kept = f * c;
+  Val written = i * g;
+  Val c2 = layer_norm(kept + written, ln_c.weight, ln_c.bias);
   Val h2 = o * tanh(c2);
   b.output("h", h2);
   b.next(h, h2);
@@ -108,10 +144,14 @@ Cell peephole(std::int64_t input, std::int64_t hidden, DType dtype) {
   auto w = gate_weights(b, 4 * hidden, input, hidden);
   Val w_ci = b.param("w_ci", {hidden}), w_cf = b.param("w_cf", {hidden});
   Val w_co = b.param("w_co", {hidden});
-  auto gates = chunk(linear(x, w.W_ih, w.b_ih) + linear(h, w.W_hh, w.b_hh), 4);
+  Val from_input = linear(x, w.W_ih, w.b_ih);
+  Val from_state = linear(h, w.W_hh, w.b_hh);
+  auto gates = chunk(from_input + from_state, 4);
   Val i = sigmoid(gates[0] + w_ci * c);
   Val f = sigmoid(gates[1] + w_cf * c);
-  Val c2 = f * c + i * tanh(gates[2]);
+  Val kept = f * c;
+  Val written = i * tanh(gates[2]);
+  Val c2 = kept + written;
   Val o = sigmoid(gates[3] + w_co * c2);
   Val h2 = o * tanh(c2);
   b.output("h", h2);

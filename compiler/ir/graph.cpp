@@ -1,7 +1,9 @@
 #include "compiler/ir/graph.h"
 
 #include <bit>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "compiler/ir/error.h"
 
@@ -154,6 +156,18 @@ Node Graph::make_node(OpKind op, std::vector<ValueId> inputs, std::vector<AttrVa
                   attr_kind_name(spec.kind));
   }
 
+  if (op == OpKind::constant) {
+    double& value = std::get<double>(attrs[0]);
+    // An f32 cell computes with the float nearest the constant: store that float, so that
+    // equal floats are one node, folding agrees with the kernels, and the text shows the short
+    // float spelling ("0.1", not "0.10000000149011612").
+    if (dtype_ == DType::f32) value = static_cast<double>(static_cast<float>(value));
+    // NaN payloads and signs mean nothing in the IR (0/0 folds to -nan on x86, "nan" parses to
+    // +nan): one canonical NaN lets every NaN constant print as `nan`, parse back to the same
+    // bits and share one node.
+    if (std::isnan(value)) value = std::numeric_limits<double>::quiet_NaN();
+  }
+
   Node node{op, Shape{}, std::move(inputs), std::move(attrs)};
   if (info.op_class == OpClass::Leaf) {
     std::string leaf = op == OpKind::constant ? "constant" : std::string(node.leaf_name());
@@ -162,6 +176,8 @@ Node Graph::make_node(OpKind op, std::vector<ValueId> inputs, std::vector<AttrVa
     if (!shape) throw Error(name + " %" + leaf + ": a shape must be given");
     check_leaf_shape(op, leaf, *shape);
     node.shape = *shape;
+    // A vector's unused second dimension is always 0, so that shapes compare and hash by value.
+    if (node.shape.rank == 1) node.shape.dims[1] = 0;
   } else {
     node.shape = infer_shape(*this, op, node.inputs, node.attrs);
     if (shape && *shape != node.shape)
@@ -206,10 +222,21 @@ std::optional<ValueId> Graph::find_leaf(std::string_view name) const {
   return it->second;
 }
 
+void Graph::set_debug_name(ValueId id, std::string name) {
+  if (!id.valid() || id.index >= nodes_.size()) throw InternalError("set_debug_name: bad value");
+  if (nodes_[id.index].leaf_name().empty()) debug_names_[id.index] = std::move(name);
+}
+
 std::string Graph::ref(ValueId id) const {
-  if (id.valid() && id.index < nodes_.size())
-    if (auto leaf = nodes_[id.index].leaf_name(); !leaf.empty()) return "%" + std::string(leaf);
-  return "%" + std::to_string(id.index);
+  if (!id.valid() || id.index >= nodes_.size()) return "%<invalid>";
+  if (auto leaf = nodes_[id.index].leaf_name(); !leaf.empty()) return "%" + std::string(leaf);
+  if (auto it = debug_names_.find(id.index); it != debug_names_.end()) return "%" + it->second;
+  // print_cell numbers the values that are not named leaves, in order. Counting here costs
+  // O(n), but only when a message is made.
+  std::uint32_t ordinal = 0;
+  for (std::uint32_t i = 0; i < id.index; ++i)
+    if (nodes_[i].leaf_name().empty()) ++ordinal;
+  return "%" + std::to_string(ordinal);
 }
 
 std::string Graph::describe(ValueId id) const {
@@ -253,6 +280,8 @@ void Cell::set_next(ValueId state, ValueId value) {
   if (i < 0) throw Error("next: " + graph.ref(state) + " is not a state");
   if (next_states[i].valid())
     throw Error("next: state " + graph.ref(state) + " is updated twice");
+  if (!value.valid() || value.index >= graph.size())
+    throw Error("next: state " + graph.ref(state) + ": the new value is not a value of this cell");
   const Shape& want = graph.node(state).shape;
   const Shape& got = graph.node(value).shape;
   if (want != got)
@@ -282,8 +311,18 @@ bool structurally_equal(const Cell& a, const Cell& b) {
 std::uint64_t cell_hash(const Cell& cell) {
   std::uint64_t h = mix_string(0xcbf29ce484222325ULL, dtype_name(cell.graph.dtype()));
   for (const Node& n : cell.graph.nodes()) h = mix(h, node_hash(n));
+  // The role lists are the calling convention (the order arguments are passed in), so two cells
+  // that differ only there must not share a compiled kernel.
+  auto mix_list = [&](const std::vector<ValueId>& ids) {
+    h = mix(h, ids.size());
+    for (auto v : ids) h = mix(h, v.index);
+  };
+  mix_list(cell.inputs);
+  mix_list(cell.states);
+  mix_list(cell.params);
+  h = mix(h, cell.outputs.size());
   for (const auto& o : cell.outputs) h = mix(mix_string(h, o.name), o.value.index);
-  for (auto v : cell.next_states) h = mix(h, v.index);
+  mix_list(cell.next_states);
   return h;
 }
 

@@ -66,7 +66,14 @@ class Graph {
 
   std::optional<ValueId> find_leaf(std::string_view name) const;
 
-  // "%x" for a leaf named x, "%7" for node 7.
+  // Names a non-leaf value for error messages only: the parser passes on the text's own names
+  // (`%gates`), so that a message points at what the user wrote. Not part of the structure:
+  // never hashed, compared, printed or carried through a pass.
+  void set_debug_name(ValueId id, std::string name);
+
+  // How messages name a value: "%x" for a leaf named x, the text's own name when the value came
+  // from parsed text, else "%7" numbered as print_cell numbers it (so a message about a printed
+  // cell names the line it means).
   std::string ref(ValueId id) const;
   // "%7 [B,33]": a value as error messages name it.
   std::string describe(ValueId id) const;
@@ -80,6 +87,7 @@ class Graph {
   std::vector<Node> nodes_;
   std::unordered_multimap<std::uint64_t, ValueId> by_hash_;
   std::unordered_map<std::string, ValueId> leaves_by_name_;
+  std::unordered_map<std::uint32_t, std::string> debug_names_;
 };
 
 // Shape inference for one op application; throws Error naming the op, the values and the shapes.

@@ -251,6 +251,7 @@ class Parser {
         cell.next_states.push_back(ValueId{});
       }
       if (*op == OpKind::param) cell.params.push_back(id);
+      cell.graph.set_debug_name(id, result.text);
       values_[result.text] = id;
     } catch (const Error& e) {
       lex_.fail(op_tok, e.what());
@@ -265,7 +266,7 @@ class Parser {
     std::vector<std::optional<AttrValue>> got(specs.size());
     if (is_punct("{")) {
       advance();
-      while (true) {
+      while (!is_punct("}")) {
         Token key = expect(Tok::Ident, "an attribute name");
         std::size_t k = first;
         while (k < specs.size() && specs[k].name != key.text) ++k;
@@ -276,6 +277,7 @@ class Parser {
         got[k] = parse_literal(specs[k].kind);
         if (is_punct("}")) break;
         expect_punct(",");
+        if (is_punct("}")) lex_.fail(tok_, "expected an attribute name, found '}'");
       }
       advance();
     }
@@ -300,6 +302,9 @@ class Parser {
     advance();
     const char* begin = t.text.data();
     const char* end = begin + t.text.size();
+    // from_chars takes no '+'; allow one, but not before another sign ("+-1").
+    if (*begin == '+' && end - begin > 1 && begin[1] == '-')
+      lex_.fail(t, "expected a number, found '" + t.text + "'");
     if (kind == AttrKind::Int) {
       std::int64_t v = 0;
       if (*begin == '+') ++begin;

@@ -67,6 +67,10 @@ Shape layout(const Graph& g, OpKind op, const std::vector<ValueId>& in,
                    g.describe(v));
         total += s.features();
       }
+      // The same bound as a leaf's dimensions: sizes stay far from overflow everywhere later.
+      if (total > (std::int64_t{1} << 24))
+        fail(g, op, in,
+             "the result would have " + std::to_string(total) + " features, over 16777216");
       return x.with_features(total);
     }
     case OpKind::slice: {

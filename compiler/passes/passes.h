@@ -15,7 +15,8 @@ Cell eliminate_common_subexpressions(const Cell& cell);
 
 // Algebraic simplification and constant folding: x*1, x+0, x-0, x/1, --x, slices of cat and of
 // slice, cat of adjacent slices, whole-width slices, ops on constants. Rules that would change
-// results for NaN or infinity (x*0 -> 0, x-x -> 0) are not applied.
+// results for NaN or infinity (x*0 -> 0, x-x -> 0) are not applied; the sign of a zero result is
+// not kept (x+0 -> x gives -0 where -0+0 gives +0), as in every fast-math compiler.
 Cell simplify(const Cell& cell);
 
 }  // namespace cellfuse

@@ -70,8 +70,8 @@ class Simplifier {
     return g_.add(op, std::move(inputs), std::move(attrs));
   }
 
+  // (The graph rounds an f32 cell's constants to float.)
   ValueId constant(double value, const Shape& shape) {
-    if (g_.dtype() == DType::f32) value = static_cast<double>(static_cast<float>(value));
     return g_.add(OpKind::constant, {}, {value}, shape);
   }
 
@@ -145,20 +145,31 @@ class Simplifier {
       else
         flat.push_back(part);
     }
+    // A run of slices, each starting where the previous one ends, is one slice; the run is
+    // measured first so that only the one slice is made, not one per step of the run.
     std::vector<ValueId> merged;
-    for (ValueId part : flat) {
-      if (!merged.empty()) {
-        const Node& prev = def(merged.back());
-        const Node& cur = def(part);
-        if (prev.op == OpKind::slice && cur.op == OpKind::slice &&
-            prev.inputs[0] == cur.inputs[0] &&
-            prev.int_attr("start") + prev.int_attr("len") == cur.int_attr("start")) {
-          merged.back() = make(OpKind::slice, {prev.inputs[0]},
-                               {prev.int_attr("start"), prev.int_attr("len") + cur.int_attr("len")});
+    for (std::size_t i = 0; i < flat.size();) {
+      std::size_t j = i + 1;
+      if (def(flat[i]).op == OpKind::slice) {
+        ValueId source = def(flat[i]).inputs[0];
+        std::int64_t start = def(flat[i]).int_attr("start");
+        std::int64_t end = start + def(flat[i]).int_attr("len");
+        for (; j < flat.size(); ++j) {
+          const Node& next = def(flat[j]);
+          if (next.op != OpKind::slice || next.inputs[0] != source ||
+              next.int_attr("start") != end)
+            break;
+          end += next.int_attr("len");
+        }
+        // (make() adds nodes, which may move the graph's node list: hold no Node& across it.)
+        if (j > i + 1) {
+          merged.push_back(make(OpKind::slice, {source}, {start, end - start}));
+          i = j;
           continue;
         }
       }
-      merged.push_back(part);
+      merged.push_back(flat[i]);
+      i = j;
     }
     if (merged == n.inputs) return std::nullopt;
     if (merged.size() == 1) return merged[0];

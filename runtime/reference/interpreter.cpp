@@ -151,11 +151,15 @@ std::vector<std::int64_t> leaf_dims(const Shape& s, std::int64_t batch,
 template <class T>
 void check_tensor(const Cell& cell, ValueId leaf, const HostTensor<T>& t,
                   const std::vector<std::int64_t>& want) {
-  if (t.shape != want || t.numel() != static_cast<std::int64_t>(t.data.size()))
-    bad_arg(cell, leaf, want, t.shape);
+  if (t.shape != want) bad_arg(cell, leaf, want, t.shape);
   std::int64_t n = 1;
   for (auto d : want) n *= d;
-  if (static_cast<std::int64_t>(t.data.size()) != n) bad_arg(cell, leaf, want, t.shape);
+  // The shape is right but the data is not: say so, rather than "expected [3,7], got [3,7]".
+  if (static_cast<std::int64_t>(t.data.size()) != n)
+    throw Error(std::string(op_name(cell.graph.node(leaf).op)) + " %" +
+                std::string(cell.leaf_name(leaf)) + ": a tensor of shape " + shape_string(want) +
+                " needs " + std::to_string(n) + " values, but it holds " +
+                std::to_string(t.data.size()));
 }
 
 // The batch size from the first batched argument; every other argument is checked against it.
