@@ -94,6 +94,9 @@ struct Kernel {
   DType dtype;
   std::vector<Buffer> buffers;
   std::vector<Statement> body;
+  // The number of rows every call covers, when the caller knows it (the time loop's batch);
+  // 0 when calls cover any number. Code generators may specialize for it.
+  std::int64_t rows_hint = 0;
 };
 
 // Readable text of a kernel (for `cellfuse print --kernels` and tests).

@@ -11,10 +11,15 @@
 
 #include "compiler/ir/error.h"
 #include "compiler/ir/text.h"
+#include "compiler/kernel/stage_program.h"
 #include "compiler/lower.h"
+#include "compiler/passes/hoist.h"
 #include "frontend/cells.h"
 #include "runtime/random_args.h"
 #include "runtime/reference/interpreter.h"
+#if CELLFUSE_HAVE_LLVM
+#include "runtime/cpu/cpu_cell.h"
+#endif
 
 namespace cellfuse {
 namespace {
@@ -22,9 +27,14 @@ namespace {
 constexpr const char* kUsage = R"(usage:
   cellfuse print CELL [--stages] [--dtype f32|f64]
       the cell's IR before and after the graph passes (--stages: after every pass)
-  cellfuse run CELL --seq T --batch B [--seed S] [--target ref] [--dtype f32|f64]
+  cellfuse print --fusion CELL [--batch B]
+      how the cell runs: the stages before, in and after the time loop, the GEMMs and fused
+      kernels of each, and why anything is not fused (batch B, default 1, decides whether
+      small matrix products are fused into the kernels)
+  cellfuse run CELL --seq T --batch B [--seed S] [--target ref|cpu] [--dtype f32|f64]
       runs CELL over T steps of random inputs (from seed S, default 0) and prints
-      `checksum: <sum of every output and final state>` and `time: <ms>`
+      `checksum: <sum of every output and final state>` and `time: <ms>`; the same seed
+      gives the same inputs on every target, so the checksums compare
 
 CELL is a .cell file or a built-in cell with optional sizes:
   elman, elman_proj, lstm, gru, lnlstm, peephole
@@ -36,6 +46,7 @@ struct Options {
   std::string command, cell;
   std::map<std::string, std::string> values;
   bool stages = false;
+  bool fusion = false;
 };
 
 Options parse_args(int argc, char** argv) {
@@ -46,6 +57,8 @@ Options parse_args(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--stages") {
       o.stages = true;
+    } else if (a == "--fusion") {
+      o.fusion = true;
     } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" ||
                a == "--dtype") {
       if (i + 1 >= argc) throw Error(a + " needs a value");
@@ -99,7 +112,24 @@ Cell load(const Options& o) {
               "; or give a path to a .cell file)");
 }
 
+int print_fusion(const Options& o) {
+  Cell cell = optimize(load(o));
+  std::int64_t batch = int_option(o, "batch", 1);
+  SequencePlan plan = hoist(cell);
+  std::cout << print_plan(plan);
+  const std::pair<const char*, const SequenceStage*> stages[] = {
+      {"pre", &plan.pre}, {"loop", &plan.loop}, {"post", &plan.post}};
+  for (const auto& [name, stage] : stages) {
+    if (!stage->cell) continue;
+    bool fuse = std::string(name) == "loop" && batch <= 8;
+    std::cout << "# fusion of stage " << name << " (batch " << batch << ")\n"
+              << print_program(*stage->cell, compile_stage(*stage->cell, fuse, name)) << "\n";
+  }
+  return 0;
+}
+
 int print_command(const Options& o) {
+  if (o.fusion) return print_fusion(o);
   Cell cell = load(o);
   std::vector<Stage> log;
   optimize(cell, &log);
@@ -122,15 +152,26 @@ double checksum(const SequenceResult<T>& r) {
 }
 
 template <class T>
-int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed) {
+int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
+              const std::string& target) {
   SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
+  std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=%s\n", cell.name.c_str(),
+              std::string(dtype_name(cell.graph.dtype())).c_str(), static_cast<long long>(steps),
+              static_cast<long long>(batch), static_cast<unsigned long long>(seed), target.c_str());
   auto start = std::chrono::steady_clock::now();
-  SequenceResult<T> result = interpret_sequence(cell, args);
+  SequenceResult<T> result;
+  if (target == "cpu") {
+#if CELLFUSE_HAVE_LLVM
+    auto compiled = compile_cpu(cell, batch);
+    std::printf("compile: %.3f ms\n", compiled->compile_ms());
+    start = std::chrono::steady_clock::now();
+    result = compiled->run(args);
+#endif
+  } else {
+    result = interpret_sequence(cell, args);
+  }
   auto stop = std::chrono::steady_clock::now();
   double ms = std::chrono::duration<double, std::milli>(stop - start).count();
-  std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=ref\n", cell.name.c_str(),
-              std::string(dtype_name(cell.graph.dtype())).c_str(), static_cast<long long>(steps),
-              static_cast<long long>(batch), static_cast<unsigned long long>(seed));
   std::printf("checksum: %.10g\n", checksum(result));
   std::printf("time: %.3f ms\n", ms);
   return 0;
@@ -138,16 +179,20 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
 
 int run_command(const Options& o) {
   std::string target = o.values.count("target") ? o.values.at("target") : "ref";
-  if (target == "cpu" || target == "cuda")
-    throw Error("--target " + target + ": this build has no " + target +
-                " backend yet; use --target ref");
-  if (target != "ref") throw Error("--target: unknown target '" + target + "' (ref, cpu, cuda)");
+#if !CELLFUSE_HAVE_LLVM
+  if (target == "cpu")
+    throw Error("--target cpu: this build has no CPU backend (configured without LLVM); use --target ref");
+#endif
+  if (target == "cuda")
+    throw Error("--target cuda: this build has no CUDA backend yet; use --target ref or cpu");
+  if (target != "ref" && target != "cpu")
+    throw Error("--target: unknown target '" + target + "' (ref, cpu, cuda)");
   std::int64_t steps = int_option(o, "seq", std::nullopt);
   std::int64_t batch = int_option(o, "batch", std::nullopt);
   auto seed = static_cast<std::uint64_t>(int_option(o, "seed", 0));
   Cell cell = optimize(load(o));
-  if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed);
-  return run_typed<float>(cell, steps, batch, seed);
+  if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed, target);
+  return run_typed<float>(cell, steps, batch, seed, target);
 }
 
 int main_checked(int argc, char** argv) {

@@ -1,0 +1,24 @@
+#pragma once
+// The large matrix products, through OpenBLAS: out[m,n] = x[m,k] * W (+ bias), with W given as
+// [n,k] (transposed, nn.Linear's layout) or [k,n].
+#include <cstdint>
+
+namespace cellfuse::cpu {
+
+class Team;
+
+// Large products are shared among the team by columns, each part one single-threaded BLAS call:
+// OpenBLAS's own threads would spin against the team's. Every element is one dot product in the
+// same order whatever the split, so results do not depend on the thread count.
+template <class T>
+void gemm(Team& team, const T* x, const T* weight, bool weight_is_n_by_k, const T* bias, T* out,
+          std::int64_t m, std::int64_t k, std::int64_t n);
+
+// Keeps OpenBLAS to the calling thread (the team does the sharing). Idempotent.
+void use_single_threaded_blas();
+
+// Transposes a [rows, cols] matrix into [cols, rows].
+template <class T>
+void transpose(const T* in, T* out, std::int64_t rows, std::int64_t cols);
+
+}  // namespace cellfuse::cpu

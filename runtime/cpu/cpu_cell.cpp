@@ -1,0 +1,281 @@
+#include "runtime/cpu/cpu_cell.h"
+
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "compiler/codegen/llvm/kernel_codegen.h"
+#include "compiler/ir/error.h"
+#include "compiler/kernel/stage_program.h"
+#include "compiler/lower.h"
+#include "compiler/passes/hoist.h"
+#include "runtime/cpu/llvm_jit.h"
+#include "runtime/cpu/stage_runner.h"
+#include "runtime/cpu/team.h"
+
+namespace cellfuse {
+namespace {
+
+// Fused small products beat a BLAS call up to this many rows.
+constexpr std::int64_t kMaxFusedProductRows = 8;
+
+std::size_t g_compile_count = 0;
+
+// What one sequence length needs in memory, kept between runs of that length: the stage
+// runners, the arrays stages hand to each other, and the two arrays of every state.
+template <class T>
+struct Workspace {
+  std::int64_t steps = -1;
+  std::optional<cpu::StageRunner<T>> stages[3];
+  std::vector<std::vector<T>> exports[3];
+  std::vector<std::vector<T>> current, next;
+};
+
+}  // namespace
+
+struct CpuCell::Impl {
+  Cell cell;
+  SequencePlan plan;
+  cpu::CompiledStage stages[3];  // pre, loop, post
+  std::unique_ptr<LlvmJit> jit;
+  std::unique_ptr<cpu::Team> team;
+  std::int64_t batch = 0;
+  double compile_ms = 0;
+  // Runs are serialized: they share the team and the workspace.
+  std::mutex mutex;
+  Workspace<float> f32;
+  Workspace<double> f64;
+
+  template <class T>
+  Workspace<T>& workspace() {
+    if constexpr (std::is_same_v<T, float>) return f32;
+    else return f64;
+  }
+};
+
+CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std::make_unique<Impl>()) {
+  auto start = std::chrono::steady_clock::now();
+  if (batch < 1) throw Error("CPU backend: batch size must be at least 1, got " + std::to_string(batch));
+  Impl& m = *impl_;
+  m.cell = optimize(cell);
+  m.batch = batch;
+  m.plan = hoist(m.cell);
+  auto context = std::make_unique<llvm::LLVMContext>();
+  auto module = std::make_unique<llvm::Module>("cellfuse_" + cell.name, *context);
+  static std::atomic<std::size_t> unique{0};
+  const std::string prefix = "cf" + std::to_string(++unique) + "_" + cell.name;
+  const SequenceStage* stages[3] = {&m.plan.pre, &m.plan.loop, &m.plan.post};
+  const char* names[3] = {"_pre", "_loop", "_post"};
+  for (int s = 0; s < 3; ++s) {
+    m.stages[s].stage = stages[s];
+    if (!stages[s]->cell) continue;
+    bool fuse = s == 1 && batch <= kMaxFusedProductRows;
+    m.stages[s].program = compile_stage(*stages[s]->cell, fuse, prefix + names[s]);
+    if (s == 1)  // every call of a loop-stage kernel covers the whole batch
+      for (auto& step : m.stages[s].program.steps) step.kernel.kernel.rows_hint = batch;
+    for (const auto& step : m.stages[s].program.steps)
+      if (step.kind == ProgramStep::Kind::Kernel) llvm_codegen::emit_kernel(*module, step.kernel.kernel);
+  }
+  cpu::use_single_threaded_blas();
+  m.team = std::make_unique<cpu::Team>(threads > 0 ? threads : cpu::default_thread_count());
+  m.jit = std::make_unique<LlvmJit>();
+  m.jit->add_module(std::move(module), std::move(context));
+  for (auto& cs : m.stages)
+    for (const auto& step : cs.program.steps)
+      cs.functions.push_back(step.kind == ProgramStep::Kind::Kernel
+                                 ? reinterpret_cast<llvm_codegen::KernelFunction>(m.jit->lookup(step.kernel.kernel.name))
+                                 : nullptr);
+  ++g_compile_count;
+  m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+CpuCell::~CpuCell() = default;
+
+std::int64_t CpuCell::batch() const { return impl_->batch; }
+DType CpuCell::dtype() const { return impl_->cell.graph.dtype(); }
+double CpuCell::compile_ms() const { return impl_->compile_ms; }
+int CpuCell::threads() const { return impl_->team->size(); }
+
+std::string CpuCell::describe() const {
+  std::string out = print_plan(impl_->plan);
+  const char* names[3] = {"pre", "loop", "post"};
+  for (int s = 0; s < 3; ++s) {
+    const auto& cs = impl_->stages[s];
+    if (!cs.stage->cell) continue;
+    out += "# program of stage " + std::string(names[s]) + "\n" + print_program(*cs.stage->cell, cs.program) + "\n";
+  }
+  return out;
+}
+
+namespace {
+
+template <class T>
+void check_args(const Cell& cell, const SequenceArgs<T>& args, std::int64_t batch, std::int64_t& steps) {
+  auto fail = [](const std::string& m) { throw Error("CPU backend: " + m); };
+  if (args.inputs.size() != cell.inputs.size())
+    fail("the cell has " + std::to_string(cell.inputs.size()) + " input(s) but " +
+         std::to_string(args.inputs.size()) + " were given");
+  if (args.states.size() != cell.states.size())
+    fail("the cell has " + std::to_string(cell.states.size()) + " state(s) but " +
+         std::to_string(args.states.size()) + " were given");
+  if (args.params.size() != cell.params.size())
+    fail("the cell has " + std::to_string(cell.params.size()) + " param(s) but " +
+         std::to_string(args.params.size()) + " were given");
+  steps = args.steps;
+  if (!args.inputs.empty() && !args.inputs[0].shape.empty()) steps = args.inputs[0].shape[0];
+  if (steps < 0) fail("cannot tell the sequence length: give steps or per-step inputs");
+  auto expect = [&](ValueId leaf, const HostTensor<T>& t, std::vector<std::int64_t> want) {
+    std::int64_t n = 1;
+    for (auto d : want) n *= d;
+    if (t.shape != want || static_cast<std::int64_t>(t.data.size()) != n)
+      fail(std::string(op_name(cell.graph.node(leaf).op)) + " %" + std::string(cell.leaf_name(leaf)) +
+           ": expected a tensor of shape " + shape_string(want) + ", got " + shape_string(t.shape) +
+           " (compiled for batch " + std::to_string(batch) + ")");
+  };
+  for (std::size_t i = 0; i < cell.inputs.size(); ++i)
+    expect(cell.inputs[i], args.inputs[i], {steps, batch, cell.graph.node(cell.inputs[i]).shape.features()});
+  for (std::size_t i = 0; i < cell.states.size(); ++i)
+    expect(cell.states[i], args.states[i], {batch, cell.graph.node(cell.states[i]).shape.features()});
+  for (std::size_t i = 0; i < cell.params.size(); ++i) {
+    const Shape& s = cell.graph.node(cell.params[i]).shape;
+    expect(cell.params[i], args.params[i],
+           s.rank == 1 ? std::vector<std::int64_t>{s.dims[0]} : std::vector<std::int64_t>{s.dims[0], s.dims[1]});
+  }
+}
+
+}  // namespace
+
+template <class T>
+void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) const {
+  Impl& m = *impl_;
+  const Cell& cell = m.cell;
+  if ((cell.graph.dtype() == DType::f32) != std::is_same_v<T, float>)
+    throw Error("CPU backend: the cell is " + std::string(dtype_name(cell.graph.dtype())) +
+                " but the arguments are " + (std::is_same_v<T, float> ? "f32" : "f64"));
+  std::int64_t steps = 0;
+  check_args(cell, args, m.batch, steps);
+  const std::int64_t B = m.batch, rows = steps * B;
+  auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
+
+  // The caller's result tensors are written in place when they have the right shapes.
+  result.outputs.resize(cell.outputs.size());
+  for (std::size_t o = 0; o < cell.outputs.size(); ++o) {
+    std::vector<std::int64_t> dims{steps, B, cols(cell, cell.outputs[o].value)};
+    if (result.outputs[o].shape != dims || result.outputs[o].data.size() != static_cast<std::size_t>(rows * dims[2]))
+      result.outputs[o] = HostTensor<T>(dims);
+  }
+  result.final_states.resize(cell.states.size());
+
+  std::lock_guard<std::mutex> lock(m.mutex);
+  Workspace<T>& ws = m.template workspace<T>();
+  if (ws.steps != steps) {
+    ws.steps = steps;
+    for (int s = 0; s < 3; ++s) {
+      ws.stages[s].reset();
+      ws.exports[s].clear();
+    }
+    ws.current.clear();
+    ws.next.clear();
+    for (int s = 0; s < 3; ++s) {
+      if (!m.stages[s].stage->cell) continue;
+      ws.stages[s].emplace(m.stages[s], s == 1 ? B : rows, *m.team);
+      const Cell& c = *m.stages[s].stage->cell;
+      for (const auto& o : c.outputs) ws.exports[s].emplace_back(static_cast<std::size_t>(rows * cols(c, o.value)));
+    }
+    for (const auto& s : args.states) {
+      ws.current.emplace_back(s.data.size());
+      ws.next.emplace_back(s.data.size());
+    }
+  }
+  // Each stage output lives in a result tensor (a cell output) or in an export array that a
+  // later stage reads, [T*B, cols] either way.
+  std::vector<T*> output_memory[3];
+  for (int s = 0; s < 3; ++s) {
+    if (!m.stages[s].stage->cell) continue;
+    for (auto& e : ws.exports[s]) output_memory[s].push_back(e.data());
+  }
+  for (std::size_t o = 0; o < m.plan.outputs.size(); ++o)
+    output_memory[static_cast<int>(m.plan.outputs[o].stage)][m.plan.outputs[o].index] = result.outputs[o].data.data();
+  auto source = [&](const StageInput& in) -> T* {
+    switch (in.from) {
+      case StageInput::From::CellInput: return const_cast<T*>(args.inputs[in.index].data.data());
+      case StageInput::From::Pre: return output_memory[0][in.index];
+      case StageInput::From::Loop: return output_memory[1][in.index];
+    }
+    return nullptr;
+  };
+  auto run_batch_stage = [&](int s) {
+    if (steps == 0 || !ws.stages[s]) return;
+    auto& run = *ws.stages[s];
+    const Cell& c = *m.stages[s].stage->cell;
+    run.bind_params(args.params);
+    for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], source(m.stages[s].stage->inputs[i]));
+    run.bind_outputs(output_memory[s].data());
+    run.run();
+  };
+
+  run_batch_stage(0);
+  for (std::size_t s = 0; s < args.states.size(); ++s) {
+    std::copy(args.states[s].data.begin(), args.states[s].data.end(), ws.current[s].begin());
+    result.final_states[s].shape = args.states[s].shape;
+  }
+  if (ws.stages[1]) {
+    auto& run = *ws.stages[1];
+    const Cell& c = *m.plan.loop.cell;
+    run.bind_params(args.params);
+    std::vector<T*> inputs, step_outputs(c.outputs.size());
+    std::vector<std::int64_t> input_size, output_size;
+    for (std::size_t i = 0; i < c.inputs.size(); ++i) {
+      inputs.push_back(source(m.plan.loop.inputs[i]));
+      input_size.push_back(B * cols(c, c.inputs[i]));
+    }
+    for (const auto& o : c.outputs) output_size.push_back(B * cols(c, o.value));
+    // The step reads `current` and its next states are copied into `next`; then they swap.
+    for (std::int64_t t = 0; t < steps; ++t) {
+      for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], inputs[i] + t * input_size[i]);
+      for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], ws.current[s].data());
+      for (std::size_t o = 0; o < c.outputs.size(); ++o) step_outputs[o] = output_memory[1][o] + t * output_size[o];
+      run.bind_outputs(step_outputs.data());
+      run.run();
+      for (std::size_t s = 0; s < c.states.size(); ++s)
+        std::memcpy(ws.next[s].data(), run.at(c.next_states[s]), ws.next[s].size() * sizeof(T));
+      std::swap(ws.current, ws.next);
+    }
+  }
+  for (std::size_t s = 0; s < args.states.size(); ++s) result.final_states[s].data = ws.current[s];
+  run_batch_stage(2);
+}
+
+template <class T>
+SequenceResult<T> CpuCell::run(const SequenceArgs<T>& args) const {
+  SequenceResult<T> result;
+  run_into(args, result);
+  return result;
+}
+
+template void CpuCell::run_into(const SequenceArgs<float>&, SequenceResult<float>&) const;
+template void CpuCell::run_into(const SequenceArgs<double>&, SequenceResult<double>&) const;
+template SequenceResult<float> CpuCell::run(const SequenceArgs<float>&) const;
+template SequenceResult<double> CpuCell::run(const SequenceArgs<double>&) const;
+
+std::shared_ptr<const CpuCell> compile_cpu(const Cell& cell, std::int64_t batch) {
+  static std::mutex mutex;
+  static std::map<std::tuple<std::uint64_t, std::int64_t, int>, std::shared_ptr<const CpuCell>> cache;
+  auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto compiled = std::make_shared<const CpuCell>(cell, batch);
+  cache[key] = compiled;
+  return compiled;
+}
+
+std::size_t cpu_compile_count() { return g_compile_count; }
+
+}  // namespace cellfuse

@@ -1,0 +1,181 @@
+#pragma once
+// Runs one compiled stage (see compiler/kernel/stage_program.h) on the CPU: binds every value of
+// the stage to memory, calls the GEMMs and the generated kernels in order, and spreads each over
+// the team. Everything is allocated when the runner is made; a run only rebinds pointers, so the
+// time loop allocates nothing per step.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "compiler/codegen/llvm/kernel_codegen.h"
+#include "compiler/kernel/stage_program.h"
+#include "compiler/passes/hoist.h"
+#include "runtime/cpu/blas.h"
+#include "runtime/cpu/team.h"
+#include "runtime/tensor.h"
+
+namespace cellfuse::cpu {
+
+// Rows one kernel call covers at most; scratch memory is sized for this many rows.
+constexpr std::int64_t kRowChunk = 64;
+// Below these amounts of work a kernel runs on one thread: waking the team costs more.
+constexpr std::int64_t kMinSharedProduct = 64 * 1024;   // multiply-adds of fused products
+constexpr std::int64_t kMinSharedElements = 32 * 1024;  // elements of element loops
+
+struct CompiledStage {
+  const SequenceStage* stage = nullptr;
+  StageProgram program;
+  std::vector<llvm_codegen::KernelFunction> functions;  // per program step; null for a GEMM
+};
+
+template <class T>
+class StageRunner {
+ public:
+  StageRunner(const CompiledStage& cs, std::int64_t rows, Team& team)
+      : cs_(cs), stage_(*cs.stage->cell), g_(stage_.graph), rows_(rows), team_(team),
+        where_(g_.size(), nullptr) {
+    for (ValueId v : cs.program.temporaries) {
+      temporaries_.emplace_back(static_cast<std::size_t>(rows * g_.node(v).shape.features()));
+      where_[v.index] = temporaries_.back().data();
+    }
+    for (std::size_t i = 0; i < cs.program.steps.size(); ++i) plan_call(i);
+    direct_output_.assign(stage_.outputs.size(), false);
+    std::vector<bool> taken(g_.size(), false);
+    for (std::size_t o = 0; o < stage_.outputs.size(); ++o) {
+      ValueId v = stage_.outputs[o].value;
+      direct_output_[o] = !is_leaf(g_.node(v).op) && !taken[v.index];
+      taken[v.index] = true;
+    }
+    output_memory_.assign(stage_.outputs.size(), nullptr);
+  }
+
+  std::int64_t rows() const { return rows_; }
+
+  // Binds the parameters for the runs to come, and refreshes the transposed copies that fused
+  // products read (the parameters may have changed since the last run).
+  void bind_params(const std::vector<HostTensor<T>>& params) {
+    for (std::size_t p = 0; p < stage_.params.size(); ++p)
+      where_[stage_.params[p].index] = const_cast<T*>(params[cs_.stage->params[p]].data.data());
+    for (auto& [index, copy] : transposed_) {
+      const Shape& s = g_.nodes()[index].shape;  // [n, k]; the copy is [k, n]
+      transpose(where_[index], copy.data(), s.dims[0], s.dims[1]);
+    }
+  }
+
+  // Binds a value to memory owned by the caller (stage inputs, states).
+  void bind(ValueId v, T* memory) { where_[v.index] = memory; }
+  T* at(ValueId v) const { return where_[v.index]; }
+
+  // Has the stage write its outputs straight into `memory[o]` ([rows, cols] each); an output
+  // that is a leaf, or a value another output already took, is copied there after the run.
+  void bind_outputs(const T* const* memory) {
+    for (std::size_t o = 0; o < output_memory_.size(); ++o) {
+      output_memory_[o] = const_cast<T*>(memory[o]);
+      if (direct_output_[o]) where_[stage_.outputs[o].value.index] = output_memory_[o];
+    }
+  }
+
+  void run() {
+    for (std::size_t i = 0; i < cs_.program.steps.size(); ++i) {
+      const ProgramStep& step = cs_.program.steps[i];
+      if (step.kind == ProgramStep::Kind::Gemm) {
+        const GemmStep& gm = step.gemm;
+        gemm<T>(team_, at(gm.x), at(gm.weight), gm.transposed, gm.bias.valid() ? at(gm.bias) : nullptr,
+                at(gm.out), rows_, gm.k, gm.n);
+        continue;
+      }
+      run_kernel(i);
+    }
+    for (std::size_t o = 0; o < output_memory_.size(); ++o)
+      if (!direct_output_[o]) {
+        ValueId v = stage_.outputs[o].value;
+        std::memcpy(output_memory_[o], at(v),
+                    static_cast<std::size_t>(rows_ * g_.node(v).shape.features()) * sizeof(T));
+      }
+  }
+
+ private:
+  struct KernelCall {
+    bool by_columns = false, by_rows = false;
+    std::vector<std::vector<void*>> pointers;    // one set per part that needs its own scratch
+    std::vector<std::pair<int, ValueId>> bound;  // buffers whose memory moves between runs
+  };
+
+  // How step i's kernel is called: small products over a few rows split their columns among
+  // the team (one shared set of scratch buffers, barriers between statements); other kernels
+  // split their rows (each part with its own scratch); work too small to share runs on the
+  // caller alone.
+  void plan_call(std::size_t i) {
+    const ProgramStep& step = cs_.program.steps[i];
+    calls_.emplace_back();
+    if (step.kind != ProgramStep::Kind::Kernel) return;
+    KernelCall& call = calls_.back();
+    const auto& k = step.kernel.kernel;
+    std::int64_t extent = 0, product = 0;
+    for (const auto& st : k.body) {
+      if (st.kind == kernel::Statement::Kind::Loop) extent += st.loop.extent;
+      else product += st.matvec.k * st.matvec.n;
+    }
+    const int parts = team_.size();
+    call.by_columns = parts > 1 && product > 0 && rows_ * product >= kMinSharedProduct;
+    call.by_rows = parts > 1 && !call.by_columns && rows_ * (extent + product) >= kMinSharedElements &&
+                   rows_ >= 2 * parts;
+    const int sets = call.by_rows ? parts : 1;
+    const std::int64_t scratch_rows = call.by_columns ? rows_ : std::min(rows_, kRowChunk);
+    call.pointers.assign(static_cast<std::size_t>(sets), std::vector<void*>(k.buffers.size(), nullptr));
+    for (std::size_t b = 0; b < k.buffers.size(); ++b) {
+      const auto& buf = k.buffers[b];
+      ValueId v = step.kernel.buffers[b];
+      if (buf.role == kernel::BufferRole::Scratch) {
+        for (int set = 0; set < sets; ++set) {
+          scratch_.emplace_back(static_cast<std::size_t>(scratch_rows * buf.cols));
+          call.pointers[set][b] = scratch_.back().data();
+        }
+      } else if (buf.transposed) {
+        auto& copy = transposed_[v.index];
+        copy.resize(static_cast<std::size_t>(buf.rows * buf.cols));
+        for (int set = 0; set < sets; ++set) call.pointers[set][b] = copy.data();
+      } else {
+        call.bound.push_back({static_cast<int>(b), v});
+      }
+    }
+  }
+
+  void run_kernel(std::size_t i) {
+    KernelCall& call = calls_[i];
+    for (auto& set : call.pointers)
+      for (const auto& [b, v] : call.bound) set[b] = where_[v.index];
+    const auto fn = cs_.functions[i];
+    const std::int64_t rows = rows_;
+    if (call.by_columns) {
+      team_.run([&](int part, int parts) {
+        fn(call.pointers[0].data(), 0, rows, part, parts, &Team::barrier_callback, &team_);
+      });
+    } else if (call.by_rows) {
+      team_.run([&](int part, int parts) {
+        std::int64_t first = rows * part / parts, last = rows * (part + 1) / parts;
+        for (std::int64_t r = first; r < last; r += kRowChunk)
+          fn(call.pointers[part].data(), r, std::min(last, r + kRowChunk), 0, 1, nullptr, nullptr);
+      });
+    } else {
+      for (std::int64_t r = 0; r < rows; r += kRowChunk)
+        fn(call.pointers[0].data(), r, std::min(rows, r + kRowChunk), 0, 1, nullptr, nullptr);
+    }
+  }
+
+  const CompiledStage& cs_;
+  const Cell& stage_;
+  const Graph& g_;
+  std::int64_t rows_;
+  Team& team_;
+  std::vector<T*> where_;
+  std::vector<std::vector<T>> temporaries_;
+  std::map<std::uint32_t, std::vector<T>> transposed_;
+  std::vector<std::vector<T>> scratch_;
+  std::vector<KernelCall> calls_;
+  std::vector<bool> direct_output_;
+  std::vector<T*> output_memory_;
+};
+
+}  // namespace cellfuse::cpu
