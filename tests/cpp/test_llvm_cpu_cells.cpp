@@ -144,3 +144,53 @@ TEST(CpuBackend, SameBitsWhateverTheThreadCount) {
 
 }  // namespace
 }  // namespace cellfuse
+
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+#include <llvm/Support/raw_ostream.h>
+
+#include "compiler/codegen/llvm/host_target.h"
+#include "compiler/codegen/llvm/kernel_codegen.h"
+#include "compiler/kernel/stage_program.h"
+#include "compiler/lower.h"
+#include "compiler/passes/hoist.h"
+#include "runtime/cpu/llvm_jit.h"
+
+namespace cellfuse {
+namespace {
+
+// The optimized IR of every kernel of a GRU and a LayerNorm-LSTM: vector math at the host's
+// width, and no call other than LLVM intrinsics (and the barrier callback) anywhere.
+TEST(CpuBackend, GeneratedIrIsVectorMathWithoutLibmCalls) {
+  for (const char* spec : {"gru:40,70", "lnlstm:40,70"}) {
+    llvm::LLVMContext context;
+    llvm::Module module("inspect", context);
+    SequencePlan plan = hoist(optimize(cells::by_spec(spec)));
+    for (const auto* stage : {&plan.pre, &plan.loop, &plan.post}) {
+      if (!stage->cell) continue;
+      for (bool fuse : {false, true})
+        for (const auto& step : compile_stage(*stage->cell, fuse, std::string("k") + (fuse ? "f" : "g") +
+                                                                      std::to_string(reinterpret_cast<std::uintptr_t>(stage) % 997)).steps)
+          if (step.kind == ProgramStep::Kind::Kernel) llvm_codegen::emit_kernel(module, step.kernel.kernel);
+    }
+    optimize_module(module);
+    std::string ir;
+    llvm::raw_string_ostream os(ir);
+    module.print(os, nullptr);
+    os.flush();
+    const int lanes = llvm_codegen::host_target().lanes(4);
+    EXPECT_NE(ir.find("<" + std::to_string(lanes) + " x float>"), std::string::npos) << spec;
+    for (const char* libm : {"@expf", "@tanhf", "@logf", "@log1pf", "@expm1f", "@exp(", "@tanh(", "@log("})
+      EXPECT_EQ(ir.find(libm), std::string::npos) << spec << " calls " << libm;
+    // Every call is an intrinsic or the barrier passed in as an argument.
+    for (std::size_t at = ir.find(" call "); at != std::string::npos; at = ir.find(" call ", at + 1)) {
+      std::string line = ir.substr(at, ir.find('\n', at) - at);
+      EXPECT_TRUE(line.find("@llvm.") != std::string::npos || line.find("%5(") != std::string::npos ||
+                  line.find("void %") != std::string::npos)
+          << line;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cellfuse
