@@ -1,6 +1,7 @@
 #include "runtime/cpu/llvm_jit.h"
 
 #include <llvm/Analysis/TargetTransformInfo.h>
+#include <llvm/Config/llvm-config.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
 #include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
@@ -82,7 +83,11 @@ void LlvmJit::add_module(std::unique_ptr<llvm::Module> module,
 void* LlvmJit::lookup(const std::string& name) {
   auto symbol = jit_->lookup(name);
   if (!symbol) throw Error("LLVM: no function '" + name + "': " + message(symbol.takeError()));
+#if LLVM_VERSION_MAJOR >= 15
+  return symbol->toPtr<void*>();  // LLVM 15 made lookups return an ExecutorAddr
+#else
   return reinterpret_cast<void*>(symbol->getAddress());
+#endif
 }
 
 }  // namespace cellfuse
