@@ -15,3 +15,14 @@ if(CELLFUSE_SANITIZE)
                          -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_link_options(cellfuse_options INTERFACE -fsanitize=address,undefined)
 endif()
+# The fuzz build (clang only): coverage instrumentation for libFuzzer plus ASan and UBSan on every
+# cellfuse target; the fuzz targets themselves add -fsanitize=fuzzer at link time.
+if(CELLFUSE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "CELLFUSE_FUZZ needs clang: configure with "
+                        "-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang")
+  endif()
+  target_compile_options(cellfuse_options INTERFACE -fsanitize=fuzzer-no-link,address,undefined
+                         -fno-sanitize-recover=all -fno-omit-frame-pointer -g)
+  target_link_options(cellfuse_options INTERFACE -fsanitize=address,undefined)
+endif()

@@ -153,24 +153,48 @@ void check_args(const Cell& cell, const SequenceArgs<T>& args, std::int64_t batc
 
 template <class T>
 void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) const {
+  const Cell& cell = impl_->cell;
+  if ((cell.graph.dtype() == DType::f32) != std::is_same_v<T, float>)
+    throw Error("CPU backend: the cell is " + std::string(dtype_name(cell.graph.dtype())) +
+                " but the arguments are " + (std::is_same_v<T, float> ? "f32" : "f64"));
+  std::int64_t steps = 0;
+  check_args(cell, args, impl_->batch, steps);
+  const std::int64_t B = impl_->batch;
+  // The caller's result tensors are written in place when they have the right shapes.
+  result.outputs.resize(cell.outputs.size());
+  for (std::size_t o = 0; o < cell.outputs.size(); ++o) {
+    std::vector<std::int64_t> dims{steps, B, cell.graph.node(cell.outputs[o].value).shape.features()};
+    if (result.outputs[o].shape != dims || result.outputs[o].data.size() != static_cast<std::size_t>(steps * B * dims[2]))
+      result.outputs[o] = HostTensor<T>(dims);
+  }
+  result.final_states.resize(cell.states.size());
+  SequenceView<T> view;
+  view.steps = steps;
+  for (const auto& t : args.inputs) view.inputs.push_back(t.data.data());
+  for (const auto& t : args.states) view.states.push_back(t.data.data());
+  for (const auto& t : args.params) view.params.push_back(t.data.data());
+  for (auto& t : result.outputs) view.outputs.push_back(t.data.data());
+  for (std::size_t s = 0; s < cell.states.size(); ++s) {
+    result.final_states[s].shape = args.states[s].shape;
+    result.final_states[s].data.resize(args.states[s].data.size());
+    view.final_states.push_back(result.final_states[s].data.data());
+  }
+  run_view(view);
+}
+
+template <class T>
+void CpuCell::run_view(const SequenceView<T>& view) const {
   Impl& m = *impl_;
   const Cell& cell = m.cell;
   if ((cell.graph.dtype() == DType::f32) != std::is_same_v<T, float>)
     throw Error("CPU backend: the cell is " + std::string(dtype_name(cell.graph.dtype())) +
                 " but the arguments are " + (std::is_same_v<T, float> ? "f32" : "f64"));
-  std::int64_t steps = 0;
-  check_args(cell, args, m.batch, steps);
-  const std::int64_t B = m.batch, rows = steps * B;
+  if (view.inputs.size() != cell.inputs.size() || view.states.size() != cell.states.size() ||
+      view.params.size() != cell.params.size() || view.outputs.size() != cell.outputs.size() ||
+      view.final_states.size() != cell.states.size() || view.steps < 0)
+    throw Error("CPU backend: a sequence view with the wrong number of inputs, states, params or outputs");
+  const std::int64_t steps = view.steps, B = m.batch, rows = steps * B;
   auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
-
-  // The caller's result tensors are written in place when they have the right shapes.
-  result.outputs.resize(cell.outputs.size());
-  for (std::size_t o = 0; o < cell.outputs.size(); ++o) {
-    std::vector<std::int64_t> dims{steps, B, cols(cell, cell.outputs[o].value)};
-    if (result.outputs[o].shape != dims || result.outputs[o].data.size() != static_cast<std::size_t>(rows * dims[2]))
-      result.outputs[o] = HostTensor<T>(dims);
-  }
-  result.final_states.resize(cell.states.size());
 
   std::lock_guard<std::mutex> lock(m.mutex);
   Workspace<T>& ws = m.template workspace<T>();
@@ -188,47 +212,44 @@ void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) c
       const Cell& c = *m.stages[s].stage->cell;
       for (const auto& o : c.outputs) ws.exports[s].emplace_back(static_cast<std::size_t>(rows * cols(c, o.value)));
     }
-    for (const auto& s : args.states) {
-      ws.current.emplace_back(s.data.size());
-      ws.next.emplace_back(s.data.size());
+    for (ValueId s : cell.states) {
+      ws.current.emplace_back(static_cast<std::size_t>(B * cols(cell, s)));
+      ws.next.emplace_back(static_cast<std::size_t>(B * cols(cell, s)));
     }
   }
-  // Each stage output lives in a result tensor (a cell output) or in an export array that a
+  // Each stage output lives in the caller's output (a cell output) or in an export array that a
   // later stage reads, [T*B, cols] either way.
   std::vector<T*> output_memory[3];
-  for (int s = 0; s < 3; ++s) {
-    if (!m.stages[s].stage->cell) continue;
+  for (int s = 0; s < 3; ++s)
     for (auto& e : ws.exports[s]) output_memory[s].push_back(e.data());
-  }
   for (std::size_t o = 0; o < m.plan.outputs.size(); ++o)
-    output_memory[static_cast<int>(m.plan.outputs[o].stage)][m.plan.outputs[o].index] = result.outputs[o].data.data();
+    output_memory[static_cast<int>(m.plan.outputs[o].stage)][m.plan.outputs[o].index] = view.outputs[o];
   auto source = [&](const StageInput& in) -> T* {
     switch (in.from) {
-      case StageInput::From::CellInput: return const_cast<T*>(args.inputs[in.index].data.data());
+      case StageInput::From::CellInput: return const_cast<T*>(view.inputs[in.index]);
       case StageInput::From::Pre: return output_memory[0][in.index];
       case StageInput::From::Loop: return output_memory[1][in.index];
     }
     return nullptr;
   };
+  std::vector<const T*> params(view.params.begin(), view.params.end());
   auto run_batch_stage = [&](int s) {
     if (steps == 0 || !ws.stages[s]) return;
     auto& run = *ws.stages[s];
     const Cell& c = *m.stages[s].stage->cell;
-    run.bind_params(args.params);
+    run.bind_params(params);
     for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], source(m.stages[s].stage->inputs[i]));
     run.bind_outputs(output_memory[s].data());
     run.run();
   };
 
   run_batch_stage(0);
-  for (std::size_t s = 0; s < args.states.size(); ++s) {
-    std::copy(args.states[s].data.begin(), args.states[s].data.end(), ws.current[s].begin());
-    result.final_states[s].shape = args.states[s].shape;
-  }
+  for (std::size_t s = 0; s < cell.states.size(); ++s)
+    std::memcpy(ws.current[s].data(), view.states[s], ws.current[s].size() * sizeof(T));
   if (ws.stages[1]) {
     auto& run = *ws.stages[1];
     const Cell& c = *m.plan.loop.cell;
-    run.bind_params(args.params);
+    run.bind_params(params);
     std::vector<T*> inputs, step_outputs(c.outputs.size());
     std::vector<std::int64_t> input_size, output_size;
     for (std::size_t i = 0; i < c.inputs.size(); ++i) {
@@ -237,8 +258,9 @@ void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) c
     }
     for (const auto& o : c.outputs) output_size.push_back(B * cols(c, o.value));
     // The step reads `current` and its next states are copied into `next`; then they swap.
-    for (std::int64_t t = 0; t < steps; ++t) {
-      for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], inputs[i] + t * input_size[i]);
+    for (std::int64_t i = 0; i < steps; ++i) {
+      const std::int64_t t = view.reverse ? steps - 1 - i : i;
+      for (std::size_t k = 0; k < c.inputs.size(); ++k) run.bind(c.inputs[k], inputs[k] + t * input_size[k]);
       for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], ws.current[s].data());
       for (std::size_t o = 0; o < c.outputs.size(); ++o) step_outputs[o] = output_memory[1][o] + t * output_size[o];
       run.bind_outputs(step_outputs.data());
@@ -248,7 +270,8 @@ void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) c
       std::swap(ws.current, ws.next);
     }
   }
-  for (std::size_t s = 0; s < args.states.size(); ++s) result.final_states[s].data = ws.current[s];
+  for (std::size_t s = 0; s < cell.states.size(); ++s)
+    std::memcpy(view.final_states[s], ws.current[s].data(), ws.current[s].size() * sizeof(T));
   run_batch_stage(2);
 }
 
@@ -259,6 +282,8 @@ SequenceResult<T> CpuCell::run(const SequenceArgs<T>& args) const {
   return result;
 }
 
+template void CpuCell::run_view(const SequenceView<float>&) const;
+template void CpuCell::run_view(const SequenceView<double>&) const;
 template void CpuCell::run_into(const SequenceArgs<float>&, SequenceResult<float>&) const;
 template void CpuCell::run_into(const SequenceArgs<double>&, SequenceResult<double>&) const;
 template SequenceResult<float> CpuCell::run(const SequenceArgs<float>&) const;

@@ -12,6 +12,19 @@
 
 namespace cellfuse {
 
+// A whole sequence in memory the caller owns (row-major, shapes as the cell declares them, the
+// batch the cell was compiled for): what bindings to other frameworks pass, with no copies.
+template <class T>
+struct SequenceView {
+  std::int64_t steps = 0;
+  std::vector<const T*> inputs;    // [T,B,n] per cell input
+  std::vector<const T*> states;    // [B,n] per state: the initial states
+  std::vector<const T*> params;    // per param, its declared shape
+  std::vector<T*> outputs;         // [T,B,n] per cell output, written
+  std::vector<T*> final_states;    // [B,n] per state, written
+  bool reverse = false;            // run the steps from T-1 down to 0 (a BPTT backward step)
+};
+
 class CpuCell {
  public:
   // Compiles `cell` (f32 or f64, as declared) for batch size `batch`, to run on `threads`
@@ -31,6 +44,9 @@ class CpuCell {
   // allocation when the same result is passed again).
   template <class T>
   void run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) const;
+  // The same on borrowed memory; only the counts are checked (the caller checks shapes).
+  template <class T>
+  void run_view(const SequenceView<T>& view) const;
 
   std::int64_t batch() const;
   DType dtype() const;

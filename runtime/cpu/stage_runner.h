@@ -54,9 +54,9 @@ class StageRunner {
 
   // Binds the parameters for the runs to come, and refreshes the transposed copies that fused
   // products read (the parameters may have changed since the last run).
-  void bind_params(const std::vector<HostTensor<T>>& params) {
+  void bind_params(const std::vector<const T*>& params) {
     for (std::size_t p = 0; p < stage_.params.size(); ++p)
-      where_[stage_.params[p].index] = const_cast<T*>(params[cs_.stage->params[p]].data.data());
+      where_[stage_.params[p].index] = const_cast<T*>(params[cs_.stage->params[p]]);
     for (auto& [index, copy] : transposed_) {
       const Shape& s = g_.nodes()[index].shape;  // [n, k]; the copy is [k, n]
       transpose(where_[index], copy.data(), s.dims[0], s.dims[1]);
