@@ -51,7 +51,7 @@ FusionPlan plan_fusion(const Cell& stage, const FusionOptions& options) {
       continue;
     }
     level[i] = l;
-    if (is_leaf(n.op)) continue;
+    if (is_leaf(n.op) && n.op != OpKind::constant) continue;
     // Invariant work is recomputed inline where it is used, unless the stage must store it.
     if (invariant[i] && !is_root[i]) continue;
     kernels[l].push_back(id);

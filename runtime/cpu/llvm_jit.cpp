@@ -2,6 +2,7 @@
 
 #include <llvm/Analysis/TargetTransformInfo.h>
 #include <llvm/Config/llvm-config.h>
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
 #include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
@@ -65,6 +66,11 @@ LlvmJit::LlvmJit() {
   auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(host_machine_builder()).create();
   if (!jit) throw Error("LLVM: cannot create the JIT: " + message(jit.takeError()));
   jit_ = std::move(*jit);
+  // LLVM turns some loops into calls of memset or memcpy; they resolve in this process.
+  auto process = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+      jit_->getDataLayout().getGlobalPrefix());
+  if (!process) throw Error("LLVM: cannot search this process's symbols: " + message(process.takeError()));
+  jit_->getMainJITDylib().addGenerator(std::move(*process));
 }
 
 LlvmJit::~LlvmJit() = default;

@@ -12,6 +12,14 @@
 
 namespace cellfuse::testing_support {
 
+// Sanitizer builds (Debug, ASan + UBSan) run the same checks on fewer cases: they are there to
+// catch memory errors, which a handful of cases exercise as well as many.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // The same cell in f64: what the interpreter uses as the oracle for an f32 cell.
 inline Cell as_f64(const Cell& cell) {
   Cell out(DType::f64);

@@ -102,3 +102,24 @@ TEST(Fusion, ConcatenationSplitsTheLoopAtItsPieces) {
 
 }  // namespace
 }  // namespace cellfuse
+
+namespace cellfuse {
+namespace {
+
+// A constant next state (a gradient that is zero every step) is written by a kernel.
+TEST(Fusion, ConstantResultsAreWritten) {
+  CellBuilder b("zero");
+  Val x = b.input("x", 3);
+  Val h = b.state("h", 3);
+  b.output("y", x * h);
+  b.next(h, b.constant(0.0, Shape::batched(3)));
+  StageProgram p = compile_stage(*hoist(std::move(b).finish()).loop.cell, false, "t");
+  ASSERT_EQ(p.steps.size(), 1u);
+  bool stores_constant = false;
+  for (const auto& st : p.steps[0].kernel.kernel.body)
+    for (const auto& inst : st.loop.insts) stores_constant = stores_constant || inst.kind == kernel::Inst::Kind::Const;
+  EXPECT_TRUE(stores_constant);
+}
+
+}  // namespace
+}  // namespace cellfuse

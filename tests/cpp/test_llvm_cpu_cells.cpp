@@ -59,7 +59,10 @@ INSTANTIATE_TEST_SUITE_P(OddSizes, StandardCells,
                          });
 
 TEST(CpuBackend, WideHiddenLayer) {
-  for (std::int64_t batch : {1, 3, 64}) check_cell(cells::lstm(13, 1000), 2, batch, 11);
+  for (std::int64_t batch : {1, 3, 64}) {
+    if (testing_support::kSanitized && batch != 3) continue;  // the sanitizer build: one batch size
+    check_cell(cells::lstm(13, 1000), 2, batch, 11);
+  }
   check_cell(cells::elman_proj(9, 1000, 17), 3, 2, 5);
   check_cell(cells::lnlstm(8, 1000), 2, 3, 5);
 }
