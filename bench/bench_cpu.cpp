@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include "bench/workloads.h"
+#include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
 #include "runtime/random_args.h"
 
@@ -24,12 +25,29 @@ void run_workload(benchmark::State& state, const cellfuse::bench::Workload& w) {
   state.counters["compile_ms"] = compiled->compile_ms();
 }
 
+// Forward and backward (BPTT) with loss gradients for every output and final state: what a
+// training step of the cell costs.
+void train_workload(benchmark::State& state, const cellfuse::bench::Workload& w) {
+  cellfuse::Cell cell = cellfuse::cells::by_spec(w.cell);
+  auto compiled = cellfuse::compile_cpu_bptt(cell, w.batch);
+  auto args = cellfuse::random_sequence_args<float>(cell, w.steps, w.batch, 1);
+  auto seeds = cellfuse::random_loss_gradients<float>(cell, w.steps, w.batch, 2);
+  compiled->run(args, seeds);
+  for (auto _ : state) benchmark::DoNotOptimize(compiled->run(args, seeds));
+  state.counters["compile_ms"] = compiled->compile_ms();
+}
+
 const bool registered = [] {
-  for (const auto& w : cellfuse::bench::workloads())
+  for (const auto& w : cellfuse::bench::workloads()) {
     benchmark::RegisterBenchmark(("forward/" + w.id).c_str(), run_workload, w)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->MeasureProcessCPUTime();
+    benchmark::RegisterBenchmark(("train/" + w.id).c_str(), train_workload, w)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MeasureProcessCPUTime();
+  }
   return true;
 }();
 

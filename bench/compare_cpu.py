@@ -111,10 +111,23 @@ def median_ms(fn, runs):
     return statistics.median(times)
 
 
-def torch_times(kind, i, h, o, steps, batch, runs):
+def flatten(results):
+    if isinstance(results, (tuple, list)):
+        return [t for r in results for t in flatten(r)]
+    return [results]
+
+
+def loss_of(results, seeds):
+    """sum(result * seed) over every output and final state: seeds every gradient, as
+    bench_cpu's train/ benchmarks do."""
+    return sum((r * g).sum() for r, g in zip(flatten(results), seeds))
+
+
+def torch_times(kind, i, h, o, steps, batch, runs, train):
     torch.manual_seed(0)
-    xs = torch.randn(steps, batch, i)
-    h0, c0 = torch.randn(batch, h), torch.randn(batch, h)
+    xs = torch.randn(steps, batch, i, requires_grad=train)
+    h0 = torch.randn(batch, h, requires_grad=train)
+    c0 = torch.randn(batch, h, requires_grad=train)
     if kind == "elman_proj":
         cell, seq = ElmanProj(i, h, o), Sequence1
         args = (xs, h0)
@@ -123,16 +136,30 @@ def torch_times(kind, i, h, o, steps, batch, runs):
         seq = Sequence2
         args = (xs, h0, c0)
     out = {}
-    with torch.no_grad():
-        eager = seq(cell)
-        out["eager"] = median_ms(lambda: eager(*args), runs)
-        scripted = torch.jit.script(seq(cell))
-        for _ in range(2):  # the profiling executor optimizes after a few calls
-            scripted(*args)
-        out["torchscript"] = median_ms(lambda: scripted(*args), runs)
-        if kind == "lstm":
-            lstm = nn.LSTM(i, h)
-            out["nn.LSTM"] = median_ms(lambda: lstm(xs, (h0[None], c0[None])), runs)
+    eager = seq(cell)
+    scripted = torch.jit.script(seq(cell))
+    lstm = nn.LSTM(i, h) if kind == "lstm" else None
+
+    def measure(fn):
+        if not train:
+            with torch.no_grad():
+                return median_ms(fn, runs)
+        seeds = [torch.randn_like(r) for r in flatten(fn())]
+
+        def step():
+            loss_of(fn(), seeds).backward()
+        return median_ms(step, runs)
+
+    out["eager"] = measure(lambda: eager(*args))
+    for _ in range(2):  # the profiling executor optimizes after a few calls
+        if train:
+            loss_of(scripted(*args), [torch.ones(1)] * 4).backward()
+        else:
+            with torch.no_grad():
+                scripted(*args)
+    out["torchscript"] = measure(lambda: scripted(*args))
+    if lstm is not None:
+        out["nn.LSTM"] = measure(lambda: lstm(xs, (h0[None], c0[None])))
     return out
 
 
@@ -144,9 +171,9 @@ def cellfuse_times(build, runs):
     times, compile_ms = {}, {}
     for b in result["benchmarks"]:
         if b.get("aggregate_name") == "median":
-            wid = b["run_name"].split("/")[1]
-            times[wid] = b["real_time"]
-            compile_ms[wid] = b.get("compile_ms")
+            mode, wid = b["run_name"].split("/")[:2]
+            times[(mode, wid)] = b["real_time"]
+            compile_ms[(mode, wid)] = b.get("compile_ms")
     return times, compile_ms
 
 
@@ -160,35 +187,38 @@ def main():
     only = set(args.only.split(",")) if args.only else None
 
     ours, compile_ms = cellfuse_times(args.build, args.runs)
-    rows = []
-    for wid, kind, i, h, o, steps, batch in WORKLOADS:
-        if only and wid not in only:
-            continue
-        t = torch_times(kind, i, h, o, steps, batch, args.runs)
-        rows.append((wid, kind, steps, batch, i, h, ours[wid], t, compile_ms[wid]))
-
-    lines = [
-        "| workload | shape | cellfuse ms | eager ms | TorchScript ms | nn.LSTM ms | eager / cellfuse | TorchScript / cellfuse | cellfuse / nn.LSTM |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for wid, kind, steps, batch, i, h, ms, t, _ in rows:
-        lstm = t.get("nn.LSTM")
-        lines.append(
-            f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ms:.2f} | {t['eager']:.2f} | "
-            f"{t['torchscript']:.2f} | {lstm:.2f} |" if lstm else
-            f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ms:.2f} | {t['eager']:.2f} | "
-            f"{t['torchscript']:.2f} | — |")
-        lines[-1] += f" {t['eager'] / ms:.1f}× | {t['torchscript'] / ms:.1f}× | " + (
-            f"{ms / lstm:.2f} |" if lstm else "— |")
+    sections = []
+    for mode, title in (("forward", "Forward"), ("train", "Forward + backward (BPTT, every gradient)")):
+        lines = [
+            f"### {title}",
+            "",
+            "| workload | shape | cellfuse ms | eager ms | TorchScript ms | nn.LSTM ms | eager / cellfuse "
+            "| TorchScript / cellfuse | cellfuse / nn.LSTM |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        compiles = []
+        for wid, kind, i, h, o, steps, batch in WORKLOADS:
+            if only and wid not in only:
+                continue
+            ms = ours[(mode, wid)]
+            t = torch_times(kind, i, h, o, steps, batch, args.runs, mode == "train")
+            lstm = t.get("nn.LSTM")
+            lines.append(
+                f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ms:.2f} | {t['eager']:.2f} | "
+                f"{t['torchscript']:.2f} | " + (f"{lstm:.2f}" if lstm else "—") +
+                f" | {t['eager'] / ms:.1f}× | {t['torchscript'] / ms:.1f}× | " +
+                (f"{ms / lstm:.2f} |" if lstm else "— |"))
+            compiles.append(f"{wid} {compile_ms[(mode, wid)]:.0f}")
+        lines += ["", "Compile times (ms): " + ", ".join(compiles), ""]
+        sections.append("\n".join(lines))
     header = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads); forward only; "
+        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"medians of {args.runs} runs.",
         f"Command: python3 bench/compare_cpu.py --build {args.build} --runs {args.runs}",
-        "Compile times (ms): " + ", ".join(f"{r[0]} {r[8]:.0f}" for r in rows),
         "",
     ]
-    text = "\n".join(header + lines) + "\n"
+    text = "\n".join(header) + "\n" + "\n".join(sections)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

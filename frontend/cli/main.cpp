@@ -13,12 +13,19 @@
 #include "compiler/ir/text.h"
 #include "compiler/kernel/stage_program.h"
 #include "compiler/lower.h"
+#include "compiler/passes/autodiff.h"
 #include "compiler/passes/hoist.h"
 #include "frontend/cells.h"
 #include "runtime/random_args.h"
+#include "runtime/reference/bptt.h"
 #include "runtime/reference/interpreter.h"
 #if CELLFUSE_HAVE_LLVM
+#include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
+#endif
+#if CELLFUSE_HAVE_CUDA
+#include "compiler/codegen/cuda/cuda_program.h"
+#include "runtime/cuda/cuda_cell.h"
 #endif
 
 namespace cellfuse {
@@ -27,14 +34,21 @@ namespace {
 constexpr const char* kUsage = R"(usage:
   cellfuse print CELL [--stages] [--dtype f32|f64]
       the cell's IR before and after the graph passes (--stages: after every pass)
+  cellfuse print --backward CELL [--dtype f32|f64]
+      the generated backward step (BPTT), what the forward saves for it with the bytes saved
+      per step per batch row, and how the parameter gradients are formed after the loop
   cellfuse print --fusion CELL [--batch B]
       how the cell runs: the stages before, in and after the time loop, the GEMMs and fused
       kernels of each, and why anything is not fused (batch B, default 1, decides whether
       small matrix products are fused into the kernels)
-  cellfuse run CELL --seq T --batch B [--seed S] [--target ref|cpu] [--dtype f32|f64]
+  cellfuse print --cuda CELL [--batch B]
+      the CUDA C source of every kernel of every stage, as NVRTC compiles it (needs no GPU)
+  cellfuse run CELL --seq T --batch B [--seed S] [--target ref|cpu|cuda] [--dtype f32|f64]
       runs CELL over T steps of random inputs (from seed S, default 0) and prints
       `checksum: <sum of every output and final state>` and `time: <ms>`; the same seed
       gives the same inputs on every target, so the checksums compare
+      --backward: forward and backward (BPTT), the loss gradients seeded from the same seed;
+      adds `grad checksum: <sum of every gradient: inputs, initial states, parameters>`
 
 CELL is a .cell file or a built-in cell with optional sizes:
   elman, elman_proj, lstm, gru, lnlstm, peephole
@@ -47,6 +61,8 @@ struct Options {
   std::map<std::string, std::string> values;
   bool stages = false;
   bool fusion = false;
+  bool backward = false;
+  bool cuda = false;
 };
 
 Options parse_args(int argc, char** argv) {
@@ -59,6 +75,10 @@ Options parse_args(int argc, char** argv) {
       o.stages = true;
     } else if (a == "--fusion") {
       o.fusion = true;
+    } else if (a == "--cuda") {
+      o.cuda = true;
+    } else if (a == "--backward") {
+      o.backward = true;
     } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" ||
                a == "--dtype") {
       if (i + 1 >= argc) throw Error(a + " needs a value");
@@ -128,8 +148,26 @@ int print_fusion(const Options& o) {
   return 0;
 }
 
+int print_cuda(const Options& o) {
+#if CELLFUSE_HAVE_CUDA
+  Cell cell = optimize(load(o));
+  std::cout << cuda_codegen::print_cuda_program(
+      cuda_codegen::compile_cuda_program(cell, int_option(o, "batch", 1), cell.name));
+  return 0;
+#else
+  (void)o;
+  throw Error("print --cuda: this build has no CUDA backend (configured without the CUDA toolkit)");
+#endif
+}
+
 int print_command(const Options& o) {
+  if (o.cuda) return print_cuda(o);
+  if (o.fusion && o.backward) throw Error("print: --fusion and --backward are separate views; give one");
   if (o.fusion) return print_fusion(o);
+  if (o.backward) {
+    std::cout << print_backward(differentiate(load(o)));
+    return 0;
+  }
   Cell cell = load(o);
   std::vector<Stage> log;
   optimize(cell, &log);
@@ -167,6 +205,14 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
     start = std::chrono::steady_clock::now();
     result = compiled->run(args);
 #endif
+  } else if (target == "cuda") {
+#if CELLFUSE_HAVE_CUDA
+    auto compiled = compile_cuda(cell, batch);
+    std::printf("device: %s (%s)\n", compiled->device_name().c_str(), compiled->architecture().c_str());
+    std::printf("compile: %.3f ms%s\n", compiled->compile_ms(), compiled->cubin_from_cache() ? " (cubin from the disk cache)" : "");
+    start = std::chrono::steady_clock::now();
+    result = compiled->run(args);
+#endif
   } else {
     result = interpret_sequence(cell, args);
   }
@@ -177,20 +223,57 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
   return 0;
 }
 
+// Forward and backward over the sequence: the loss gradients of every output and final state
+// come from the same seed, so the gradient checksums of every target compare.
+template <class T>
+int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
+                       const std::string& target) {
+  if (target == "cuda")
+    throw Error("run --backward: --target cuda has no backward yet; use --target ref or cpu");
+  SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
+  LossGradients<T> seeds = random_loss_gradients<T>(cell, steps, batch, seed);
+  std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=%s, forward+backward\n", cell.name.c_str(),
+              std::string(dtype_name(cell.graph.dtype())).c_str(), static_cast<long long>(steps),
+              static_cast<long long>(batch), static_cast<unsigned long long>(seed), target.c_str());
+  auto start = std::chrono::steady_clock::now();
+  BpttResult<T> result;
+  if (target == "cpu") {
+#if CELLFUSE_HAVE_LLVM
+    auto compiled = compile_cpu_bptt(cell, batch);
+    std::printf("compile: %.3f ms\n", compiled->compile_ms());
+    start = std::chrono::steady_clock::now();
+    result = compiled->run(args, seeds);
+#endif
+  } else {
+    result = reference_bptt(differentiate(cell), args, seeds);
+  }
+  auto stop = std::chrono::steady_clock::now();
+  std::printf("checksum: %.10g\n", checksum(result.forward));
+  std::printf("grad checksum: %.10g\n", gradient_checksum(result.grads));
+  std::printf("time: %.3f ms\n", std::chrono::duration<double, std::milli>(stop - start).count());
+  return 0;
+}
+
 int run_command(const Options& o) {
   std::string target = o.values.count("target") ? o.values.at("target") : "ref";
 #if !CELLFUSE_HAVE_LLVM
   if (target == "cpu")
     throw Error("--target cpu: this build has no CPU backend (configured without LLVM); use --target ref");
 #endif
+#if !CELLFUSE_HAVE_CUDA
   if (target == "cuda")
-    throw Error("--target cuda: this build has no CUDA backend yet; use --target ref or cpu");
-  if (target != "ref" && target != "cpu")
+    throw Error("--target cuda: this build has no CUDA backend (configured without the CUDA toolkit); use --target ref");
+#endif
+  if (target != "ref" && target != "cpu" && target != "cuda")
     throw Error("--target: unknown target '" + target + "' (ref, cpu, cuda)");
   std::int64_t steps = int_option(o, "seq", std::nullopt);
   std::int64_t batch = int_option(o, "batch", std::nullopt);
   auto seed = static_cast<std::uint64_t>(int_option(o, "seed", 0));
   Cell cell = optimize(load(o));
+  if (o.backward) {
+    if (cell.graph.dtype() == DType::f64) return run_backward_typed<double>(cell, steps, batch, seed, target);
+    return run_backward_typed<float>(cell, steps, batch, seed, target);
+  }
   if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed, target);
   return run_typed<float>(cell, steps, batch, seed, target);
 }

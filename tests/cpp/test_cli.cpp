@@ -236,3 +236,28 @@ TEST(Cli, InvalidCellFileNamesTheProblem) {
 }
 
 }  // namespace
+
+// Autodiff: the backward step, its saves and their bytes; forward+backward with a gradient
+// checksum, its forward part the forward run's.
+TEST(Cli, PrintBackwardShowsSavesBytesAndTheStep) {
+  Result r = cli("print --backward lstm:3,5");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.out.find("saved bytes per step per batch row: 160"), std::string::npos) << describe(r);
+  EXPECT_NE(r.out.find("saved.0 = %0 (linear) [B,20]: 80 bytes/row"), std::string::npos) << describe(r);
+  EXPECT_NE(r.out.find("cell lstm_backward f32 {"), std::string::npos) << describe(r);
+  expect_user_error("print --backward --fusion lstm", "--backward");
+}
+
+TEST(Cli, RunBackwardPrintsGradChecksum) {
+  Result fwd = cli("run gru:3,5 --seq 4 --batch 2 --seed 3");
+  Result r = cli("run gru:3,5 --seq 4 --batch 2 --seed 3 --backward");
+  Result r64 = cli("run gru:3,5 --seq 4 --batch 2 --seed 3 --backward --dtype f64");
+  Result other = cli("run gru:3,5 --seq 4 --batch 2 --seed 4 --backward");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  ASSERT_EQ(r64.status, 0) << describe(r64);
+  double grad = number_after(r.out, "grad checksum");
+  EXPECT_TRUE(std::isfinite(grad)) << describe(r);
+  EXPECT_EQ(checksum(r), checksum(fwd)) << describe(r) << describe(fwd);
+  EXPECT_NEAR(number_after(r64.out, "grad checksum"), grad, 1e-4 * std::max(1.0, std::abs(grad)));
+  EXPECT_NE(number_after(other.out, "grad checksum"), grad);
+}

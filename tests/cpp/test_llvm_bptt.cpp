@@ -1,0 +1,108 @@
+// BPTT on the CPU backend (fused forward, fused backward step run in reverse, parameter
+// gradients as products over all steps) against the reference BPTT in f64.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "backend_check.h"
+#include "compiler/ir/error.h"
+#include "compiler/ir/text.h"
+#include "frontend/cells.h"
+#include "random_cells.h"
+#include "runtime/cpu/cpu_bptt.h"
+
+namespace cellfuse {
+namespace {
+
+using namespace testing_support;
+
+template <class From, class To>
+LossGradients<To> convert_seeds(const LossGradients<From>& s) {
+  LossGradients<To> out;
+  for (const auto& t : s.outputs) out.outputs.push_back(convert<From, To>(t));
+  for (const auto& t : s.final_states) out.final_states.push_back(convert<From, To>(t));
+  return out;
+}
+
+template <class T>
+void expect_grads(const SequenceGradients<T>& got, const SequenceGradients<double>& want, double tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.inputs.size(), want.inputs.size());
+  ASSERT_EQ(got.states.size(), want.states.size());
+  ASSERT_EQ(got.params.size(), want.params.size());
+  for (std::size_t i = 0; i < want.inputs.size(); ++i) expect_close(got.inputs[i], want.inputs[i], tol, what + " d input " + std::to_string(i));
+  for (std::size_t i = 0; i < want.states.size(); ++i) expect_close(got.states[i], want.states[i], tol, what + " d state " + std::to_string(i));
+  for (std::size_t i = 0; i < want.params.size(); ++i) expect_close(got.params[i], want.params[i], tol, what + " d param " + std::to_string(i));
+}
+
+void check(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed) {
+  const std::string what = cell.name + " T=" + std::to_string(steps) + " B=" + std::to_string(batch);
+  CpuBptt compiled(cell, batch);
+  BackwardCell reference_cell = differentiate(as_f64(cell));
+  if (cell.graph.dtype() == DType::f32) {
+    auto args = random_sequence_args<float>(cell, steps, batch, seed);
+    auto seeds = random_loss_gradients<float>(cell, steps, batch, seed);
+    auto want = reference_bptt(reference_cell, convert<float, double>(args), convert_seeds<float, double>(seeds));
+    auto got = compiled.run(args, seeds);
+    expect_matches(got.forward, want.forward, 1e-5, what + " forward");
+    expect_grads(got.grads, want.grads, 1e-5, what + " f32");
+  } else {
+    auto args = random_sequence_args<double>(cell, steps, batch, seed);
+    auto seeds = random_loss_gradients<double>(cell, steps, batch, seed);
+    auto want = reference_bptt(reference_cell, args, seeds);
+    auto got = compiled.run(args, seeds);
+    expect_grads(got.grads, want.grads, 1e-11, what + " f64");
+  }
+}
+
+TEST(CpuBptt, StandardCellsMatchTheReference) {
+  for (const char* spec : {"elman:5,7", "elman_proj:5,7,3", "lstm:6,7", "gru:4,33", "lnlstm:5,7", "peephole:3,7"}) {
+    for (DType dtype : {DType::f32, DType::f64}) {
+      Cell cell = cells::by_spec(spec, dtype);
+      for (auto [steps, batch] : {std::pair<std::int64_t, std::int64_t>{1, 1}, {2, 3}, {9, 2}})
+        check(cell, steps, batch, static_cast<std::uint64_t>(steps * 31 + batch));
+    }
+  }
+}
+
+// The long sequence and the large batch (GEMMs instead of fused products), in f32.
+TEST(CpuBptt, LongSequencesAtLargeBatch) {
+  for (const char* spec : {"lstm:6,9", "lnlstm:5,7", "elman_proj:4,6,3"}) {
+    if (kSanitized && std::string(spec) != "lstm:6,9") continue;
+    check(cells::by_spec(spec), 37, 64, 5);
+  }
+}
+
+TEST(CpuBptt, RandomCellsMatchTheReference) {
+  const std::uint64_t seeds = kSanitized ? 3 : 10;
+  for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
+    Cell cell = random_cell(seed, DType::f64, 6 + static_cast<int>(seed % 8));
+    SCOPED_TRACE(print_cell(cell));
+    for (auto [steps, batch] : {std::pair<std::int64_t, std::int64_t>{3, 1}, {5, 20}}) check(cell, steps, batch, seed);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+TEST(CpuBptt, ZeroStepsPassTheStateGradientsThrough) {
+  Cell cell = cells::lstm(3, 4);
+  CpuBptt compiled(cell, 2);
+  auto args = random_sequence_args<float>(cell, 1, 2, 1);
+  args.inputs[0].shape[0] = 0;
+  args.inputs[0].data.clear();
+  auto seeds = random_loss_gradients<float>(cell, 0, 2, 1);
+  auto result = compiled.run(args, seeds);
+  EXPECT_EQ(result.grads.states[0].data, seeds.final_states[0].data);
+  for (const auto& p : result.grads.params)
+    for (float v : p.data) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(CpuBptt, RejectsSeedsOfTheWrongShape) {
+  Cell cell = cells::gru(3, 4);
+  CpuBptt compiled(cell, 2);
+  auto args = random_sequence_args<float>(cell, 5, 2, 1);
+  auto seeds = random_loss_gradients<float>(cell, 4, 2, 1);
+  EXPECT_THAT([&] { compiled.run(args, seeds); },
+              ::testing::ThrowsMessage<Error>(::testing::AllOf(::testing::HasSubstr("[4,2,4]"), ::testing::HasSubstr("[5,2,4]"))));
+}
+
+}  // namespace
+}  // namespace cellfuse
