@@ -16,8 +16,15 @@ endif()
 
 if(CELLFUSE_WITH_CUDA)
   find_package(CUDAToolkit QUIET)
+  # NVRTC is linked; the driver and cuBLAS are loaded at run time, so only the headers of cuda.h
+  # and cublas_api.h are needed (no libcuda: the build works on machines without a GPU).
   if(CUDAToolkit_FOUND AND TARGET CUDA::nvrtc)
-    set(CELLFUSE_HAVE_CUDA ON)
+    find_path(CELLFUSE_CUBLAS_INCLUDE cublas_api.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    if(CELLFUSE_CUBLAS_INCLUDE)
+      set(CELLFUSE_HAVE_CUDA ON)
+    else()
+      message(STATUS "cellfuse: the CUDA toolkit has no cuBLAS headers; the CUDA backend is off")
+    endif()
   else()
     message(STATUS "cellfuse: CUDA toolkit (NVRTC) not found; the CUDA backend is off")
   endif()

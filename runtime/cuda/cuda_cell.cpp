@@ -1,0 +1,700 @@
+#include "runtime/cuda/cuda_cell.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "compiler/ir/error.h"
+#include "compiler/lower.h"
+#include "runtime/cuda/driver.h"
+#include "runtime/cuda/kernel_cache.h"
+#include "runtime/cuda/nvrtc.h"
+
+namespace cellfuse {
+
+CudaBinary build_cuda_binary(const Cell& cell, std::int64_t batch, const std::string& architecture,
+                             const cuda_codegen::ProgramOptions& options, cuda::KernelCache* cache) {
+  CudaBinary out;
+  out.program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options);
+  out.architecture = architecture;
+  cuda::KernelCache& c = cache ? *cache : cuda::default_kernel_cache();
+  out.cubin = c.get_or_compile(out.program.source, architecture, {}, cell.name + ".cu");
+  return out;
+}
+
+namespace {
+
+std::atomic<std::size_t> g_compile_count{0};
+
+// cuBLAS's recommended workspace on Hopper; set explicitly so that graph capture never has
+// cuBLAS allocate.
+constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
+// Support kernels: threads a block, most blocks.
+constexpr unsigned kSupportThreads = 256;
+constexpr std::int64_t kSupportMaxBlocks = 4096;
+
+CUdeviceptr offset(CUdeviceptr base, std::int64_t elements, std::size_t elem) {
+  return base + static_cast<CUdeviceptr>(elements) * elem;
+}
+
+template <class P>
+P* as_pointer(CUdeviceptr p) {
+  return reinterpret_cast<P*>(static_cast<std::uintptr_t>(p));
+}
+
+// What every stage runner of one cell shares.
+struct Shared {
+  const cuda::Driver* d = nullptr;
+  DType dtype = DType::f32;
+  std::size_t elem = 4;
+  CUfunction transpose = nullptr, fill_rows = nullptr;
+  cublasHandle_t blas = nullptr;
+
+  void launch_support(CUfunction fn, CUdeviceptr a, CUdeviceptr b, std::int64_t rows, std::int64_t cols,
+                      CUstream stream, const char* what) const {
+    const std::int64_t n = rows * cols;
+    if (n == 0) return;
+    auto blocks = static_cast<unsigned>(std::min<std::int64_t>(kSupportMaxBlocks, (n + kSupportThreads - 1) / kSupportThreads));
+    long long r = rows, c = cols;
+    void* args[] = {&a, &b, &r, &c};
+    cuda::check(d->launch_kernel(fn, blocks, 1, 1, kSupportThreads, 1, 1, 0, stream, args, nullptr), what);
+  }
+
+  void copy(CUdeviceptr to, CUdeviceptr from, std::int64_t elements, CUstream stream) const {
+    if (elements == 0 || to == from) return;
+    cuda::check(d->memcpy_dtod_async(to, from, static_cast<std::size_t>(elements) * elem, stream), "cuMemcpyDtoDAsync");
+  }
+};
+
+struct GpuStage {
+  const SequenceStage* stage = nullptr;
+  const cuda_codegen::CudaStage* code = nullptr;
+  std::vector<CUfunction> functions;  // per program step; null for a GEMM
+};
+
+// Runs one compiled stage on the GPU: binds every value of the stage to device memory, runs the
+// GEMMs (cuBLAS) and kernels in order on a stream. Everything is allocated when the runner is
+// made; a run only rebinds pointers and enqueues, so a sequence allocates nothing per step (and
+// can be captured in a graph).
+class GpuStageRunner {
+ public:
+  GpuStageRunner(const GpuStage& gs, std::int64_t rows, const Shared& sh)
+      : gs_(gs), stage_(*gs.stage->cell), g_(stage_.graph), sh_(sh), rows_(rows), where_(g_.size(), 0) {
+    const auto& program = gs.code->program;
+    for (ValueId v : program.temporaries) {
+      temporaries_.emplace_back(static_cast<std::size_t>(rows * g_.node(v).shape.features()) * sh.elem);
+      where_[v.index] = temporaries_.back().get();
+    }
+    calls_.resize(program.steps.size());
+    for (std::size_t i = 0; i < program.steps.size(); ++i) {
+      const ProgramStep& step = program.steps[i];
+      if (step.kind != ProgramStep::Kind::Kernel) continue;
+      const auto& ck = gs.code->kernels[i];
+      if (ck.global_scratch_per_block > 0)
+        calls_[i].scratch = cuda::DeviceMemory(static_cast<std::size_t>(ck.blocks(rows) * ck.global_scratch_per_block) * sh.elem);
+      const auto& k = step.kernel.kernel;
+      for (std::size_t b = 0; b < k.buffers.size(); ++b)
+        if (k.buffers[b].transposed) {
+          ValueId v = step.kernel.buffers[b];
+          if (!transposed_.count(v.index))
+            transposed_.emplace(v.index, cuda::DeviceMemory(static_cast<std::size_t>(k.buffers[b].rows * k.buffers[b].cols) * sh.elem));
+        }
+    }
+    direct_output_.assign(stage_.outputs.size(), false);
+    std::vector<bool> taken(g_.size(), false);
+    for (std::size_t o = 0; o < stage_.outputs.size(); ++o) {
+      ValueId v = stage_.outputs[o].value;
+      direct_output_[o] = !is_leaf(g_.node(v).op) && !taken[v.index];
+      taken[v.index] = true;
+    }
+    output_memory_.assign(stage_.outputs.size(), 0);
+  }
+
+  // Binds the parameters and refreshes the transposed copies fused products read.
+  void bind_params(const std::vector<DevicePointer>& params, CUstream stream) {
+    for (std::size_t p = 0; p < stage_.params.size(); ++p)
+      where_[stage_.params[p].index] = params[static_cast<std::size_t>(gs_.stage->params[p])];
+    for (auto& [index, copy] : transposed_) {
+      const Shape& s = g_.nodes()[index].shape;  // [n, k]; the copy is [k, n]
+      sh_.launch_support(sh_.transpose, where_[index], copy.get(), s.dims[0], s.dims[1], stream, "cuLaunchKernel(transpose)");
+    }
+  }
+
+  void bind(ValueId v, CUdeviceptr memory) { where_[v.index] = memory; }
+  CUdeviceptr at(ValueId v) const { return where_[v.index]; }
+
+  void bind_outputs(const std::vector<CUdeviceptr>& memory) {
+    for (std::size_t o = 0; o < output_memory_.size(); ++o) {
+      output_memory_[o] = memory[o];
+      if (direct_output_[o]) where_[stage_.outputs[o].value.index] = output_memory_[o];
+    }
+  }
+
+  void run(CUstream stream) {
+    const auto& program = gs_.code->program;
+    for (std::size_t i = 0; i < program.steps.size(); ++i) {
+      if (program.steps[i].kind == ProgramStep::Kind::Gemm) gemm(program.steps[i].gemm, stream);
+      else launch(i, stream);
+    }
+    for (std::size_t o = 0; o < output_memory_.size(); ++o)
+      if (!direct_output_[o]) {
+        ValueId v = stage_.outputs[o].value;
+        sh_.copy(output_memory_[o], at(v), rows_ * g_.node(v).shape.features(), stream);
+      }
+  }
+
+ private:
+  struct Call {
+    cuda::DeviceMemory scratch;
+  };
+
+  CUdeviceptr bound(ValueId v) const {
+    CUdeviceptr p = where_[v.index];
+    if (p == 0) throw InternalError("CUDA runner: " + g_.describe(v) + " has no memory");
+    return p;
+  }
+
+  void launch(std::size_t i, CUstream stream) {
+    const KernelStep& step = gs_.code->program.steps[i].kernel;
+    const cuda_codegen::CudaKernel& ck = gs_.code->kernels[i];
+    std::vector<CUdeviceptr> pointers;
+    for (int b : ck.pointer_buffers) {
+      ValueId v = step.buffers[static_cast<std::size_t>(b)];
+      pointers.push_back(step.kernel.buffers[static_cast<std::size_t>(b)].transposed ? transposed_.at(v.index).get() : bound(v));
+    }
+    long long rows = rows_;
+    CUdeviceptr scratch = calls_[i].scratch.get();
+    std::vector<void*> args;
+    for (auto& p : pointers) args.push_back(&p);
+    args.push_back(&rows);
+    args.push_back(&scratch);
+    const std::int64_t blocks = ck.blocks(rows_);
+    if (blocks == 0) return;
+    if (blocks > INT_MAX) throw Error("CUDA backend: " + ck.name + " would need " + std::to_string(blocks) + " blocks");
+    cuda::check(sh_.d->launch_kernel(gs_.functions[i], static_cast<unsigned>(blocks), 1, 1, static_cast<unsigned>(ck.threads), 1,
+                                     1, 0, stream, args.data(), nullptr),
+                ("cuLaunchKernel(" + ck.name + ")").c_str());
+  }
+
+  // out[rows, n] = x[rows, k] W^T (+ bias) for linear (W [n, k]), x W for matmul (W [k, n]), in
+  // row-major terms; cuBLAS sees the column-major transposes: out^T = W^T' x^T.
+  void gemm(const GemmStep& gm, CUstream stream) {
+    const cuda::Cublas& b = cuda::cublas();
+    if (gm.n > INT_MAX || gm.k > INT_MAX) throw Error("CUDA backend: a matrix product too large for cuBLAS's int sizes");
+    CUdeviceptr x = bound(gm.x), w = bound(gm.weight), out = bound(gm.out);
+    if (gm.bias.valid()) sh_.launch_support(sh_.fill_rows, out, bound(gm.bias), rows_, gm.n, stream, "cuLaunchKernel(fill_rows)");
+    const cublasOperation_t op = gm.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const int n = static_cast<int>(gm.n), k = static_cast<int>(gm.k), ldw = gm.transposed ? k : n;
+    constexpr std::int64_t kChunk = std::int64_t{1} << 30;
+    for (std::int64_t r0 = 0; r0 < rows_; r0 += kChunk) {
+      const int m = static_cast<int>(std::min(kChunk, rows_ - r0));
+      CUdeviceptr xr = offset(x, r0 * gm.k, sh_.elem), outr = offset(out, r0 * gm.n, sh_.elem);
+      if (sh_.dtype == DType::f32) {
+        const float alpha = 1.0f, beta = gm.bias.valid() ? 1.0f : 0.0f;
+        cuda::check(b.sgemm(sh_.blas, op, CUBLAS_OP_N, n, m, k, &alpha, as_pointer<const float>(w), ldw,
+                            as_pointer<const float>(xr), k, &beta, as_pointer<float>(outr), n),
+                    "cublasSgemm");
+      } else {
+        const double alpha = 1.0, beta = gm.bias.valid() ? 1.0 : 0.0;
+        cuda::check(b.dgemm(sh_.blas, op, CUBLAS_OP_N, n, m, k, &alpha, as_pointer<const double>(w), ldw,
+                            as_pointer<const double>(xr), k, &beta, as_pointer<double>(outr), n),
+                    "cublasDgemm");
+      }
+    }
+  }
+
+  const GpuStage& gs_;
+  const Cell& stage_;
+  const Graph& g_;
+  const Shared& sh_;
+  std::int64_t rows_;
+  std::vector<CUdeviceptr> where_;
+  std::vector<cuda::DeviceMemory> temporaries_;
+  std::map<std::uint32_t, cuda::DeviceMemory> transposed_;
+  std::vector<Call> calls_;
+  std::vector<bool> direct_output_;
+  std::vector<CUdeviceptr> output_memory_;
+};
+
+// What one sequence length needs on the device, kept between runs of that length.
+struct Workspace {
+  std::int64_t steps = -1;
+  std::optional<GpuStageRunner> stages[3];
+  std::vector<cuda::DeviceMemory> exports[3];
+  std::vector<cuda::DeviceMemory> current, next;
+};
+
+// The host API's device copies of its arguments and results, kept between runs of a length.
+struct HostStaging {
+  std::int64_t steps = -1;
+  std::vector<cuda::DeviceMemory> inputs, states, params, outputs, final_states;
+};
+
+// A graph is valid for the exact launches it captured: the length and every pointer.
+struct GraphKey {
+  std::int64_t steps = -1;
+  std::vector<DevicePointer> pointers;
+  friend bool operator==(const GraphKey&, const GraphKey&) = default;
+};
+
+bool graphs_allowed_by_environment() {
+  const char* v = std::getenv("CELLFUSE_CUDA_GRAPHS");
+  return !(v && std::string(v) == "0");
+}
+
+}  // namespace
+
+struct CudaCell::Impl {
+  cuda_codegen::CudaProgram program;
+  GpuStage stages[3];
+  const cuda::Device* dev = nullptr;
+  std::string architecture;
+  CUmodule module = nullptr;
+  Shared shared;
+  cuda::DeviceMemory blas_workspace;
+  CUstream own_stream = nullptr;  // non-blocking: it can capture graphs while others use stream 0
+  CUevent done = nullptr;         // recorded after every run, on the run's stream
+  CUevent entry = nullptr;        // the legacy stream's work before a run given no stream
+  CUstream last_stream = nullptr;
+  bool has_run = false;
+  std::int64_t batch = 0;
+  double compile_ms = 0;
+  bool from_cache = false;
+  bool graphs = true;
+  std::mutex mutex;
+  Workspace ws;
+  HostStaging staging;
+  GraphKey eager_key, graph_key;
+  CUgraphExec graph = nullptr;
+  std::size_t captures = 0;
+
+  ~Impl() {
+    // Nothing here may throw; failures mean the context is gone already.
+    if (!dev) return;  // the driver or the device was never had
+    const cuda::Driver& d = cuda::driver();
+    (void)d.ctx_set_current(dev->context);
+    if (own_stream) (void)d.stream_synchronize(own_stream);
+    if (last_stream && last_stream != own_stream) (void)d.stream_synchronize(last_stream);
+    if (graph) (void)d.graph_exec_destroy(graph);
+    if (done) (void)d.event_destroy(done);
+    if (entry) (void)d.event_destroy(entry);
+    if (shared.blas) (void)cuda::cublas().destroy(shared.blas);
+    for (auto& s : ws.stages) s.reset();
+    if (own_stream) (void)d.stream_destroy(own_stream);
+    if (module) (void)d.module_unload(module);
+  }
+
+  const Cell& cell() const { return program.cell; }
+
+  void drop_graph() {
+    if (graph) (void)cuda::driver().graph_exec_destroy(graph);
+    graph = nullptr;
+    graph_key = GraphKey{};
+    eager_key = GraphKey{};
+  }
+
+  void prepare_workspace(std::int64_t steps) {
+    if (ws.steps == steps) return;
+    drop_graph();  // graphs point into the old workspace
+    const std::int64_t B = batch, rows = steps * B;
+    for (int s = 0; s < 3; ++s) {
+      ws.stages[s].reset();
+      ws.exports[s].clear();
+    }
+    ws.current.clear();
+    ws.next.clear();
+    ws.steps = steps;
+    for (int s = 0; s < 3; ++s) {
+      if (!stages[s].stage->cell) continue;
+      ws.stages[s].emplace(stages[s], s == 1 ? B : rows, shared);
+      const Cell& c = *stages[s].stage->cell;
+      for (const auto& o : c.outputs)
+        ws.exports[s].emplace_back(static_cast<std::size_t>(rows * c.graph.node(o.value).shape.features()) * shared.elem);
+    }
+    for (ValueId st : cell().states) {
+      const auto bytes = static_cast<std::size_t>(B * cell().graph.node(st).shape.features()) * shared.elem;
+      ws.current.emplace_back(bytes);
+      ws.next.emplace_back(bytes);
+    }
+  }
+
+  // Enqueues a whole sequence on `stream` (the mirror of CpuCell::run_into).
+  void enqueue(const DeviceSequenceArgs& a, CUstream stream) {
+    const Cell& cell = this->cell();
+    const std::int64_t B = batch, steps = a.steps;
+    auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
+    if (shared.blas) cuda::check(cuda::cublas().set_stream(shared.blas, stream), "cublasSetStream");
+    if (steps == 0) {
+      for (std::size_t s = 0; s < cell.states.size(); ++s)
+        shared.copy(a.final_states[s], a.states[s], B * cols(cell, cell.states[s]), stream);
+      return;
+    }
+    std::vector<CUdeviceptr> output_memory[3];
+    for (int s = 0; s < 3; ++s)
+      for (auto& e : ws.exports[s]) output_memory[s].push_back(e.get());
+    for (std::size_t o = 0; o < program.plan.outputs.size(); ++o)
+      output_memory[static_cast<int>(program.plan.outputs[o].stage)][static_cast<std::size_t>(program.plan.outputs[o].index)] =
+          a.outputs[o];
+    auto source = [&](const StageInput& in) -> CUdeviceptr {
+      switch (in.from) {
+        case StageInput::From::CellInput: return a.inputs[static_cast<std::size_t>(in.index)];
+        case StageInput::From::Pre: return output_memory[0][static_cast<std::size_t>(in.index)];
+        case StageInput::From::Loop: return output_memory[1][static_cast<std::size_t>(in.index)];
+      }
+      return 0;
+    };
+    auto run_batch_stage = [&](int s) {
+      if (!ws.stages[s]) return;
+      auto& run = *ws.stages[s];
+      const Cell& c = *stages[s].stage->cell;
+      run.bind_params(a.params, stream);
+      for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], source(stages[s].stage->inputs[i]));
+      run.bind_outputs(output_memory[s]);
+      run.run(stream);
+    };
+
+    run_batch_stage(0);
+    for (std::size_t s = 0; s < cell.states.size(); ++s)
+      shared.copy(ws.current[s].get(), a.states[s], B * cols(cell, cell.states[s]), stream);
+    if (ws.stages[1]) {
+      auto& run = *ws.stages[1];
+      const Cell& c = *program.plan.loop.cell;
+      run.bind_params(a.params, stream);
+      std::vector<CUdeviceptr> inputs, step_outputs(c.outputs.size());
+      std::vector<std::int64_t> input_size, output_size;
+      for (std::size_t i = 0; i < c.inputs.size(); ++i) {
+        inputs.push_back(source(program.plan.loop.inputs[i]));
+        input_size.push_back(B * cols(c, c.inputs[i]));
+      }
+      for (const auto& o : c.outputs) output_size.push_back(B * cols(c, o.value));
+      // The step reads `current`; its next states are copied into `next`; then they swap.
+      for (std::int64_t t = 0; t < steps; ++t) {
+        for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], offset(inputs[i], t * input_size[i], shared.elem));
+        for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], ws.current[s].get());
+        for (std::size_t o = 0; o < c.outputs.size(); ++o)
+          step_outputs[o] = offset(output_memory[1][o], t * output_size[o], shared.elem);
+        run.bind_outputs(step_outputs);
+        run.run(stream);
+        for (std::size_t s = 0; s < c.states.size(); ++s)
+          shared.copy(ws.next[s].get(), run.at(c.next_states[s]), B * cols(c, c.states[s]), stream);
+        std::swap(ws.current, ws.next);
+      }
+    }
+    for (std::size_t s = 0; s < cell.states.size(); ++s)
+      shared.copy(a.final_states[s], ws.current[s].get(), B * cols(cell, cell.states[s]), stream);
+    run_batch_stage(2);
+  }
+
+  void capture(const DeviceSequenceArgs& a, CUstream stream, const GraphKey& key) {
+    const cuda::Driver& d = cuda::driver();
+    drop_graph();
+    cuda::check(d.stream_begin_capture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture");
+    CUgraph g = nullptr;
+    try {
+      enqueue(a, stream);
+    } catch (...) {
+      (void)d.stream_end_capture(stream, &g);
+      if (g) (void)d.graph_destroy(g);
+      throw;
+    }
+    cuda::check(d.stream_end_capture(stream, &g), "cuStreamEndCapture");
+    CUgraphExec exec = nullptr;
+    CUresult r = d.graph_instantiate(&exec, g, 0);
+    (void)d.graph_destroy(g);
+    cuda::check(r, "cuGraphInstantiateWithFlags");
+    graph = exec;
+    graph_key = key;
+    ++captures;
+  }
+
+  // With the mutex held and the context current.
+  void run_locked(const DeviceSequenceArgs& a, CUstream stream) {
+    const cuda::Driver& d = cuda::driver();
+    prepare_workspace(a.steps);
+    if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
+    if (graphs && a.steps > 0) {
+      GraphKey key{a.steps, {}};
+      for (const auto* list : {&a.inputs, &a.states, &a.params, &a.outputs, &a.final_states})
+        key.pointers.insert(key.pointers.end(), list->begin(), list->end());
+      key.pointers.push_back(reinterpret_cast<std::uintptr_t>(stream));
+      if (graph && key == graph_key) {
+        cuda::check(d.graph_launch(graph, stream), "cuGraphLaunch");
+      } else if (key == eager_key) {
+        // The second run of a shape: capture it once, replay it from now on.
+        capture(a, stream, key);
+        cuda::check(d.graph_launch(graph, stream), "cuGraphLaunch");
+      } else {
+        enqueue(a, stream);
+        eager_key = key;
+      }
+    } else {
+      enqueue(a, stream);
+    }
+    cuda::check(d.event_record(done, stream), "cuEventRecord");
+    last_stream = stream;
+    has_run = true;
+  }
+
+  void check_device_args(const DeviceSequenceArgs& a) const {
+    const Cell& c = cell();
+    auto count = [](const char* what, std::size_t got, std::size_t want) {
+      if (got != want)
+        throw Error(std::string("CUDA backend: the cell has ") + std::to_string(want) + " " + what + " but " +
+                    std::to_string(got) + " were given");
+    };
+    count("input(s)", a.inputs.size(), c.inputs.size());
+    count("state(s)", a.states.size(), c.states.size());
+    count("param(s)", a.params.size(), c.params.size());
+    count("output(s)", a.outputs.size(), c.outputs.size());
+    count("final state(s)", a.final_states.size(), c.states.size());
+    if (a.steps < 0) throw Error("CUDA backend: a negative sequence length");
+    auto non_null = [](const std::vector<DevicePointer>& list, const char* what) {
+      for (auto p : list)
+        if (p == 0) throw Error(std::string("CUDA backend: a null device pointer among the ") + what);
+    };
+    non_null(a.states, "states");
+    non_null(a.params, "params");
+    non_null(a.final_states, "final states");
+    if (a.steps > 0) {
+      non_null(a.inputs, "inputs");
+      non_null(a.outputs, "outputs");
+    }
+  }
+
+  // The stream a run given `caller` works on. Given none (the legacy default stream), it runs on
+  // the cell's own non-blocking stream, ordered after the legacy stream's earlier work here and
+  // before its later work by finish().
+  CUstream start(CudaStream caller) {
+    if (caller) return caller;
+    const cuda::Driver& d = cuda::driver();
+    cuda::check(d.event_record(entry, nullptr), "cuEventRecord(legacy stream)");
+    cuda::check(d.stream_wait_event(own_stream, entry, 0), "cuStreamWaitEvent");
+    return own_stream;
+  }
+  void finish(CudaStream caller) {
+    if (!caller) cuda::check(cuda::driver().stream_wait_event(nullptr, done, 0), "cuStreamWaitEvent(legacy stream)");
+  }
+};
+
+CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& options) : impl_(std::make_unique<Impl>()) {
+  auto start = std::chrono::steady_clock::now();
+  if (batch < 1) throw Error("CUDA backend: batch size must be at least 1, got " + std::to_string(batch));
+  Impl& m = *impl_;
+  const cuda::Driver& d = cuda::driver();  // throws "no CUDA driver ..." on a machine without one
+  m.dev = &cuda::device(options.device);
+  cuda::make_current(*m.dev);
+  m.batch = batch;
+  m.architecture = cuda::architecture_for(m.dev->major, m.dev->minor);
+  m.program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options.program);
+  std::vector<char> cubin =
+      cuda::default_kernel_cache().get_or_compile(m.program.source, m.architecture, {}, cell.name + ".cu", &m.from_cache);
+  cuda::check(d.module_load_data(&m.module, cubin.data()), "cuModuleLoadData");
+  m.shared.d = &d;
+  m.shared.dtype = m.program.cell.graph.dtype();
+  m.shared.elem = dtype_size(m.shared.dtype);
+  const std::string suffix = m.shared.dtype == DType::f32 ? "f32" : "f64";
+  cuda::check(d.module_get_function(&m.shared.transpose, m.module, ("cf_transpose_" + suffix).c_str()), "cuModuleGetFunction(transpose)");
+  cuda::check(d.module_get_function(&m.shared.fill_rows, m.module, ("cf_fill_rows_" + suffix).c_str()), "cuModuleGetFunction(fill_rows)");
+  const SequenceStage* stages[3] = {&m.program.plan.pre, &m.program.plan.loop, &m.program.plan.post};
+  bool any_gemm = false;
+  for (int s = 0; s < 3; ++s) {
+    GpuStage& gs = m.stages[s];
+    gs.stage = stages[s];
+    gs.code = &m.program.stages[s];
+    for (std::size_t i = 0; i < gs.code->program.steps.size(); ++i) {
+      CUfunction fn = nullptr;
+      if (gs.code->program.steps[i].kind == ProgramStep::Kind::Kernel) {
+        const std::string& name = gs.code->kernels[i].name;
+        cuda::check(d.module_get_function(&fn, m.module, name.c_str()), ("cuModuleGetFunction(" + name + ")").c_str());
+      } else {
+        any_gemm = true;
+      }
+      gs.functions.push_back(fn);
+    }
+  }
+  if (any_gemm) {
+    const cuda::Cublas& b = cuda::cublas();
+    cuda::check(b.create(&m.shared.blas), "cublasCreate");
+    cuda::check(b.set_math_mode(m.shared.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode(CUBLAS_DEFAULT_MATH)");
+    m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);
+    cuda::check(b.set_workspace(m.shared.blas, as_pointer<void>(m.blas_workspace.get()), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  }
+  cuda::check(d.stream_create(&m.own_stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  cuda::check(d.event_create(&m.done, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  cuda::check(d.event_create(&m.entry, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  m.graphs = options.graphs && graphs_allowed_by_environment();
+  ++g_compile_count;
+  m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+CudaCell::~CudaCell() = default;
+
+std::int64_t CudaCell::batch() const { return impl_->batch; }
+DType CudaCell::dtype() const { return impl_->program.cell.graph.dtype(); }
+double CudaCell::compile_ms() const { return impl_->compile_ms; }
+bool CudaCell::cubin_from_cache() const { return impl_->from_cache; }
+std::string CudaCell::architecture() const { return impl_->architecture; }
+std::string CudaCell::device_name() const { return impl_->dev->name; }
+bool CudaCell::graphs() const { return impl_->graphs; }
+const std::string& CudaCell::source() const { return impl_->program.source; }
+
+std::size_t CudaCell::graph_captures() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->captures;
+}
+
+std::string CudaCell::describe() const {
+  const Impl& m = *impl_;
+  std::string out = print_plan(m.program.plan);
+  const char* names[3] = {"pre", "loop", "post"};
+  for (int s = 0; s < 3; ++s) {
+    if (!m.stages[s].stage->cell) continue;
+    out += "# program of stage " + std::string(names[s]) + "\n" + print_program(*m.stages[s].stage->cell, m.program.stages[s].program) + "\n";
+  }
+  return out + m.program.source;
+}
+
+void CudaCell::run_device(const DeviceSequenceArgs& args, CudaStream stream) const {
+  Impl& m = *impl_;
+  m.check_device_args(args);
+  std::lock_guard<std::mutex> lock(m.mutex);
+  cuda::make_current(*m.dev);
+  m.run_locked(args, m.start(stream));
+  m.finish(stream);
+}
+
+namespace {
+
+template <class T>
+std::int64_t check_args(const Cell& cell, const SequenceArgs<T>& args, std::int64_t batch) {
+  auto fail = [](const std::string& m) { throw Error("CUDA backend: " + m); };
+  if (args.inputs.size() != cell.inputs.size())
+    fail("the cell has " + std::to_string(cell.inputs.size()) + " input(s) but " + std::to_string(args.inputs.size()) +
+         " were given");
+  if (args.states.size() != cell.states.size())
+    fail("the cell has " + std::to_string(cell.states.size()) + " state(s) but " + std::to_string(args.states.size()) +
+         " were given");
+  if (args.params.size() != cell.params.size())
+    fail("the cell has " + std::to_string(cell.params.size()) + " param(s) but " + std::to_string(args.params.size()) +
+         " were given");
+  std::int64_t steps = args.steps;
+  if (!args.inputs.empty() && !args.inputs[0].shape.empty()) steps = args.inputs[0].shape[0];
+  if (steps < 0) fail("cannot tell the sequence length: give steps or per-step inputs");
+  auto expect = [&](ValueId leaf, const HostTensor<T>& t, std::vector<std::int64_t> want) {
+    std::int64_t n = 1;
+    for (auto d : want) n *= d;
+    if (t.shape != want || static_cast<std::int64_t>(t.data.size()) != n)
+      fail(std::string(op_name(cell.graph.node(leaf).op)) + " %" + std::string(cell.leaf_name(leaf)) +
+           ": expected a tensor of shape " + shape_string(want) + ", got " + shape_string(t.shape) + " (compiled for batch " +
+           std::to_string(batch) + ")");
+  };
+  for (std::size_t i = 0; i < cell.inputs.size(); ++i)
+    expect(cell.inputs[i], args.inputs[i], {steps, batch, cell.graph.node(cell.inputs[i]).shape.features()});
+  for (std::size_t i = 0; i < cell.states.size(); ++i)
+    expect(cell.states[i], args.states[i], {batch, cell.graph.node(cell.states[i]).shape.features()});
+  for (std::size_t i = 0; i < cell.params.size(); ++i) {
+    const Shape& s = cell.graph.node(cell.params[i]).shape;
+    expect(cell.params[i], args.params[i],
+           s.rank == 1 ? std::vector<std::int64_t>{s.dims[0]} : std::vector<std::int64_t>{s.dims[0], s.dims[1]});
+  }
+  return steps;
+}
+
+template <class T>
+void upload(const std::vector<HostTensor<T>>& from, std::vector<cuda::DeviceMemory>& to, CUstream stream) {
+  for (std::size_t i = 0; i < from.size(); ++i)
+    if (!from[i].data.empty())
+      cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), from[i].data.data(), from[i].data.size() * sizeof(T), stream),
+                  "cuMemcpyHtoDAsync");
+}
+
+template <class T>
+void download(const std::vector<cuda::DeviceMemory>& from, std::vector<HostTensor<T>>& to, CUstream stream) {
+  for (std::size_t i = 0; i < to.size(); ++i)
+    if (!to[i].data.empty())
+      cuda::check(cuda::driver().memcpy_dtoh_async(to[i].data.data(), from[i].get(), to[i].data.size() * sizeof(T), stream),
+                  "cuMemcpyDtoHAsync");
+}
+
+}  // namespace
+
+template <class T>
+SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) const {
+  Impl& m = *impl_;
+  const Cell& cell = m.cell();
+  if ((cell.graph.dtype() == DType::f32) != std::is_same_v<T, float>)
+    throw Error("CUDA backend: the cell is " + std::string(dtype_name(cell.graph.dtype())) + " but the arguments are " +
+                (std::is_same_v<T, float> ? "f32" : "f64"));
+  const std::int64_t steps = check_args(cell, args, m.batch);
+  const std::int64_t B = m.batch;
+  SequenceResult<T> result;
+  for (const auto& o : cell.outputs) result.outputs.emplace_back(std::vector<std::int64_t>{steps, B, cell.graph.node(o.value).shape.features()});
+  for (const auto& s : args.states) result.final_states.emplace_back(s.shape);
+
+  std::lock_guard<std::mutex> lock(m.mutex);
+  cuda::make_current(*m.dev);
+  CUstream s = m.start(stream);
+  HostStaging& io = m.staging;
+  if (io.steps != steps) {
+    m.drop_graph();  // graphs point at the old staging buffers
+    io = HostStaging{};
+    io.steps = steps;
+    auto alloc = [](const auto& tensors, std::vector<cuda::DeviceMemory>& to) {
+      for (const auto& t : tensors) to.emplace_back(t.data.size() * sizeof(T));
+    };
+    alloc(args.inputs, io.inputs);
+    alloc(args.states, io.states);
+    alloc(args.params, io.params);
+    alloc(result.outputs, io.outputs);
+    alloc(result.final_states, io.final_states);
+  }
+  upload(args.inputs, io.inputs, s);
+  upload(args.states, io.states, s);
+  upload(args.params, io.params, s);
+  DeviceSequenceArgs d;
+  d.steps = steps;
+  auto pointers = [](const std::vector<cuda::DeviceMemory>& from, std::vector<DevicePointer>& to) {
+    for (const auto& mem : from) to.push_back(mem.get());
+  };
+  pointers(io.inputs, d.inputs);
+  pointers(io.states, d.states);
+  pointers(io.params, d.params);
+  pointers(io.outputs, d.outputs);
+  pointers(io.final_states, d.final_states);
+  m.check_device_args(d);
+  m.run_locked(d, s);
+  download(io.outputs, result.outputs, s);
+  download(io.final_states, result.final_states, s);
+  cuda::check(cuda::driver().stream_synchronize(s), "cuStreamSynchronize");
+  return result;
+}
+
+template SequenceResult<float> CudaCell::run(const SequenceArgs<float>&, CudaStream) const;
+template SequenceResult<double> CudaCell::run(const SequenceArgs<double>&, CudaStream) const;
+
+std::shared_ptr<const CudaCell> compile_cuda(const Cell& cell, std::int64_t batch, const CudaOptions& options) {
+  static std::mutex mutex;
+  // Never destroyed: a cached cell freed at exit would call the driver after it shut down.
+  static auto& cache =
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool>, std::shared_ptr<const CudaCell>>();
+  auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
+                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto compiled = std::make_shared<const CudaCell>(cell, batch, options);
+  cache[key] = compiled;
+  return compiled;
+}
+
+std::size_t cuda_compile_count() { return g_compile_count.load(); }
+
+}  // namespace cellfuse

@@ -1,0 +1,110 @@
+#pragma once
+// A cell compiled for an NVIDIA GPU: hoisted into pre/loop/post stages, fused into kernels,
+// emitted as CUDA C (compiler/codegen/cuda), compiled by NVRTC for the device's architecture
+// (cubins cached on disk, kernel_cache.h) and run over whole sequences; the mirror of CpuCell.
+//
+//   auto compiled = cellfuse::compile_cuda(cell, /*batch=*/8);  // cached by graph, batch, dtype
+//   auto result = compiled->run(args);                           // host tensors in and out
+//   compiled->run_device(device_args, stream);                   // device pointers, asynchronous
+//
+// A sequence runs as: the pre stage over all T*B rows (e.g. x W_ih^T for every step as one
+// GEMM), the loop stage once per step, the post stage over all T*B rows. GEMMs run on cuBLAS (f32
+// with the default math mode: no TF32), kernels are launched through the driver API. With
+// `graphs` on, a sequence's launches are captured once as a CUDA graph per shape (steps and
+// device pointers) and replayed: the first run of a shape launches directly, the second captures.
+//
+// This header includes no CUDA header: streams are `CUstream_st*` (a CUstream / cudaStream_t)
+// and device pointers are `unsigned long long` (a CUdeviceptr).
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compiler/codegen/cuda/cuda_program.h"
+#include "compiler/ir/graph.h"
+#include "runtime/reference/interpreter.h"
+
+struct CUstream_st;
+
+namespace cellfuse {
+
+namespace cuda {
+class KernelCache;
+}
+
+using CudaStream = CUstream_st*;
+using DevicePointer = unsigned long long;
+
+struct CudaOptions {
+  int device = 0;
+  cuda_codegen::ProgramOptions program;  // fusion of small products, threads a block
+  bool graphs = true;                    // CELLFUSE_CUDA_GRAPHS=0 in the environment turns them off
+};
+
+// A sequence in device memory, laid out like SequenceArgs / SequenceResult (row-major, dense).
+struct DeviceSequenceArgs {
+  std::int64_t steps = 0;
+  std::vector<DevicePointer> inputs;        // [T,B,n] per cell input
+  std::vector<DevicePointer> states;        // [B,n] initial state per cell state
+  std::vector<DevicePointer> params;        // per cell param, in its declared shape
+  std::vector<DevicePointer> outputs;       // written: [T,B,n] per cell output
+  std::vector<DevicePointer> final_states;  // written: [B,n] per cell state
+};
+
+// The device-independent part of a compilation: the program and its cubin for `architecture`
+// (through `cache`; the default cache when null). What CudaCell does before it needs a GPU, so
+// that tests can run it without one.
+struct CudaBinary {
+  cuda_codegen::CudaProgram program;
+  std::vector<char> cubin;
+  std::string architecture;
+};
+CudaBinary build_cuda_binary(const Cell& cell, std::int64_t batch, const std::string& architecture,
+                             const cuda_codegen::ProgramOptions& options = {}, cuda::KernelCache* cache = nullptr);
+
+class CudaCell {
+ public:
+  // Compiles `cell` (f32 or f64) for batch size `batch` on device `options.device`. Throws Error
+  // when there is no usable GPU or driver, when the cell uses something the backend cannot
+  // compile, or when NVRTC fails (with the source and its log).
+  CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
+  ~CudaCell();
+  CudaCell(const CudaCell&) = delete;
+  CudaCell& operator=(const CudaCell&) = delete;
+
+  // Runs a whole sequence from host memory: copies in, runs on `stream` (null: as run_device
+  // does), copies out, waits. Arguments are checked like CpuCell's.
+  template <class T>
+  SequenceResult<T> run(const SequenceArgs<T>& args, CudaStream stream = nullptr) const;
+
+  // Runs a whole sequence on device memory, asynchronously on `stream` (null: ordered like work
+  // on the legacy default stream, through events and a stream of cellfuse's own that can capture
+  // graphs, which the legacy stream cannot). The pointers must stay valid
+  // until the work completes. Runs of one CudaCell share its workspace: they are ordered after
+  // each other on the GPU even when given different streams.
+  void run_device(const DeviceSequenceArgs& args, CudaStream stream = nullptr) const;
+
+  std::int64_t batch() const;
+  DType dtype() const;
+  double compile_ms() const;
+  bool cubin_from_cache() const;  // the cubin came from the disk cache
+  std::string architecture() const;
+  std::string device_name() const;
+  bool graphs() const;
+  std::size_t graph_captures() const;  // how many CUDA graphs runs have captured so far
+  // The stages, GEMMs, kernels and the CUDA source.
+  std::string describe() const;
+  const std::string& source() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The in-memory cache: one compiled cell per (graph hash, batch, dtype, options).
+std::shared_ptr<const CudaCell> compile_cuda(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
+
+// How many CudaCells compile_cuda has built (for tests of the cache).
+std::size_t cuda_compile_count();
+
+}  // namespace cellfuse

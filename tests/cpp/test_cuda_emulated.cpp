@@ -1,0 +1,382 @@
+// The GPU sequence runner (runtime/cuda/cuda_cell.cpp) and the emitted kernels, run on a machine
+// without a GPU: the driver and cuBLAS are a host emulation (fake_cuda/fake_cuda.cpp, loaded
+// through $CELLFUSE_CUDA_DRIVER and $CELLFUSE_CUBLAS_LIBRARY), and each cell's generated CUDA C
+// is compiled for the host by the C++ compiler (fake_cuda/cuda_emulation.h: blocks of real
+// threads meeting at barriers). NVRTC still compiles the real cubin, which the fake driver
+// checks it is given. Results are compared with the f64 reference interpreter.
+//
+// What this proves before a GPU sees the code: the kernels' indexing, row blocking, reductions
+// and barriers compute the kernel IR's meaning; the runner binds every value to the right memory
+// at every step, calls cuBLAS with the right transposes and leading dimensions, copies states,
+// captures and replays graphs, and writes nothing out of bounds (guard bytes) nor reads memory
+// nothing wrote (fresh memory is NaN). What it cannot prove: GPU timing, memory-model corner
+// cases and the device math library's last bits (tests/gpu/run_gpu_tests.sh does, on a GPU).
+#include <dlfcn.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "backend_check.h"
+#include "compiler/codegen/cuda/cuda_program.h"
+#include "compiler/ir/error.h"
+#include "compiler/lower.h"
+#include "frontend/cells.h"
+#include "random_cells.h"
+#include "runtime/cuda/cuda_cell.h"
+#include "runtime/cuda/driver.h"
+
+namespace cellfuse {
+namespace {
+
+namespace fs = std::filesystem;
+using cuda_codegen::FuseProducts;
+using testing_support::as_f64;
+using testing_support::convert;
+using testing_support::expect_matches;
+using ::testing::HasSubstr;
+
+// The process's scratch directory: the kernel cache and the host builds of the kernels.
+const fs::path& work_dir() {
+  static const fs::path dir = [] {
+    std::string pattern = (fs::temp_directory_path() / "cellfuse_emulated.XXXXXX").string();
+    if (!::mkdtemp(pattern.data())) std::abort();
+    return fs::path(pattern);
+  }();
+  return dir;
+}
+
+struct RemoveWorkDir {
+  ~RemoveWorkDir() {
+    std::error_code ec;
+    fs::remove_all(work_dir(), ec);
+  }
+} remove_work_dir;
+
+// Before any test runs (and so before the driver is first loaded): the fake driver and cuBLAS.
+const bool kFakeDriver = [] {
+  ::setenv("CELLFUSE_CUDA_DRIVER", CELLFUSE_FAKE_CUDA, 1);
+  ::setenv("CELLFUSE_CUBLAS_LIBRARY", CELLFUSE_FAKE_CUDA, 1);
+  ::setenv("CELLFUSE_CACHE_DIR", (work_dir() / "cache").c_str(), 1);
+  ::unsetenv("CELLFUSE_CUDA_GRAPHS");
+  return true;
+}();
+
+template <class F>
+F fake_hook(const char* name) {
+  void* library = ::dlopen(CELLFUSE_FAKE_CUDA, RTLD_NOW | RTLD_LOCAL);
+  if (!library) throw std::runtime_error(::dlerror());
+  return reinterpret_cast<F>(::dlsym(library, name));
+}
+
+std::string fake_errors() { return fake_hook<const char* (*)()>("cf_fake_take_errors")(); }
+
+struct Counters {
+  unsigned long long launches, gemms, graph_launches, captures;
+};
+Counters fake_counters() {
+  const unsigned long long* c = fake_hook<const unsigned long long* (*)()>("cf_fake_counters")();
+  return {c[0], c[1], c[2], c[3]};
+}
+
+// The program's source plus, for every kernel, the entry points the fake driver calls.
+std::string host_source(const cuda_codegen::CudaProgram& p) {
+  const std::string T = p.cell.graph.dtype() == DType::f32 ? "float" : "double";
+  std::string out = p.source + "\n// ---- host trampolines ----\n";
+  auto trampoline = [&](const std::string& name, const std::vector<std::string>& types) {
+    out += "extern \"C\" const int " + name + "__cf_nparams = " + std::to_string(types.size()) + ";\n";
+    out += "extern \"C\" void " + name + "__cf_launch(unsigned grid, unsigned block, const unsigned long long* a) {\n";
+    out += "  cf_emu::launch(grid, block, [&] { " + name + "(";
+    for (std::size_t i = 0; i < types.size(); ++i) {
+      out += i ? ", " : "";
+      out += types[i] == "long long" ? "static_cast<long long>(a[" + std::to_string(i) + "])"
+                                     : "reinterpret_cast<" + types[i] + ">(a[" + std::to_string(i) + "])";
+    }
+    out += "); });\n}\n";
+  };
+  for (const auto& stage : p.stages)
+    for (std::size_t i = 0; i < stage.kernels.size(); ++i) {
+      const auto& k = stage.kernels[i];
+      if (k.name.empty()) continue;
+      std::vector<std::string> types;
+      const auto& buffers = stage.program.steps[i].kernel.kernel.buffers;
+      for (int b : k.pointer_buffers)
+        types.push_back(buffers[static_cast<std::size_t>(b)].role == kernel::BufferRole::Output ? T + "*" : "const " + T + "*");
+      types.push_back("long long");
+      types.push_back(T + "*");
+      trampoline(k.name, types);
+    }
+  for (const char* t : {"float", "double"}) {
+    const std::string ty = t, suffix = ty == "float" ? "f32" : "f64";
+    trampoline("cf_transpose_" + suffix, {"const " + ty + "*", ty + "*", "long long", "long long"});
+    trampoline("cf_fill_rows_" + suffix, {ty + "*", "const " + ty + "*", "long long", "long long"});
+  }
+  return out;
+}
+
+// Compiles the program's kernels for the host; returns the shared library's path.
+std::string build_host_kernels(const cuda_codegen::CudaProgram& p) {
+  static int counter = 0;
+  const std::string base = (work_dir() / ("kernels_" + std::to_string(++counter))).string();
+  std::ofstream(base + ".cpp") << host_source(p);
+  const std::string command = std::string(CELLFUSE_HOST_CXX) + " -std=c++20 -O1 -shared -fPIC -pthread -w -include " +
+                              CELLFUSE_EMULATION_DIR + "/cuda_emulation.h " + base + ".cpp -o " + base + ".so 2> " + base + ".log";
+  if (std::system(command.c_str()) != 0) {
+    std::ifstream log(base + ".log");
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    throw std::runtime_error("host build of the kernels failed: " + command + "\n" + text);
+  }
+  return base + ".so";
+}
+
+// A CudaCell whose module is the host build of its own source.
+std::unique_ptr<CudaCell> emulated_cell(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
+  auto program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options.program);
+  const std::string so = build_host_kernels(program);
+  ::setenv("CELLFUSE_FAKE_KERNELS", so.c_str(), 1);
+  auto compiled = std::make_unique<CudaCell>(cell, batch, options);
+  EXPECT_EQ(compiled->source(), program.source) << "the host build is of another source";
+  return compiled;
+}
+
+template <class T>
+bool same_bits(const SequenceResult<T>& a, const SequenceResult<T>& b) {
+  for (std::size_t o = 0; o < a.outputs.size(); ++o)
+    if (a.outputs[o].data != b.outputs[o].data) return false;
+  for (std::size_t s = 0; s < a.final_states.size(); ++s)
+    if (a.final_states[s].data != b.final_states[s].data) return false;
+  return true;
+}
+
+// Three runs (a direct launch, a graph capture, a graph replay), each against the interpreter.
+template <class T>
+void check_runs(CudaCell& compiled, const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
+                const std::string& what) {
+  auto args = random_sequence_args<T>(cell, steps, batch, seed);
+  SequenceResult<double> want;
+  if constexpr (std::is_same_v<T, float>) want = interpret_sequence(as_f64(cell), convert<float, double>(args));
+  else want = interpret_sequence(cell, args);
+  const double tolerance = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  const Counters before = fake_counters();
+  const auto captures_before = compiled.graph_captures();
+  std::vector<SequenceResult<T>> runs;
+  for (int r = 0; r < 3; ++r) {
+    runs.push_back(compiled.run(args));
+    expect_matches(runs.back(), want, tolerance, what + " run " + std::to_string(r));
+  }
+  EXPECT_TRUE(same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2])) << what << ": a graph replay differs";
+  const Counters after = fake_counters();
+  if (compiled.graphs() && steps > 0) {
+    EXPECT_EQ(compiled.graph_captures(), captures_before + 1) << what;
+    EXPECT_EQ(after.graph_launches - before.graph_launches, 2u) << what;
+  } else {
+    EXPECT_EQ(after.graph_launches, before.graph_launches) << what;
+  }
+  EXPECT_EQ(fake_errors(), "") << what;
+}
+
+struct Case {
+  const char* spec;
+  DType dtype;
+  std::int64_t batch, steps;
+  FuseProducts fuse;
+};
+
+std::string case_name(const Case& c) {
+  std::string name = std::string(c.spec) + "_" + std::string(dtype_name(c.dtype)) + "_B" + std::to_string(c.batch) + "_T" +
+                     std::to_string(c.steps) + (c.fuse == FuseProducts::Always ? "_fused" : c.fuse == FuseProducts::Never ? "_cublas" : "_auto");
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+}
+
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
+
+class StandardCellsEmulated : public ::testing::TestWithParam<Case> {};
+
+TEST_P(StandardCellsEmulated, MatchTheInterpreter) {
+  const Case& c = GetParam();
+  Cell cell = cells::by_spec(c.spec, c.dtype);
+  CudaOptions options;
+  options.program.fuse = c.fuse;
+  auto compiled = emulated_cell(cell, c.batch, options);
+  EXPECT_EQ(compiled->device_name(), "cellfuse fake GPU (host emulation)");
+  EXPECT_EQ(compiled->architecture(), "sm_90");
+  const std::string what = case_name(c);
+  if (c.dtype == DType::f32) check_runs<float>(*compiled, cell, c.steps, c.batch, 3 + static_cast<std::uint64_t>(c.steps), what);
+  else check_runs<double>(*compiled, cell, c.steps, c.batch, 3 + static_cast<std::uint64_t>(c.steps), what);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OddSizes, StandardCellsEmulated,
+    ::testing::Values(Case{"lstm:1,1", DType::f32, 1, 1, FuseProducts::Auto}, Case{"lstm:5,7", DType::f32, 1, 37, FuseProducts::Always},
+                      Case{"lstm:5,7", DType::f32, 3, 2, FuseProducts::Never}, Case{"lstm:33,33", DType::f32, 64, 3, FuseProducts::Auto},
+                      Case{"lstm:33,33", DType::f64, 3, 4, FuseProducts::Always}, Case{"gru:4,33", DType::f32, 3, 5, FuseProducts::Always},
+                      Case{"gru:7,1", DType::f64, 64, 2, FuseProducts::Auto}, Case{"gru:4,33", DType::f32, 64, 3, FuseProducts::Auto},
+                      Case{"lnlstm:5,7", DType::f32, 1, 5, FuseProducts::Always}, Case{"lnlstm:33,1", DType::f32, 64, 2, FuseProducts::Auto},
+                      Case{"lnlstm:5,7", DType::f64, 3, 2, FuseProducts::Never}, Case{"lnlstm:33,33", DType::f32, 3, 3, FuseProducts::Always},
+                      Case{"elman:3,33", DType::f32, 1, 37, FuseProducts::Always}, Case{"elman:5,1", DType::f32, 64, 2, FuseProducts::Auto},
+                      Case{"elman_proj:5,7,3", DType::f32, 3, 4, FuseProducts::Never},
+                      Case{"elman_proj:5,7,3", DType::f64, 2, 4, FuseProducts::Always},
+                      Case{"peephole:7,33", DType::f32, 64, 2, FuseProducts::Auto}, Case{"peephole:3,7", DType::f64, 1, 3, FuseProducts::Always}),
+    [](const auto& param_info) { return case_name(param_info.param); });
+
+// Scratch too large for shared memory lives in global memory, a region per block.
+// (A small shared-memory limit stands in for a wide cell, some scratch in each place; lnlstm:8,3000
+// would overflow the default 46 KB.)
+TEST(CudaEmulated, GlobalScratch) {
+  Cell cell = cells::lnlstm(8, 33);
+  CudaOptions options;
+  options.program.fuse = FuseProducts::Always;
+  options.program.emit.shared_limit = 1600;  // the reduction tree takes 1 KB of it
+  for (std::int64_t batch : {1, 5}) {
+    auto compiled = emulated_cell(cell, batch, options);
+    EXPECT_NE(compiled->source().find("(global scratch)"), std::string::npos);
+    EXPECT_NE(compiled->source().find("(shared memory)"), std::string::npos);
+    check_runs<float>(*compiled, cell, 3, batch, 5, "lnlstm:8,33 fused, shared limit 1 KB, B=" + std::to_string(batch));
+  }
+}
+
+TEST(CudaEmulated, RandomCells) {
+  for (std::uint64_t seed = 1; seed <= 8; ++seed) {
+    const DType dtype = seed % 2 ? DType::f32 : DType::f64;
+    Cell cell = testing_support::random_cell(seed, dtype, 12);
+    const std::int64_t batch = seed % 3 == 0 ? 1 : seed % 3 == 1 ? 3 : 17;
+    const std::string what = "random seed " + std::to_string(seed) + " B=" + std::to_string(batch);
+    std::unique_ptr<CudaCell> compiled;
+    try {
+      compiled = emulated_cell(cell, batch);
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find("NVRTC"), std::string::npos) << what << ": " << e.what();
+      continue;  // a cell the compiled backends reject, with a reason
+    }
+    if (dtype == DType::f32) check_runs<float>(*compiled, cell, 4, batch, seed, what);
+    else check_runs<double>(*compiled, cell, 4, batch, seed, what);
+  }
+}
+
+// A sequence length that changes between runs reallocates the workspace and drops the graph.
+TEST(CudaEmulated, ChangingLengthsAndGraphsOff) {
+  Cell cell = cells::gru(6, 10);
+  auto compiled = emulated_cell(cell, 4);
+  for (std::int64_t steps : {3, 5, 3}) check_runs<float>(*compiled, cell, steps, 4, static_cast<std::uint64_t>(steps), "gru T=" + std::to_string(steps));
+  EXPECT_EQ(compiled->graph_captures(), 3u);
+
+  CudaOptions off;
+  off.graphs = false;
+  auto eager = emulated_cell(cell, 4, off);
+  EXPECT_FALSE(eager->graphs());
+  check_runs<float>(*eager, cell, 5, 4, 5, "gru, graphs off");
+  EXPECT_EQ(eager->graph_captures(), 0u);
+  ::setenv("CELLFUSE_CUDA_GRAPHS", "0", 1);
+  auto env_off = emulated_cell(cell, 4);
+  ::unsetenv("CELLFUSE_CUDA_GRAPHS");
+  EXPECT_FALSE(env_off->graphs());
+}
+
+TEST(CudaEmulated, ZeroStepsLeaveTheStates) {
+  Cell cell = cells::lstm(5, 7);
+  auto compiled = emulated_cell(cell, 2);
+  auto args = random_sequence_args<float>(cell, 1, 2, 3);
+  args.inputs[0].shape[0] = 0;
+  args.inputs[0].data.clear();
+  auto result = compiled->run(args);
+  EXPECT_EQ(result.outputs[0].shape, (std::vector<std::int64_t>{0, 2, 7}));
+  EXPECT_EQ(result.final_states[0].data, args.states[0].data);
+  EXPECT_EQ(result.final_states[1].data, args.states[1].data);
+  EXPECT_EQ(fake_errors(), "");
+}
+
+TEST(CudaEmulated, RejectsArgumentsOfTheWrongShapeOrType) {
+  Cell cell = cells::lstm(5, 7);
+  auto compiled = emulated_cell(cell, 3);
+  auto args = random_sequence_args<float>(cell, 4, 2, 1);  // batch 2, compiled for 3
+  EXPECT_THAT([&] { compiled->run(args); },
+              ::testing::ThrowsMessage<Error>(::testing::AllOf(HasSubstr("%x"), HasSubstr("[4,3,5]"), HasSubstr("[4,2,5]"))));
+  auto f64_args = random_sequence_args<double>(cell, 4, 3, 1);
+  EXPECT_THAT([&] { compiled->run(f64_args); }, ::testing::ThrowsMessage<Error>(HasSubstr("f32")));
+  DeviceSequenceArgs missing;
+  missing.steps = 2;
+  EXPECT_THAT([&] { compiled->run_device(missing); }, ::testing::ThrowsMessage<Error>(HasSubstr("input(s)")));
+}
+
+// The device-pointer API on a stream of the caller's gives the host API's bits.
+TEST(CudaEmulated, RunDeviceOnACallersStream) {
+  const cuda::Driver& d = cuda::driver();
+  Cell cell = cells::lnlstm(9, 21);
+  const std::int64_t B = 3, T = 6;
+  auto compiled = emulated_cell(cell, B);
+  auto args = random_sequence_args<float>(cell, T, B, 5);
+  auto host = compiled->run(args);
+  CUstream stream = nullptr;
+  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  std::vector<cuda::DeviceMemory> memory;
+  auto upload = [&](const HostTensor<float>& t) {
+    memory.emplace_back(t.data.size() * sizeof(float));
+    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
+    return static_cast<DevicePointer>(memory.back().get());
+  };
+  DeviceSequenceArgs dev;
+  dev.steps = T;
+  for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
+  for (const auto& t : args.states) dev.states.push_back(upload(t));
+  for (const auto& t : args.params) dev.params.push_back(upload(t));
+  for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
+  for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
+  for (int r = 0; r < 3; ++r) {
+    compiled->run_device(dev, stream);
+    SequenceResult<float> got = host;
+    for (std::size_t o = 0; o < got.outputs.size(); ++o)
+      cuda::check(d.memcpy_dtoh_async(got.outputs[o].data.data(), dev.outputs[o], got.outputs[o].data.size() * sizeof(float), stream), "DtoH");
+    for (std::size_t s = 0; s < got.final_states.size(); ++s)
+      cuda::check(d.memcpy_dtoh_async(got.final_states[s].data.data(), dev.final_states[s], got.final_states[s].data.size() * sizeof(float),
+                                      stream),
+                  "DtoH");
+    cuda::check(d.stream_synchronize(stream), "sync");
+    EXPECT_TRUE(same_bits(got, host)) << "run " << r;
+  }
+  EXPECT_EQ(compiled->graph_captures(), 1u);  // the host API ran once (direct); these: direct, capture, replay
+  memory.clear();
+  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
+  EXPECT_EQ(fake_errors(), "");
+}
+
+// The harness itself: the fake driver reports copies out of bounds, and fresh memory reads NaN
+// (so a kernel reading memory nothing wrote cannot pass by luck).
+TEST(CudaEmulated, TheFakeDriverCatchesWhatItShould) {
+  const cuda::Driver& d = cuda::driver();
+  EXPECT_EQ(fake_errors(), "");
+  cuda::DeviceMemory small(16);
+  float host[5] = {1, 2, 3, 4, 5};
+  EXPECT_THAT([&] { cuda::check(d.memcpy_htod_async(small.get(), host, sizeof host, nullptr), "cuMemcpyHtoDAsync"); },
+              ::testing::ThrowsMessage<Error>(HasSubstr("cuMemcpyHtoDAsync failed")));
+  EXPECT_THAT(fake_errors(), HasSubstr("not inside an allocation"));
+  float back[4] = {0, 0, 0, 0};
+  cuda::check(d.memcpy_dtoh_async(back, small.get(), sizeof back, nullptr), "cuMemcpyDtoHAsync");
+  for (float v : back) EXPECT_TRUE(std::isnan(v));
+  EXPECT_EQ(fake_errors(), "");
+}
+
+TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
+  Cell cell = cells::elman(4, 6);
+  auto program = cuda_codegen::compile_cuda_program(optimize(cell), 2, cell.name);
+  ::setenv("CELLFUSE_FAKE_KERNELS", build_host_kernels(program).c_str(), 1);
+  const auto before = cuda_compile_count();
+  auto first = compile_cuda(cell, 2);
+  EXPECT_EQ(compile_cuda(cells::elman(4, 6), 2).get(), first.get());
+  EXPECT_EQ(cuda_compile_count(), before + 1);
+  CudaOptions other;
+  other.graphs = false;
+  EXPECT_NE(compile_cuda(cell, 2, other).get(), first.get());
+  EXPECT_EQ(cuda_compile_count(), before + 2);
+  // The second CudaCell's cubin came from the disk cache.
+  EXPECT_TRUE(compile_cuda(cell, 2, other)->cubin_from_cache());
+}
+
+}  // namespace
+}  // namespace cellfuse
