@@ -38,6 +38,11 @@ struct Buffer {
   std::int64_t rows; // for unbatched buffers
   std::int64_t cols;
   bool transposed = false;  // a Param holding the parameter transposed (a MatVec weight)
+  // A MatVec weight [k, n] stored in panels: the first (n / panel) * panel columns as
+  // consecutive [k, panel] blocks, the rest as one [k, n % panel] block after them. Each part of
+  // a product split by columns then reads one contiguous stretch of memory, which stays in its
+  // core's cache from step to step. 0: plain row-major [k, n].
+  std::int64_t panel = 0;
 };
 
 struct Inst {

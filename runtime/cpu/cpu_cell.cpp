@@ -10,6 +10,7 @@
 #include <optional>
 #include <tuple>
 
+#include "compiler/codegen/llvm/host_target.h"
 #include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/ir/error.h"
 #include "compiler/kernel/stage_program.h"
@@ -78,7 +79,15 @@ CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
     bool fuse = s == 1 && batch <= kMaxFusedProductRows;
     m.stages[s].program = compile_stage(*stages[s]->cell, fuse, prefix + names[s]);
     if (s == 1)  // every call of a loop-stage kernel covers the whole batch
-      for (auto& step : m.stages[s].program.steps) step.kernel.kernel.rows_hint = batch;
+      for (auto& step : m.stages[s].program.steps) {
+        auto& k = step.kernel.kernel;
+        k.rows_hint = batch;
+        // Fused products read their weight in panels (see kernel::Buffer::panel).
+        const int lanes = llvm_codegen::host_target().lanes(static_cast<int>(dtype_size(k.dtype)));
+        for (const auto& st : k.body)
+          if (st.kind == kernel::Statement::Kind::MatVec)
+            k.buffers[st.matvec.weight].panel = llvm_codegen::product_unroll(batch) * lanes;
+      }
     for (const auto& step : m.stages[s].program.steps)
       if (step.kind == ProgramStep::Kind::Kernel) llvm_codegen::emit_kernel(*module, step.kernel.kernel);
   }

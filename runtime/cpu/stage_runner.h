@@ -58,8 +58,9 @@ class StageRunner {
     for (std::size_t p = 0; p < stage_.params.size(); ++p)
       where_[stage_.params[p].index] = const_cast<T*>(params[cs_.stage->params[p]]);
     for (auto& [index, copy] : transposed_) {
-      const Shape& s = g_.nodes()[index].shape;  // [n, k]; the copy is [k, n]
+      const Shape& s = g_.nodes()[index].shape;  // [n, k]; the copy is [k, n], maybe in panels
       transpose(where_[index], copy.data(), s.dims[0], s.dims[1]);
+      if (std::int64_t panel = panels_[index]; panel > 0) pack_panels(copy, s.dims[1], s.dims[0], panel);
     }
   }
 
@@ -135,11 +136,25 @@ class StageRunner {
       } else if (buf.transposed) {
         auto& copy = transposed_[v.index];
         copy.resize(static_cast<std::size_t>(buf.rows * buf.cols));
+        panels_[v.index] = buf.panel;
         for (int set = 0; set < sets; ++set) call.pointers[set][b] = copy.data();
       } else {
         call.bound.push_back({static_cast<int>(b), v});
       }
     }
+  }
+
+  // Rearranges a row-major [k, n] matrix into the panel layout of kernel::Buffer::panel.
+  void pack_panels(std::vector<T>& m, std::int64_t k, std::int64_t n, std::int64_t panel) {
+    packing_.resize(m.size());
+    const std::int64_t packed = n / panel * panel, rest = n - packed;
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+      const T* row = m.data() + kk * n;
+      for (std::int64_t p = 0; p < packed; p += panel)
+        std::copy(row + p, row + p + panel, packing_.data() + p * k + kk * panel);
+      std::copy(row + packed, row + n, packing_.data() + packed * k + kk * rest);
+    }
+    std::copy(packing_.begin(), packing_.end(), m.begin());  // kernels hold m's address
   }
 
   void run_kernel(std::size_t i) {
@@ -172,6 +187,8 @@ class StageRunner {
   std::vector<T*> where_;
   std::vector<std::vector<T>> temporaries_;
   std::map<std::uint32_t, std::vector<T>> transposed_;
+  std::map<std::uint32_t, std::int64_t> panels_;
+  std::vector<T> packing_;
   std::vector<std::vector<T>> scratch_;
   std::vector<KernelCall> calls_;
   std::vector<bool> direct_output_;

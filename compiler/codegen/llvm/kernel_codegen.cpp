@@ -275,10 +275,10 @@ class KernelEmitter {
       }
     }
     acc = emit_for(b_.getInt64(0), b_.getInt64(m.k), 1, acc, [&](Value* kk, const std::vector<Value*>& a) {
-      Value* wrow = b_.CreateMul(kk, b_.getInt64(m.n));
+      Value* wbase = weight_index(m, kk, n0);
       std::vector<Value*> w;
       for (int u = 0; u < count; ++u)
-        w.push_back(load(type, b_.CreateInBoundsGEP(elem_, bases_[m.weight], b_.CreateAdd(wrow, b_.CreateAdd(n0, b_.getInt64(u * width))))));
+        w.push_back(load(type, b_.CreateInBoundsGEP(elem_, bases_[m.weight], b_.CreateAdd(wbase, b_.getInt64(u * width)))));
       std::vector<Value*> next;
       for (int r = 0; r < rows; ++r) {
         Value* row = b_.CreateAdd(first_row, b_.getInt64(r));
@@ -296,10 +296,28 @@ class KernelEmitter {
     }
   }
 
+  // Index of weight element (k, n0) in its layout (see kernel::Buffer::panel). Tiles start on
+  // panel boundaries, so a tile's columns are consecutive inside one panel.
+  Value* weight_index(const kernel::MatVec& m, Value* kk, Value* n0) {
+    const std::int64_t panel = k_.buffers[m.weight].panel;
+    if (panel <= 0) return b_.CreateAdd(b_.CreateMul(kk, b_.getInt64(m.n)), n0);
+    const std::int64_t packed = m.n / panel * panel, rest = m.n - packed;
+    Value* in_panels = b_.CreateICmpSLT(n0, b_.getInt64(packed));
+    // In the panels: n0 = p*panel + c  ->  p*k*panel + kk*panel + c.
+    Value* c = b_.CreateSRem(n0, b_.getInt64(panel));
+    Value* p = b_.CreateSDiv(n0, b_.getInt64(panel));
+    Value* panel_index = b_.CreateAdd(b_.CreateMul(p, b_.getInt64(m.k * panel)),
+                                      b_.CreateAdd(b_.CreateMul(kk, b_.getInt64(panel)), c));
+    Value* rest_index = b_.CreateAdd(b_.getInt64(packed * m.k),
+                                     b_.CreateAdd(b_.CreateMul(kk, b_.getInt64(rest)), b_.CreateSub(n0, b_.getInt64(packed))));
+    return b_.CreateSelect(in_panels, panel_index, rest_index);
+  }
+
   // The columns of a product, `rows` rows at a time from `first_row`: whole tiles of `unroll`
   // vectors split among the parts, then single vectors and single columns in the last part.
   void emit_product_columns(const kernel::MatVec& m, Value* first_row, int rows) {
-    const int unroll = std::max(1, std::min(4, 24 / rows));  // accumulators fit the registers
+    const std::int64_t panel = k_.buffers[m.weight].panel;
+    const int unroll = panel > 0 ? static_cast<int>(panel / lanes_) : product_unroll(rows);
     const std::int64_t tile = unroll * lanes_, tiles = m.n / tile;
     auto [first, last] = share(b_.getInt64(tiles));
     emit_for(b_.CreateMul(first, b_.getInt64(tile)), b_.CreateMul(last, b_.getInt64(tile)), tile, {},
@@ -365,6 +383,10 @@ class KernelEmitter {
 };
 
 }  // namespace
+
+int product_unroll(std::int64_t rows) {
+  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(4, 24 / std::max<std::int64_t>(rows, 1))));
+}
 
 void emit_kernel(llvm::Module& module, const kernel::Kernel& kernel) {
   kernel::verify_kernel(kernel);

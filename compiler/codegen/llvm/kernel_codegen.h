@@ -27,4 +27,8 @@ using KernelFunction = void (*)(void* const* buffers, std::int64_t row_begin, st
 
 void emit_kernel(llvm::Module& module, const kernel::Kernel& kernel);
 
+// Vectors of output columns one MatVec tile accumulates for `rows` rows at once: as many as fit
+// the registers beside the rows' accumulators. A packed weight's panel is this times the lanes.
+int product_unroll(std::int64_t rows);
+
 }  // namespace cellfuse::llvm_codegen
