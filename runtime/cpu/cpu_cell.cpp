@@ -19,6 +19,7 @@
 #include "runtime/cpu/llvm_jit.h"
 #include "runtime/cpu/stage_runner.h"
 #include "runtime/cpu/team.h"
+#include "runtime/sequence_check.h"
 
 namespace cellfuse {
 namespace {
@@ -122,52 +123,10 @@ std::string CpuCell::describe() const {
   return out;
 }
 
-namespace {
-
-template <class T>
-void check_args(const Cell& cell, const SequenceArgs<T>& args, std::int64_t batch, std::int64_t& steps) {
-  auto fail = [](const std::string& m) { throw Error("CPU backend: " + m); };
-  if (args.inputs.size() != cell.inputs.size())
-    fail("the cell has " + std::to_string(cell.inputs.size()) + " input(s) but " +
-         std::to_string(args.inputs.size()) + " were given");
-  if (args.states.size() != cell.states.size())
-    fail("the cell has " + std::to_string(cell.states.size()) + " state(s) but " +
-         std::to_string(args.states.size()) + " were given");
-  if (args.params.size() != cell.params.size())
-    fail("the cell has " + std::to_string(cell.params.size()) + " param(s) but " +
-         std::to_string(args.params.size()) + " were given");
-  steps = args.steps;
-  if (!args.inputs.empty() && !args.inputs[0].shape.empty()) steps = args.inputs[0].shape[0];
-  if (steps < 0) fail("cannot tell the sequence length: give steps or per-step inputs");
-  auto expect = [&](ValueId leaf, const HostTensor<T>& t, std::vector<std::int64_t> want) {
-    std::int64_t n = 1;
-    for (auto d : want) n *= d;
-    if (t.shape != want || static_cast<std::int64_t>(t.data.size()) != n)
-      fail(std::string(op_name(cell.graph.node(leaf).op)) + " %" + std::string(cell.leaf_name(leaf)) +
-           ": expected a tensor of shape " + shape_string(want) + ", got " + shape_string(t.shape) +
-           " (compiled for batch " + std::to_string(batch) + ")");
-  };
-  for (std::size_t i = 0; i < cell.inputs.size(); ++i)
-    expect(cell.inputs[i], args.inputs[i], {steps, batch, cell.graph.node(cell.inputs[i]).shape.features()});
-  for (std::size_t i = 0; i < cell.states.size(); ++i)
-    expect(cell.states[i], args.states[i], {batch, cell.graph.node(cell.states[i]).shape.features()});
-  for (std::size_t i = 0; i < cell.params.size(); ++i) {
-    const Shape& s = cell.graph.node(cell.params[i]).shape;
-    expect(cell.params[i], args.params[i],
-           s.rank == 1 ? std::vector<std::int64_t>{s.dims[0]} : std::vector<std::int64_t>{s.dims[0], s.dims[1]});
-  }
-}
-
-}  // namespace
-
 template <class T>
 void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) const {
   const Cell& cell = impl_->cell;
-  if ((cell.graph.dtype() == DType::f32) != std::is_same_v<T, float>)
-    throw Error("CPU backend: the cell is " + std::string(dtype_name(cell.graph.dtype())) +
-                " but the arguments are " + (std::is_same_v<T, float> ? "f32" : "f64"));
-  std::int64_t steps = 0;
-  check_args(cell, args, impl_->batch, steps);
+  const std::int64_t steps = check_sequence_args(cell, args, impl_->batch, "CPU backend");
   const std::int64_t B = impl_->batch;
   // The caller's result tensors are written in place when they have the right shapes.
   result.outputs.resize(cell.outputs.size());
