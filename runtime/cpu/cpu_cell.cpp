@@ -85,8 +85,10 @@ CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
         k.rows_hint = batch;
         // Fused products read their weight in panels (see kernel::Buffer::panel).
         const int lanes = llvm_codegen::host_target().lanes(static_cast<int>(dtype_size(k.dtype)));
+        // Only the transposed copies the runner makes are packed; a weight read in place
+        // (matmul's [k, n]) keeps its layout.
         for (const auto& st : k.body)
-          if (st.kind == kernel::Statement::Kind::MatVec)
+          if (st.kind == kernel::Statement::Kind::MatVec && k.buffers[st.matvec.weight].transposed)
             k.buffers[st.matvec.weight].panel = llvm_codegen::product_unroll(batch) * lanes;
       }
     for (const auto& step : m.stages[s].program.steps)
