@@ -5,7 +5,8 @@ set(CELLFUSE_HAVE_CUDA OFF)
 set(CELLFUSE_HAVE_PYTHON OFF)
 
 if(CELLFUSE_WITH_LLVM)
-  find_package(LLVM CONFIG QUIET)
+  # Debian's LLVM 14 is the default even where newer ones are installed (-DLLVM_DIR picks another).
+  find_package(LLVM CONFIG QUIET HINTS /usr/lib/llvm-14/lib/cmake/llvm)
   if(LLVM_FOUND AND TARGET LLVM)
     set(CELLFUSE_HAVE_LLVM ON)
     separate_arguments(LLVM_DEFINITIONS_LIST NATIVE_COMMAND ${LLVM_DEFINITIONS})
