@@ -27,11 +27,6 @@ HostTensor<T> random_tensor(SplitMix64& rng, std::vector<std::int64_t> dims, dou
   return t;
 }
 
-std::vector<std::int64_t> dims_of(const Shape& s, std::int64_t batch) {
-  std::vector<std::int64_t> dims;
-  for (int i = 0; i < s.rank; ++i) dims.push_back(s.dims[i] == Shape::kBatch ? batch : s.dims[i]);
-  return dims;
-}
 
 }  // namespace
 
@@ -54,16 +49,16 @@ SequenceArgs<T> random_sequence_args(const Cell& cell, std::int64_t steps, std::
   SequenceArgs<T> args;
   args.steps = steps;
   for (ValueId v : cell.inputs) {
-    auto dims = dims_of(cell.graph.node(v).shape, batch);
+    auto dims = tensor_dims(cell.graph.node(v).shape, batch);
     dims.insert(dims.begin(), steps);
     args.inputs.push_back(random_tensor<T>(rng, dims, 1.0));
   }
   for (ValueId v : cell.states)
-    args.states.push_back(random_tensor<T>(rng, dims_of(cell.graph.node(v).shape, batch), 1.0));
+    args.states.push_back(random_tensor<T>(rng, tensor_dims(cell.graph.node(v).shape, batch), 1.0));
   for (ValueId v : cell.params) {
     const Shape& s = cell.graph.node(v).shape;
     double bound = 1.0 / std::sqrt(static_cast<double>(s.features()));
-    args.params.push_back(random_tensor<T>(rng, dims_of(s, batch), bound));
+    args.params.push_back(random_tensor<T>(rng, tensor_dims(s, batch), bound));
   }
   return args;
 }

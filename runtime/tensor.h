@@ -1,8 +1,11 @@
 #pragma once
 // A dense row-major host array: the currency of the reference interpreter and of the CLI.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "compiler/ir/types.h"
 
 namespace cellfuse {
 
@@ -21,5 +24,10 @@ struct HostTensor {
 };
 
 std::string shape_string(const std::vector<std::int64_t>& dims);
+
+// The dims of a tensor holding a value of shape `s` for a batch size, with a leading dimension
+// (a sequence's length) in front when given.
+std::vector<std::int64_t> tensor_dims(const Shape& s, std::int64_t batch,
+                                      std::optional<std::int64_t> leading = std::nullopt);
 
 }  // namespace cellfuse

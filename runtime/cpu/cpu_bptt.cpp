@@ -24,11 +24,6 @@ void gemm_at_b(const double* a, const double* b, double* out, std::int64_t m, st
               static_cast<blasint>(n));
 }
 
-std::vector<std::int64_t> dims_of(const Shape& s, std::int64_t batch) {
-  std::vector<std::int64_t> dims;
-  for (int i = 0; i < s.rank; ++i) dims.push_back(s.dims[i] == Shape::kBatch ? batch : s.dims[i]);
-  return dims;
-}
 
 }  // namespace
 
@@ -121,7 +116,7 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
     step_outputs.emplace_back(std::vector<std::int64_t>{steps, B, step.graph.node(o.value).shape.features()});
   for (auto& o : step_outputs) view.outputs.push_back(o.data.data());
   BpttResult<T> result;
-  for (ValueId s : fwd.states) result.grads.states.emplace_back(dims_of(fwd.graph.node(s).shape, B));
+  for (ValueId s : fwd.states) result.grads.states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
   for (auto& s : result.grads.states) view.final_states.push_back(s.data.data());
   m.backward_step->run_view(view);
 
@@ -134,7 +129,7 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
     ValueId id = v.kind == StepValue::Kind::Input ? step.inputs[v.index] : step.outputs[v.index].value;
     return step.graph.node(id).shape.features();
   };
-  for (ValueId p : fwd.params) result.grads.params.emplace_back(dims_of(fwd.graph.node(p).shape, B));
+  for (ValueId p : fwd.params) result.grads.params.emplace_back(tensor_dims(fwd.graph.node(p).shape, B));
   const std::int64_t rows = steps * B;
   for (const ParamGradTerm& term : bc.param_terms) {
     T* out = result.grads.params[term.param].data.data();

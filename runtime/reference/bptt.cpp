@@ -14,14 +14,6 @@ using Tensor = HostTensor<T>;
 
 using Dims = std::vector<std::int64_t>;
 
-// The dims of a value of shape `s` for a batch size, with the sequence length in front when
-// given.
-Dims dims_of(const Shape& s, std::int64_t batch, std::optional<std::int64_t> steps = std::nullopt) {
-  Dims dims;
-  if (steps) dims.push_back(*steps);
-  for (int i = 0; i < s.rank; ++i) dims.push_back(s.dims[i] == Shape::kBatch ? batch : s.dims[i]);
-  return dims;
-}
 
 template <class T>
 void check(const std::string& what, const Tensor<T>& t, const Dims& want) {
@@ -85,18 +77,18 @@ BpttResult<T> reference_bptt(const BackwardCell& bw, const SequenceArgs<T>& args
 
   for (std::size_t i = 0; i < f.inputs.size(); ++i)
     check("input %" + leaf(f, f.inputs[i]), args.inputs[i],
-          dims_of(g.node(f.inputs[i]).shape, batch, steps));
+          tensor_dims(g.node(f.inputs[i]).shape, batch, steps));
   for (std::size_t i = 0; i < f.states.size(); ++i) {
-    Dims want = dims_of(g.node(f.states[i]).shape, batch);
+    Dims want = tensor_dims(g.node(f.states[i]).shape, batch);
     check("state %" + leaf(f, f.states[i]), args.states[i], want);
     check("gradient of final state %" + leaf(f, f.states[i]), seeds.final_states[i], want);
   }
   for (std::size_t i = 0; i < f.params.size(); ++i)
     check("param %" + leaf(f, f.params[i]), args.params[i],
-          dims_of(g.node(f.params[i]).shape, batch));
+          tensor_dims(g.node(f.params[i]).shape, batch));
   for (std::size_t o = 0; o < user_outputs; ++o)
     check("gradient of output " + f.outputs[o].name, seeds.outputs[o],
-          dims_of(g.node(f.outputs[o].value).shape, batch, steps));
+          tensor_dims(g.node(f.outputs[o].value).shape, batch, steps));
 
   BpttResult<T> result;
   const auto T_ = static_cast<std::size_t>(steps);
@@ -104,7 +96,7 @@ BpttResult<T> reference_bptt(const BackwardCell& bw, const SequenceArgs<T>& args
   // Forward, keeping every step's starting states and saves.
   std::vector<std::vector<Tensor<T>>> states_at(T_), saves_at(T_);
   for (std::size_t o = 0; o < user_outputs; ++o)
-    result.forward.outputs.emplace_back(dims_of(g.node(f.outputs[o].value).shape, batch, steps));
+    result.forward.outputs.emplace_back(tensor_dims(g.node(f.outputs[o].value).shape, batch, steps));
   StepArgs<T> fwd{{}, args.states, args.params};
   for (std::int64_t t = 0; t < steps; ++t) {
     fwd.inputs.clear();
@@ -216,9 +208,9 @@ LossGradients<T> random_loss_gradients(const Cell& cell, std::int64_t steps, std
   };
   LossGradients<T> seeds;
   for (const auto& o : cell.outputs)
-    seeds.outputs.push_back(fill(dims_of(cell.graph.node(o.value).shape, batch, steps)));
+    seeds.outputs.push_back(fill(tensor_dims(cell.graph.node(o.value).shape, batch, steps)));
   for (ValueId s : cell.states)
-    seeds.final_states.push_back(fill(dims_of(cell.graph.node(s).shape, batch)));
+    seeds.final_states.push_back(fill(tensor_dims(cell.graph.node(s).shape, batch)));
   return seeds;
 }
 

@@ -139,15 +139,6 @@ void check_count(std::string_view role, std::size_t want, std::size_t got) {
                 std::to_string(got) + " were given");
 }
 
-// The expected dims of a leaf for a batch size, with `leading` prepended (the T of a sequence).
-std::vector<std::int64_t> leaf_dims(const Shape& s, std::int64_t batch,
-                                    std::optional<std::int64_t> leading = std::nullopt) {
-  std::vector<std::int64_t> dims;
-  if (leading) dims.push_back(*leading);
-  for (int i = 0; i < s.rank; ++i) dims.push_back(s.dims[i] == Shape::kBatch ? batch : s.dims[i]);
-  return dims;
-}
-
 template <class T>
 void check_tensor(const Cell& cell, ValueId leaf, const HostTensor<T>& t,
                   const std::vector<std::int64_t>& want) {
@@ -180,10 +171,10 @@ void check_common(const Cell& cell, const std::vector<HostTensor<T>>& states,
   check_count("param", cell.params.size(), params.size());
   for (std::size_t i = 0; i < states.size(); ++i)
     check_tensor(cell, cell.states[i], states[i],
-                 leaf_dims(cell.graph.node(cell.states[i]).shape, batch));
+                 tensor_dims(cell.graph.node(cell.states[i]).shape, batch));
   for (std::size_t i = 0; i < params.size(); ++i)
     check_tensor(cell, cell.params[i], params[i],
-                 leaf_dims(cell.graph.node(cell.params[i]).shape, batch));
+                 tensor_dims(cell.graph.node(cell.params[i]).shape, batch));
 }
 
 template <class T>
@@ -202,7 +193,7 @@ StepResult<T> interpret_step(const Cell& cell, const StepArgs<T>& args) {
   std::int64_t batch = batch_of(cell, args.inputs, args.states, false);
   for (std::size_t i = 0; i < args.inputs.size(); ++i)
     check_tensor(cell, cell.inputs[i], args.inputs[i],
-                 leaf_dims(cell.graph.node(cell.inputs[i]).shape, batch));
+                 tensor_dims(cell.graph.node(cell.inputs[i]).shape, batch));
   check_common(cell, args.states, args.params, batch);
 
   StepEvaluator<T> ev(cell, batch);
@@ -225,15 +216,15 @@ SequenceResult<T> interpret_sequence(const Cell& cell, const SequenceArgs<T>& ar
   std::int64_t batch = batch_of(cell, args.inputs, args.states, true);
   for (std::size_t i = 0; i < args.inputs.size(); ++i)
     check_tensor(cell, cell.inputs[i], args.inputs[i],
-                 leaf_dims(cell.graph.node(cell.inputs[i]).shape, batch, steps));
+                 tensor_dims(cell.graph.node(cell.inputs[i]).shape, batch, steps));
   check_common(cell, args.states, args.params, batch);
 
   SequenceResult<T> result;
   for (const auto& o : cell.outputs)
-    result.outputs.emplace_back(leaf_dims(cell.graph.node(o.value).shape, batch, steps));
+    result.outputs.emplace_back(tensor_dims(cell.graph.node(o.value).shape, batch, steps));
   StepArgs<T> step{{}, args.states, args.params};
   for (std::size_t i = 0; i < args.inputs.size(); ++i)
-    step.inputs.emplace_back(leaf_dims(cell.graph.node(cell.inputs[i]).shape, batch));
+    step.inputs.emplace_back(tensor_dims(cell.graph.node(cell.inputs[i]).shape, batch));
   for (std::int64_t t = 0; t < steps; ++t) {
     for (std::size_t i = 0; i < args.inputs.size(); ++i) {
       auto n = step.inputs[i].data.size();
