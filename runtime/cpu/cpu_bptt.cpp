@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -9,6 +10,7 @@
 
 #include "compiler/ir/error.h"
 #include "runtime/cpu/cpu_cell.h"
+#include "runtime/sequence_check.h"
 
 namespace cellfuse {
 namespace {
@@ -68,74 +70,101 @@ std::string CpuBptt::describe() const {
          "\n# backward step\n" + impl_->backward_step->describe();
 }
 
+std::vector<std::int64_t> CpuBptt::tape_widths() const {
+  const Cell& fwd = impl_->forward;
+  std::vector<std::int64_t> widths;
+  for (std::size_t o = static_cast<std::size_t>(impl_->backward.user_outputs); o < fwd.outputs.size(); ++o)
+    widths.push_back(fwd.graph.node(fwd.outputs[o].value).shape.features());
+  return widths;
+}
+
 template <class T>
-BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const {
+void CpuBptt::forward_view(const TrainingView<T>& v) const {
+  const Impl& m = *impl_;
+  if (v.outputs.size() != static_cast<std::size_t>(m.backward.user_outputs) ||
+      v.tape.size() != m.forward.outputs.size() - v.outputs.size())
+    throw Error("CPU training forward: expected " + std::to_string(m.backward.user_outputs) + " output(s) and " +
+                std::to_string(m.forward.outputs.size() - m.backward.user_outputs) + " tape tensor(s), got " +
+                std::to_string(v.outputs.size()) + " and " + std::to_string(v.tape.size()));
+  SequenceView<T> view;
+  view.steps = v.steps;
+  view.inputs = v.inputs;
+  view.states = v.states;
+  view.params = v.params;
+  view.outputs = v.outputs;
+  view.outputs.insert(view.outputs.end(), v.tape.begin(), v.tape.end());
+  view.final_states = v.final_states;
+  m.forward_cell->run_view(view);
+}
+
+template <class T>
+void CpuBptt::backward_view(const TrainingView<T>& v) const {
   const Impl& m = *impl_;
   const BackwardCell& bc = m.backward;
   const Cell& fwd = m.forward;
   const Cell& step = bc.step;
-  const std::int64_t B = m.batch;
-
-  SequenceResult<T> forward;
-  m.forward_cell->run_into(args, forward);
-  const std::int64_t steps = forward.outputs.empty() ? args.steps : forward.outputs[0].shape[0];
-  if (seeds.outputs.size() != static_cast<std::size_t>(bc.user_outputs) || seeds.final_states.size() != fwd.states.size())
-    throw Error("CPU backward: expected gradients for " + std::to_string(bc.user_outputs) + " output(s) and " +
-                std::to_string(fwd.states.size()) + " final state(s)");
-  for (std::size_t o = 0; o < seeds.outputs.size(); ++o)
-    if (seeds.outputs[o].shape != forward.outputs[o].shape)
-      throw Error("CPU backward: the gradient of output '" + fwd.outputs[o].name + "' is " +
-                  shape_string(seeds.outputs[o].shape) + " but the output is " + shape_string(forward.outputs[o].shape));
-  for (std::size_t s = 0; s < seeds.final_states.size(); ++s)
-    if (seeds.final_states[s].shape != forward.final_states[s].shape)
-      throw Error("CPU backward: the gradient of final state %" + std::string(fwd.leaf_name(fwd.states[s])) + " is " +
-                  shape_string(seeds.final_states[s].shape) + " but the state is " +
-                  shape_string(forward.final_states[s].shape));
+  const std::int64_t B = m.batch, steps = v.steps;
+  if (v.inputs.size() != fwd.inputs.size() || v.params.size() != fwd.params.size() ||
+      v.outputs.size() != static_cast<std::size_t>(bc.user_outputs) ||
+      v.tape.size() != fwd.outputs.size() - v.outputs.size() || v.output_grads.size() != v.outputs.size() ||
+      v.final_state_grads.size() != fwd.states.size() || v.input_grads.size() != fwd.inputs.size() ||
+      v.state_grads.size() != fwd.states.size() || v.param_grads.size() != fwd.params.size() || steps < 0)
+    throw Error("CPU training backward: a view with the wrong number of tensors");
+  // A forward output (user output or tape tensor) by its index in the forward-with-saves cell.
+  auto forward_output = [&](std::size_t o) -> const T* {
+    return o < v.outputs.size() ? v.outputs[o] : v.tape[o - v.outputs.size()];
+  };
 
   // The backward step's arguments, all borrowed: the forward's inputs, its states at every step,
-  // its saves, and the loss gradients.
+  // its saves, and the loss gradients. Its first outputs are the input gradients (written in
+  // place); the rest are parameter-term operands, in scratch memory of this call.
   SequenceView<T> view;
   view.steps = steps;
   view.reverse = true;
   for (const auto& source : bc.step_inputs) {
     switch (source.kind) {
-      case StepInputSource::Kind::ForwardInput: view.inputs.push_back(args.inputs[source.index].data.data()); break;
+      case StepInputSource::Kind::ForwardInput: view.inputs.push_back(v.inputs[source.index]); break;
       case StepInputSource::Kind::ForwardState:
-        view.inputs.push_back(forward.outputs[m.first_state_output + source.index].data.data());
+        view.inputs.push_back(forward_output(static_cast<std::size_t>(m.first_state_output + source.index)));
         break;
       case StepInputSource::Kind::Saved:
-        view.inputs.push_back(forward.outputs[bc.saved_outputs[source.index]].data.data());
+        view.inputs.push_back(forward_output(static_cast<std::size_t>(bc.saved_outputs[source.index])));
         break;
-      case StepInputSource::Kind::OutputGrad: view.inputs.push_back(seeds.outputs[source.index].data.data()); break;
+      case StepInputSource::Kind::OutputGrad: view.inputs.push_back(v.output_grads[source.index]); break;
     }
   }
-  for (const auto& s : seeds.final_states) view.states.push_back(s.data.data());
-  for (const auto& p : args.params) view.params.push_back(p.data.data());
-  std::vector<HostTensor<T>> step_outputs;
-  for (const auto& o : step.outputs)
-    step_outputs.emplace_back(std::vector<std::int64_t>{steps, B, step.graph.node(o.value).shape.features()});
-  for (auto& o : step_outputs) view.outputs.push_back(o.data.data());
-  BpttResult<T> result;
-  for (ValueId s : fwd.states) result.grads.states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
-  for (auto& s : result.grads.states) view.final_states.push_back(s.data.data());
+  view.states = v.final_state_grads;
+  view.params.assign(v.params.begin(), v.params.end());
+  std::vector<std::vector<T>> scratch;
+  for (std::size_t o = 0; o < step.outputs.size(); ++o) {
+    if (o < fwd.inputs.size()) {
+      view.outputs.push_back(v.input_grads[o]);
+    } else {
+      scratch.emplace_back(static_cast<std::size_t>(steps * B * step.graph.node(step.outputs[o].value).shape.features()));
+      view.outputs.push_back(scratch.back().data());
+    }
+  }
+  view.final_states = v.state_grads;
   m.backward_step->run_view(view);
 
-  for (std::size_t i = 0; i < fwd.inputs.size(); ++i) result.grads.inputs.push_back(std::move(step_outputs[i]));
   // Parameter gradients: one product or one column sum over all T*B rows per term.
-  auto value = [&](const StepValue& v) -> const T* {
-    return v.kind == StepValue::Kind::Input ? view.inputs[v.index] : view.outputs[v.index];
+  auto value = [&](const StepValue& sv) -> const T* {
+    return sv.kind == StepValue::Kind::Input ? view.inputs[sv.index] : view.outputs[sv.index];
   };
-  auto width = [&](const StepValue& v) {
-    ValueId id = v.kind == StepValue::Kind::Input ? step.inputs[v.index] : step.outputs[v.index].value;
+  auto width = [&](const StepValue& sv) {
+    ValueId id = sv.kind == StepValue::Kind::Input ? step.inputs[sv.index] : step.outputs[sv.index].value;
     return step.graph.node(id).shape.features();
   };
-  for (ValueId p : fwd.params) result.grads.params.emplace_back(tensor_dims(fwd.graph.node(p).shape, B));
+  for (std::size_t p = 0; p < fwd.params.size(); ++p) {
+    const std::int64_t n = fwd.graph.node(fwd.params[p]).shape.elements(B);
+    std::fill(v.param_grads[p], v.param_grads[p] + n, T(0));
+  }
   const std::int64_t rows = steps * B;
+  if (rows == 0) return;
   for (const ParamGradTerm& term : bc.param_terms) {
-    T* out = result.grads.params[term.param].data.data();
+    T* out = v.param_grads[term.param];
     const T* a = value(term.a);
     const std::int64_t n = width(term.a);
-    if (rows == 0) continue;
     if (term.kind == ParamGradTerm::Kind::RowSum) {
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < n; ++c) out[c] += a[r * n + c];
@@ -143,14 +172,66 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
       gemm_at_b(a, value(term.b), out, n, width(term.b), rows);
     }
   }
-  result.forward.outputs.assign(std::make_move_iterator(forward.outputs.begin()),
-                                std::make_move_iterator(forward.outputs.begin() + bc.user_outputs));
-  result.forward.final_states = std::move(forward.final_states);
+}
+
+template <class T>
+BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const {
+  const Impl& m = *impl_;
+  const BackwardCell& bc = m.backward;
+  const Cell& fwd = m.forward;
+  const std::int64_t B = m.batch;
+  const std::int64_t steps = check_sequence_args(fwd, args, B, "CPU backward");
+
+  BpttResult<T> result;
+  auto per_step = [&](ValueId id) { return tensor_dims(fwd.graph.node(id).shape, B, steps); };
+  for (int o = 0; o < bc.user_outputs; ++o) result.forward.outputs.emplace_back(per_step(fwd.outputs[o].value));
+  std::vector<HostTensor<T>> tape;
+  for (std::size_t o = static_cast<std::size_t>(bc.user_outputs); o < fwd.outputs.size(); ++o)
+    tape.emplace_back(per_step(fwd.outputs[o].value));
+  for (ValueId s : fwd.states) result.forward.final_states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
+
+  if (seeds.outputs.size() != static_cast<std::size_t>(bc.user_outputs) || seeds.final_states.size() != fwd.states.size())
+    throw Error("CPU backward: expected gradients for " + std::to_string(bc.user_outputs) + " output(s) and " +
+                std::to_string(fwd.states.size()) + " final state(s)");
+  for (std::size_t o = 0; o < seeds.outputs.size(); ++o)
+    if (seeds.outputs[o].shape != result.forward.outputs[o].shape)
+      throw Error("CPU backward: the gradient of output '" + fwd.outputs[o].name + "' is " +
+                  shape_string(seeds.outputs[o].shape) + " but the output is " +
+                  shape_string(result.forward.outputs[o].shape));
+  for (std::size_t s = 0; s < seeds.final_states.size(); ++s)
+    if (seeds.final_states[s].shape != result.forward.final_states[s].shape)
+      throw Error("CPU backward: the gradient of final state %" + std::string(fwd.leaf_name(fwd.states[s])) + " is " +
+                  shape_string(seeds.final_states[s].shape) + " but the state is " +
+                  shape_string(result.forward.final_states[s].shape));
+
+  for (ValueId i : fwd.inputs) result.grads.inputs.emplace_back(per_step(i));
+  for (ValueId s : fwd.states) result.grads.states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
+  for (ValueId p : fwd.params) result.grads.params.emplace_back(tensor_dims(fwd.graph.node(p).shape, B));
+
+  TrainingView<T> view;
+  view.steps = steps;
+  for (const auto& t : args.inputs) view.inputs.push_back(t.data.data());
+  for (const auto& t : args.states) view.states.push_back(t.data.data());
+  for (const auto& t : args.params) view.params.push_back(t.data.data());
+  for (auto& t : result.forward.outputs) view.outputs.push_back(t.data.data());
+  for (auto& t : result.forward.final_states) view.final_states.push_back(t.data.data());
+  for (auto& t : tape) view.tape.push_back(t.data.data());
+  for (const auto& t : seeds.outputs) view.output_grads.push_back(t.data.data());
+  for (const auto& t : seeds.final_states) view.final_state_grads.push_back(t.data.data());
+  for (auto& t : result.grads.inputs) view.input_grads.push_back(t.data.data());
+  for (auto& t : result.grads.states) view.state_grads.push_back(t.data.data());
+  for (auto& t : result.grads.params) view.param_grads.push_back(t.data.data());
+  forward_view(view);
+  backward_view(view);
   return result;
 }
 
 template BpttResult<float> CpuBptt::run(const SequenceArgs<float>&, const LossGradients<float>&) const;
 template BpttResult<double> CpuBptt::run(const SequenceArgs<double>&, const LossGradients<double>&) const;
+template void CpuBptt::forward_view(const TrainingView<float>&) const;
+template void CpuBptt::forward_view(const TrainingView<double>&) const;
+template void CpuBptt::backward_view(const TrainingView<float>&) const;
+template void CpuBptt::backward_view(const TrainingView<double>&) const;
 
 std::shared_ptr<const CpuBptt> compile_cpu_bptt(const Cell& cell, std::int64_t batch) {
   static std::mutex mutex;

@@ -15,6 +15,24 @@ namespace cellfuse {
 
 class CpuCell;
 
+// A training step's memory, borrowed from the caller (dense row-major; [T,B,n] per step value,
+// [B,n] per state, params in their declared shapes): what bindings to other frameworks pass, so
+// that the forward and the backward can run at different times (an autograd function).
+//
+// forward_view reads inputs, states, params and writes outputs, final_states and the tape: what the
+// backward needs from the forward, one [T,B,w] tensor per tape_widths() entry (the saves, then the
+// state each step started from). backward_view reads inputs, params, outputs, tape, output_grads and
+// final_state_grads, and overwrites input_grads, state_grads and param_grads.
+template <class T>
+struct TrainingView {
+  std::int64_t steps = 0;
+  std::vector<const T*> inputs, states, params;
+  std::vector<T*> outputs, final_states;
+  std::vector<T*> tape;
+  std::vector<const T*> output_grads, final_state_grads;
+  std::vector<T*> input_grads, state_grads, param_grads;
+};
+
 class CpuBptt {
  public:
   // Differentiates and compiles `cell` for batch size `batch` (threads as CpuCell).
@@ -26,6 +44,15 @@ class CpuBptt {
   // Forward and backward over a whole sequence: the same contract as reference_bptt.
   template <class T>
   BpttResult<T> run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const;
+
+  // The features of each tape tensor ([T,B,w] each).
+  std::vector<std::int64_t> tape_widths() const;
+  // The two halves of run() on borrowed memory; only counts are checked (the caller checks
+  // shapes). Safe from several threads: each compiled cell serializes its own runs.
+  template <class T>
+  void forward_view(const TrainingView<T>& view) const;
+  template <class T>
+  void backward_view(const TrainingView<T>& view) const;
 
   const BackwardCell& backward_cell() const;
   double compile_ms() const;
