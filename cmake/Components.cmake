@@ -32,9 +32,11 @@ if(CELLFUSE_WITH_CUDA)
 endif()
 
 if(CELLFUSE_WITH_PYTHON)
-  find_package(Python3 COMPONENTS Interpreter Development.Module QUIET)
+  # pybind11 through CMake's FindPython (what scikit-build-core hands the interpreter to).
+  set(PYBIND11_FINDPYTHON ON)
+  find_package(Python COMPONENTS Interpreter Development.Module QUIET)
   find_package(pybind11 CONFIG QUIET)
-  if(Python3_FOUND AND pybind11_FOUND)
+  if(Python_FOUND AND pybind11_FOUND)
     set(CELLFUSE_HAVE_PYTHON ON)
   else()
     message(STATUS "cellfuse: pybind11 not found; the Python module is off")

@@ -629,6 +629,15 @@ std::int64_t state_bytes_per_row(const BackwardCell& b) {
   return bytes * static_cast<std::int64_t>(dtype_size(b.forward.graph.dtype()));
 }
 
+std::vector<std::int64_t> tape_widths(const BackwardCell& b) {
+  const Cell& f = b.forward;
+  std::vector<std::int64_t> widths;
+  for (std::size_t o = static_cast<std::size_t>(b.user_outputs); o < f.outputs.size(); ++o)
+    widths.push_back(f.graph.node(f.outputs[o].value).shape.features());
+  for (ValueId s : f.states) widths.push_back(f.graph.node(s).shape.features());
+  return widths;
+}
+
 std::string print_backward(const BackwardCell& b) {
   const Cell& f = b.forward;
   const DType dtype = f.graph.dtype();

@@ -120,4 +120,9 @@ std::int64_t state_bytes_per_row(const BackwardCell& backward);
 // forward cell with its saves and the backward step cell (`cellfuse print --backward`).
 std::string print_backward(const BackwardCell& backward);
 
+// The tape a training forward keeps for the backward, one [T,B,w] tensor per entry: the saves that
+// are not user outputs (forward.outputs after the first user_outputs), then each state's value at
+// the start of every step. Returns the widths w, in that order (every backend keeps this layout).
+std::vector<std::int64_t> tape_widths(const BackwardCell& backward);
+
 }  // namespace cellfuse

@@ -70,13 +70,7 @@ std::string CpuBptt::describe() const {
          "\n# backward step\n" + impl_->backward_step->describe();
 }
 
-std::vector<std::int64_t> CpuBptt::tape_widths() const {
-  const Cell& fwd = impl_->forward;
-  std::vector<std::int64_t> widths;
-  for (std::size_t o = static_cast<std::size_t>(impl_->backward.user_outputs); o < fwd.outputs.size(); ++o)
-    widths.push_back(fwd.graph.node(fwd.outputs[o].value).shape.features());
-  return widths;
-}
+std::vector<std::int64_t> CpuBptt::tape_widths() const { return cellfuse::tape_widths(impl_->backward); }
 
 template <class T>
 void CpuBptt::forward_view(const TrainingView<T>& v) const {

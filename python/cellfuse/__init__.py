@@ -1,0 +1,13 @@
+"""cellfuse: compile the recurrent cell you already wrote in PyTorch.
+
+    rnn = cellfuse.compile(MyCell(256, 512), (x0, h0))   # trace one step
+    out, state = rnn(X, state0)                           # X: (T, B, 256), the whole sequence native
+
+See cellfuse.compile for layers, directions, variable lengths and options.
+"""
+from ._C import CellfuseError, cuda_available  # noqa: F401
+from ._rnn import RNN, compile  # noqa: F401
+from ._trace import SUPPORTED_OPS  # noqa: F401
+
+__all__ = ["compile", "RNN", "CellfuseError", "cuda_available", "SUPPORTED_OPS"]
+__version__ = "0.1.0"

@@ -1,0 +1,287 @@
+"""cellfuse.compile and the sequence module it returns."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ._capture import capture
+from ._errors import CellfuseError
+
+
+def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0, batch_first=False,
+            has_output=None):
+    """Compiles a recurrent cell written in PyTorch into a module that runs whole sequences.
+
+    cell: an nn.Module (or a function) whose step is `forward(x, *states)`: x is (B, I), each state
+        argument a (B, n) tensor or a tuple of them (`forward(x, (h, c))`, as nn.LSTMCell). It
+        returns the new states, or an output followed by the new states (`has_output` says which
+        when the count does not). A list of cells gives one per layer and direction
+        (num_layers * directions of them, layer-major as nn.LSTM orders them).
+    example_inputs: (x, *states) for one step, as the cell takes them: they fix the widths, the
+        dtype and the state structure (any batch size works later).
+    num_layers, bidirectional, dropout, batch_first: as nn.LSTM. With one cell and more than one
+        layer or direction, the other layers and directions get copies of it with freshly
+        initialized parameters (reset_parameters()); layers after the first take inputs of the
+        output width times the directions, so such a cell must accept that width (else pass a list).
+
+    Returns an `RNN` module: `out, state = rnn(X, state0=None, lengths=None)`.
+    """
+    return RNN(cell, example_inputs, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+               batch_first=batch_first, has_output=has_output)
+
+
+def _fresh_copy(cell):
+    twin = copy.deepcopy(cell)
+    for m in twin.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return twin
+
+
+class RNN(nn.Module):
+    """A traced cell run over whole sequences: layers, directions, dropout between layers and
+    variable lengths, forward and backward in cellfuse's native code.
+
+    forward(X, state0=None, lengths=None) -> (out, state)
+      X: (T, B, I) (or (B, T, I) with batch_first), on CPU or CUDA, the cell's dtype. A
+         non-contiguous X is copied once.
+      state0: the cell's state structure (a tensor per state argument, or a tuple of them) with
+         each tensor (num_layers * directions, B, n), as nn.LSTM; (B, n) is accepted when there
+         is one layer and one direction, and the final state then comes back in that form.
+         None: zeros.
+      lengths: optional (B,) sequence lengths (1 <= length <= T): each sequence's state freezes at
+         its end and its outputs past the end are zero; the backward direction reads each
+         sequence from its own end.
+      out: (T, B, directions * O), O the cell's output width; state: like state0.
+    """
+
+    def __init__(self, cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0,
+                 batch_first=False, has_output=None):
+        super().__init__()
+        if num_layers < 1:
+            raise CellfuseError(f"num_layers must be at least 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise CellfuseError(f"dropout must be in [0, 1), got {dropout}")
+        self.num_layers = num_layers
+        self.directions = 2 if bidirectional else 1
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        self.has_output = has_output
+        count = num_layers * self.directions
+        if isinstance(cell, (list, tuple, nn.ModuleList)):
+            cells = list(cell)
+            if len(cells) != count:
+                raise CellfuseError(f"{len(cells)} cells given for {num_layers} layer(s) x {self.directions} "
+                                    f"direction(s): give {count} (layer-major) or one")
+        else:
+            cells = [cell] + [_fresh_copy(cell) if isinstance(cell, nn.Module) else cell
+                              for _ in range(count - 1)]
+        modules = [c for c in cells if isinstance(c, nn.Module)]
+        if modules and len(modules) != len(cells):
+            raise CellfuseError("mix of nn.Module cells and plain functions: give one kind")
+        self.cells = nn.ModuleList(modules) if modules else None
+        self._functions = None if modules else cells
+
+        x, *states = example_inputs
+        self._example_states = states
+        self.programs = []
+        self._masked = [None] * count
+        width = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else None
+        for index, c in enumerate(cells):
+            layer = index // self.directions
+            example = (x if layer == 0 else x.new_empty((x.shape[0], width)), *states)
+            try:
+                program = capture(c, example, has_output=has_output)
+            except CellfuseError as e:
+                if layer == 0:
+                    raise
+                raise CellfuseError(f"layer {layer} takes inputs of width {width} (the output width times the "
+                                    f"directions), and tracing its cell on them failed: pass one cell per layer "
+                                    f"and direction that accepts that width.\n{e}") from None
+            self.programs.append(program)
+            if layer == 0 and index == self.directions - 1:
+                width = program.output_width * self.directions
+        first = self.programs[0]
+        self.output_width = first.output_width
+        self.state_widths = first.state_widths
+        self.structure = first.structure
+        self.dtype = first.dtype
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _cell(self, index):
+        return self.cells[index] if self.cells is not None else self._functions[index]
+
+    def _program(self, index, masked):
+        if not masked:
+            return self.programs[index]
+        if self._masked[index] is None:
+            layer = index // self.directions
+            p = self.programs[index]
+            x = torch.empty((1, p.input_width), dtype=p.dtype)
+            states = [torch.empty((1, w), dtype=p.dtype) for w in p.state_widths]
+            example = _restructure(states, p.structure)
+            self._masked[index] = capture(self._cell(index), (x, *example), has_output=self.has_output,
+                                          masked=True)
+            del layer
+        return self._masked[index]
+
+    def _params(self, program, index):
+        cell = self._cell(index)
+        out = []
+        for tensor, key in zip(program.params, program.param_keys):
+            if key is not None and isinstance(cell, nn.Module):
+                try:
+                    tensor = cell.get_parameter(key)
+                except AttributeError:
+                    tensor = cell.get_buffer(key)
+            out.append(tensor)
+        return out
+
+    def extra_repr(self):
+        return (f"output={self.output_width}, states={self.state_widths}, num_layers={self.num_layers}, "
+                f"bidirectional={self.directions == 2}, dropout={self.dropout}, batch_first={self.batch_first}")
+
+    def cell_text(self, index=0):
+        """The traced cell of layer/direction `index` in cellfuse's text form."""
+        return self.programs[index].text()
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, X, state0=None, lengths=None):
+        if not isinstance(X, torch.Tensor) or X.dim() != 3:
+            raise CellfuseError(f"cellfuse RNN: X must be a 3-D tensor ({'B, T' if self.batch_first else 'T, B'}, I), "
+                                f"got {tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+        if X.dtype != self.dtype:
+            raise CellfuseError(f"cellfuse RNN: X is {X.dtype} but the cell was traced in {self.dtype}")
+        if self.batch_first:
+            X = X.transpose(0, 1)
+        X = X.contiguous()
+        steps, batch, width = X.shape
+        if width != self.programs[0].input_width:
+            raise CellfuseError(f"cellfuse RNN: X has {width} input features, the cell takes "
+                                f"{self.programs[0].input_width} (X is {tuple(X.shape)})")
+        if batch == 0:
+            raise CellfuseError("cellfuse RNN: X has a batch of 0")
+        count = self.num_layers * self.directions
+        flat0, squeeze = self._initial_states(state0, batch, count, X)
+        mask = None
+        if lengths is not None:
+            lengths, mask = self._mask(lengths, steps, batch, X)
+
+        finals = [[None] * count for _ in self.state_widths]
+        layer_input = X
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.directions):
+                index = layer * self.directions + d
+                program = self._program(index, mask is not None)
+                x = layer_input if d == 0 else _reverse(layer_input, lengths)
+                inputs = [x] if mask is None else [x, mask]
+                states = [s[index] for s in flat0]
+                params = self._params(program, index)
+                _check_params(params, program, X)
+                train = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *states, *params))
+                results = torch.ops.cellfuse.sequence(program.key, inputs, states, params, train)
+                out = results[0]
+                outs.append(out if d == 0 else _reverse(out, lengths))
+                for k in range(len(self.state_widths)):
+                    finals[k][index] = results[1 + k]
+            layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        out = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        stacked = [f[0] if squeeze else torch.stack(f, 0) for f in finals]
+        return out, _restructure(stacked, self.structure)
+
+    def _initial_states(self, state0, batch, count, X):
+        if state0 is None:
+            zeros = [X.new_zeros((count, batch, w)) for w in self.state_widths]
+            return zeros, False
+        flat = _flatten_states(state0, self.structure)
+        squeeze = False
+        out = []
+        for t, w, name in zip(flat, self.state_widths, self.programs[0].state_names):
+            if not isinstance(t, torch.Tensor):
+                raise CellfuseError(f"cellfuse RNN: state '{name}' is a {type(t).__name__}, not a tensor")
+            if t.dim() == 2 and count == 1:
+                squeeze = True
+                t = t.unsqueeze(0)
+            if tuple(t.shape) != (count, batch, w):
+                raise CellfuseError(f"cellfuse RNN: state '{name}' has shape {tuple(t.shape)}, expected "
+                                    f"{(count, batch, w)} (layers*directions, B, n)")
+            if t.dtype != X.dtype or t.device != X.device:
+                raise CellfuseError(f"cellfuse RNN: state '{name}' is {t.dtype} on {t.device}, X is {X.dtype} "
+                                    f"on {X.device}")
+            out.append(t.contiguous())
+        return out, squeeze
+
+    def _mask(self, lengths, steps, batch, X):
+        lengths = torch.as_tensor(lengths)
+        if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.dtype.is_floating_point:
+            raise CellfuseError(f"cellfuse RNN: lengths must be {batch} integers (one per sequence), got "
+                                f"shape {tuple(lengths.shape)} {lengths.dtype}")
+        lengths = lengths.to(device=X.device, dtype=torch.long)
+        if not torch.compiler.is_compiling():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 1 or high > steps:
+                raise CellfuseError(f"cellfuse RNN: lengths must be between 1 and T={steps}, got {low}..{high}")
+        t = torch.arange(steps, device=X.device).unsqueeze(1)
+        mask = (t < lengths.unsqueeze(0)).to(X.dtype).unsqueeze(2).contiguous()
+        return lengths, mask
+
+
+def _flatten_states(state, structure):
+    if len(structure) == 1:
+        state = (state,)
+    if not isinstance(state, (tuple, list)) or len(state) != len(structure):
+        raise CellfuseError(f"cellfuse RNN: state0 must have the cell's state structure ({_describe(structure)})")
+    flat = []
+    for s, shape in zip(state, structure):
+        if shape is None:
+            flat.append(s)
+        else:
+            if not isinstance(s, (tuple, list)) or len(s) != shape:
+                raise CellfuseError(f"cellfuse RNN: state0 must have the cell's state structure "
+                                    f"({_describe(structure)})")
+            flat.extend(s)
+    return flat
+
+
+def _restructure(flat, structure):
+    out, i = [], 0
+    for shape in structure:
+        if shape is None:
+            out.append(flat[i])
+            i += 1
+        else:
+            out.append(tuple(flat[i:i + shape]))
+            i += shape
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _describe(structure):
+    parts = ["tensor" if s is None else f"tuple of {s} tensors" for s in structure]
+    return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+
+def _check_params(params, program, X):
+    for t, key in zip(params, program.param_keys):
+        if t.device != X.device:
+            raise CellfuseError(f"cellfuse RNN: parameter '{key}' is on {t.device} but X is on {X.device}: "
+                                "move the module (rnn.to(device))")
+        if t.dtype != X.dtype:
+            raise CellfuseError(f"cellfuse RNN: parameter '{key}' is {t.dtype} but X is {X.dtype}")
+    for i, t in enumerate(params):
+        if not t.is_contiguous():
+            params[i] = t.contiguous()
+
+
+def _reverse(x, lengths):
+    """Each sequence reversed within its own length (the whole T without lengths)."""
+    if lengths is None:
+        return x.flip(0)
+    steps = x.shape[0]
+    t = torch.arange(steps, device=x.device).unsqueeze(1)
+    index = torch.where(t < lengths.unsqueeze(0), lengths.unsqueeze(0) - 1 - t, t)
+    return x.gather(0, index.unsqueeze(2).expand_as(x)).contiguous()

@@ -1,0 +1,705 @@
+"""Tracing a PyTorch step function into a cellfuse cell.
+
+The user's step runs once on stand-in values (`Traced`) that record every torch operation into the
+C++ cell builder through `__torch_function__`. Real tensors that meet a traced value become
+parameters of the cell: leaf tensors that require grad are trainable parameters (the user's
+nn.Parameters, gradients flow back to them), other tensors are constant inputs fed at run time.
+Anything the IR cannot express raises CellfuseError naming the op and the user's source line.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import traceback
+
+import torch
+
+from . import _C
+from ._errors import CellfuseError
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def user_line() -> str:
+    """The innermost frame of the user's code (outside cellfuse and torch), as file:line: text."""
+    for frame in reversed(traceback.extract_stack()):
+        name = os.path.abspath(frame.filename)
+        if name.startswith(_PACKAGE_DIR) or name.startswith(_TORCH_DIR) or name.startswith("<"):
+            continue
+        return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+    return "<unknown location>"
+
+
+def fail(message: str) -> CellfuseError:
+    return CellfuseError(f"{message}\n  at {user_line()}")
+
+
+class Traced:
+    """A [B, n] value (or a parameter-derived [n] / [m, n] value) of the cell being traced."""
+
+    __slots__ = ("val", "tracer")
+
+    def __init__(self, tracer: "Tracer", val):
+        self.val = val
+        self.tracer = tracer
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        tracer = _find_tracer(args) or _find_tracer(tuple((kwargs or {}).values()))
+        return tracer.call(func, args, kwargs or {})
+
+    # What user code may ask of a tensor's metadata while tracing.
+    @property
+    def shape(self):
+        rows, feats = self.val.shape if len(self.val.shape) == 2 else (None, self.val.shape[0])
+        if rows is None:
+            return torch.Size([feats])
+        return torch.Size([self.tracer.example_batch if rows < 0 else rows, feats])
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self):
+        return len(self.shape)
+
+    ndim = property(dim)
+
+    @property
+    def dtype(self):
+        return self.tracer.dtype
+
+    @property
+    def device(self):
+        return self.tracer.device
+
+    @property
+    def requires_grad(self):
+        return True
+
+    def __bool__(self):
+        raise fail("data-dependent control flow: the truth value of a traced tensor is only known when "
+                   "the cell runs (use torch.where instead of `if`)")
+
+    def _data_dependent(self, *args, **kwargs):
+        raise fail("data-dependent value: a traced tensor cannot become a Python number while tracing")
+
+    __float__ = __int__ = __index__ = item = tolist = numpy = _data_dependent
+
+    def __iter__(self):
+        raise fail("iterating over a traced tensor (over its batch) is not supported in a cell")
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"<cellfuse traced value {list(self.val.shape)}>"
+
+    def __getattr__(self, name):
+        # Tensor methods (x.sigmoid(), x.chunk(4, 1), ...) go through the same dispatch.
+        method = getattr(torch.Tensor, name, None)
+        if method is None or not callable(method):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.tracer.call(method, (self,) + args, kwargs)
+
+
+def _operator(name):
+    method = getattr(torch.Tensor, name)
+    return lambda self, *args: self.tracer.call(method, (self,) + args, {})
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+              "__rtruediv__", "__neg__", "__pos__", "__matmul__", "__rmatmul__", "__pow__", "__rpow__",
+              "__getitem__", "__gt__", "__ge__", "__lt__", "__le__", "__eq__", "__ne__", "__abs__",
+              "__and__", "__or__", "__invert__", "__mod__", "__floordiv__"):
+    setattr(Traced, _name, _operator(_name))
+Traced.__hash__ = object.__hash__
+
+
+def _find_tracer(items):
+    for item in items:
+        if isinstance(item, Traced):
+            return item.tracer
+        if isinstance(item, (list, tuple)):
+            found = _find_tracer(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _identifier(name: str, taken: set) -> str:
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "p"
+    if not (out[0].isalpha() or out[0] == "_"):
+        out = "p_" + out
+    base, n = out, 1
+    while out in taken:
+        n += 1
+        out = f"{base}_{n}"
+    taken.add(out)
+    return out
+
+
+class Tracer:
+    """Records one cell: leaves, the parameters met on the way, and every op."""
+
+    def __init__(self, name, dtype, device, example_batch, param_names):
+        self.dtype = dtype
+        self.device = device
+        self.example_batch = example_batch
+        self.builder = _C.Builder(_identifier(name, set()), "f32" if dtype == torch.float32 else "f64")
+        self.param_names = param_names  # id(tensor) -> qualified name in the user's module
+        self.taken = set()
+        self.params = []  # tensors fed to the cell's param leaves, in declaration order
+        self.param_keys = []  # each one's name in the user's module (None when it has none)
+        self.param_trainable = []
+        self._param_vals = {}  # id(tensor) -> Val
+
+    # -- leaves --------------------------------------------------------------------------------
+    def input(self, name, features):
+        return Traced(self, self.builder.input(_identifier(name, self.taken), features))
+
+    def state(self, name, features):
+        return Traced(self, self.builder.state(_identifier(name, self.taken), features))
+
+    def param(self, tensor: torch.Tensor):
+        key = id(tensor)
+        if key in self._param_vals:
+            return self._param_vals[key]
+        if tensor.dim() not in (1, 2):
+            if tensor.dim() == 0:
+                tensor = tensor.reshape(1)
+            else:
+                raise fail(f"a tensor of shape {list(tensor.shape)} used in the cell: cellfuse parameters "
+                           "are vectors or matrices")
+        if tensor.dtype != self.dtype:
+            raise fail(f"a parameter of dtype {tensor.dtype} in a {self.dtype} cell: convert the module "
+                       f"(module.to({self.dtype})) or the inputs")
+        trainable = tensor.requires_grad
+        if trainable and not tensor.is_leaf:
+            raise fail(f"a tensor of shape {list(tensor.shape)} computed from parameters outside the traced "
+                       "values (for example W[:n] or W * 2 on a parameter): the tracer cannot replay it. "
+                       "Apply the operation to the traced values, or make the tensor a parameter")
+        default = "w" if trainable else "const"
+        name = _identifier(self.param_names.get(key, f"{default}{len(self.params)}"), self.taken)
+        val = self.builder.param(name, list(tensor.shape))
+        self._param_vals[key] = val
+        self.params.append(tensor)
+        self.param_keys.append(self.param_names.get(key))
+        self.param_trainable.append(trainable)
+        return val
+
+    # -- operands ------------------------------------------------------------------------------
+    def val(self, x, op):
+        if isinstance(x, Traced):
+            return x.val
+        if isinstance(x, torch.Tensor):
+            if x.dim() == 0 and not x.requires_grad:
+                return float(x.item())
+            transposed = _transposed_parameter(x)
+            if transposed is not None:
+                raise fail(f"{op}: a transposed parameter is only supported as the right operand of "
+                           "x @ W.t() (it becomes nn.Linear's product)")
+            return self.param(x)
+        if isinstance(x, bool):
+            return float(x)
+        if isinstance(x, numbers.Real):
+            return float(x)
+        raise fail(f"{op}: an operand of type {type(x).__name__} ({x!r}) cannot be traced")
+
+    def call(self, func, args, kwargs):
+        name = getattr(func, "__name__", str(func))
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            raise fail(f"cellfuse cannot trace torch op '{_qualified(func)}' (not supported in a cell; "
+                       "the supported ops are listed in cellfuse.SUPPORTED_OPS)")
+        try:
+            out = handler(self, *args, **kwargs)
+        except CellfuseError as e:
+            if "\n  at " in str(e):
+                raise
+            raise fail(f"{name}: {e}") from None
+        except TypeError as e:
+            raise fail(f"{name}: unsupported arguments ({e})") from None
+        return out
+
+    def wrap(self, val):
+        return Traced(self, val)
+
+
+def _qualified(func):
+    module = getattr(func, "__module__", None) or ""
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    if module.startswith("torch._C") or not module:
+        return f"torch.{qual}".replace("TensorBase.", "Tensor.").replace("_VariableFunctionsClass.", "")
+    return f"{module}.{qual}"
+
+
+def _transposed_parameter(t: torch.Tensor):
+    """The parameter W when `t` is W.t() / W.T (a transposed view of a 2-D leaf), else None."""
+    base = getattr(t, "_base", None)
+    if base is None or t.dim() != 2 or base.dim() != 2:
+        return None
+    if (tuple(t.shape) == tuple(base.shape)[::-1] and tuple(t.stride()) == tuple(base.stride())[::-1]
+            and t.storage_offset() == base.storage_offset()):
+        return base
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers: one per torch function / method name. Each takes the tracer and the call's arguments.
+
+_HANDLERS = {}
+
+
+def handles(*names):
+    def register(fn):
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+    return register
+
+
+def _is_number(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) or isinstance(x, bool)
+
+
+def _binary(tr, op, a, b):
+    va, vb = tr.val(a, op.__name__), tr.val(b, op.__name__)
+    if isinstance(va, float) and isinstance(vb, float):
+        raise fail(f"{op.__name__}: both operands are numbers")
+    return tr.wrap(op(va, vb))
+
+
+@handles("add", "__add__", "__radd__", "add_")
+def _add(tr, a, b, *, alpha=1, out=None):
+    _no_out(out)
+    if alpha != 1:
+        b = b * alpha if isinstance(b, Traced) else tr.wrap(_C.mul(tr.val(b, "add"), float(alpha)))
+    return _binary(tr, _C.add, a, b)
+
+
+@handles("sub", "__sub__", "subtract")
+def _sub(tr, a, b, *, alpha=1, out=None):
+    _no_out(out)
+    if alpha != 1:
+        b = tr.wrap(_C.mul(tr.val(b, "sub"), float(alpha)))
+    return _binary(tr, _C.sub, a, b)
+
+
+@handles("__rsub__", "rsub")
+def _rsub(tr, a, b, *, alpha=1):
+    return _sub(tr, b, a if alpha == 1 else tr.wrap(_C.mul(tr.val(a, "rsub"), float(alpha))))
+
+
+@handles("mul", "__mul__", "__rmul__", "multiply")
+def _mul(tr, a, b, *, out=None):
+    _no_out(out)
+    return _binary(tr, _C.mul, a, b)
+
+
+@handles("div", "__truediv__", "true_divide", "divide")
+def _div(tr, a, b, *, rounding_mode=None, out=None):
+    _no_out(out)
+    if rounding_mode is not None:
+        raise fail(f"div: rounding_mode={rounding_mode!r} is not supported in a cell")
+    return _binary(tr, _C.div, a, b)
+
+
+@handles("__rtruediv__")
+def _rdiv(tr, a, b):
+    return _binary(tr, _C.div, b, a)
+
+
+@handles("neg", "__neg__", "negative")
+def _neg(tr, x):
+    return tr.wrap(_C.neg(tr.val(x, "neg")))
+
+
+@handles("__pos__", "contiguous", "clone", "positive")
+def _identity(tr, x, *args, memory_format=None, **kwargs):
+    return x
+
+
+def _unary(name):
+    fn = getattr(_C, name)
+    return lambda tr, x, *, out=None: (_no_out(out), tr.wrap(fn(tr.val(x, name))))[1]
+
+
+for _n in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "abs"):
+    _HANDLERS[_n] = _unary(_n)
+_HANDLERS["__abs__"] = _HANDLERS["absolute"] = _unary("abs")
+_HANDLERS["expit"] = _unary("sigmoid")
+
+
+@handles("square")
+def _square(tr, x):
+    v = tr.val(x, "square")
+    return tr.wrap(_C.mul(v, v))
+
+
+@handles("reciprocal")
+def _reciprocal(tr, x):
+    return tr.wrap(_C.div(1.0, tr.val(x, "reciprocal")))
+
+
+@handles("pow", "__pow__", "float_power")
+def _pow(tr, x, exponent):
+    v = tr.val(x, "pow")
+    if not _is_number(exponent):
+        raise fail("pow: only a number exponent is supported (2, 3, 0.5, -0.5, -1, 1)")
+    e = float(exponent)
+    table = {1.0: lambda: v, 2.0: lambda: _C.mul(v, v), 3.0: lambda: _C.mul(_C.mul(v, v), v),
+             0.5: lambda: _C.sqrt(v), -0.5: lambda: _C.rsqrt(v), -1.0: lambda: _C.div(1.0, v),
+             -2.0: lambda: _C.div(1.0, _C.mul(v, v))}
+    if e not in table:
+        raise fail(f"pow: exponent {exponent} is not supported (2, 3, 0.5, -0.5, -1, -2, 1 are)")
+    return tr.wrap(table[e]())
+
+
+@handles("softplus")
+def _softplus(tr, x, beta=1.0, threshold=20.0):
+    # log(1 + exp(beta x)) / beta; PyTorch returns x itself past the threshold, where the two
+    # differ by less than exp(-threshold) relative.
+    v = tr.val(x, "softplus")
+    if beta == 1:
+        return tr.wrap(_C.softplus(v))
+    return tr.wrap(_C.div(_C.softplus(_C.mul(v, float(beta))), float(beta)))
+
+
+@handles("silu")
+def _silu(tr, x, inplace=False):
+    v = tr.val(x, "silu")
+    return tr.wrap(_C.mul(v, _C.sigmoid(v)))
+
+
+@handles("logsigmoid")
+def _logsigmoid(tr, x):
+    return tr.wrap(_C.neg(_C.softplus(_C.neg(tr.val(x, "logsigmoid")))))
+
+
+@handles("leaky_relu")
+def _leaky_relu(tr, x, negative_slope=0.01, inplace=False):
+    v = tr.val(x, "leaky_relu")
+    return tr.wrap(_C.sub(_C.relu(v), _C.mul(_C.relu(_C.neg(v)), float(negative_slope))))
+
+
+@handles("elu")
+def _elu(tr, x, alpha=1.0, inplace=False):
+    v = tr.val(x, "elu")
+    neg = _C.mul(_C.sub(_C.exp(_C.minimum(v, _C.constant_like(v, 0.0))), 1.0), float(alpha))
+    return tr.wrap(_C.add(_C.relu(v), neg))
+
+
+@handles("gelu")
+def _gelu(tr, x, approximate="none"):
+    if approximate != "tanh":
+        raise fail("gelu: the exact (erf) form is not supported in a cell; use approximate='tanh'")
+    v = tr.val(x, "gelu")
+    inner = _C.mul(_C.add(v, _C.mul(_C.mul(_C.mul(v, v), v), 0.044715)), math.sqrt(2.0 / math.pi))
+    return tr.wrap(_C.mul(_C.mul(v, 0.5), _C.add(_C.tanh(inner), 1.0)))
+
+
+@handles("hardtanh")
+def _hardtanh(tr, x, min_val=-1.0, max_val=1.0, inplace=False):
+    return _clamp(tr, x, min_val, max_val)
+
+
+@handles("relu6")
+def _relu6(tr, x, inplace=False):
+    return _clamp(tr, x, 0.0, 6.0)
+
+
+@handles("clamp", "clip")
+def _clamp(tr, x, min=None, max=None, *, out=None):
+    _no_out(out)
+    v = tr.val(x, "clamp")
+    if min is None and max is None:
+        raise fail("clamp: needs min or max")
+    if min is not None:
+        v = _C.maximum(v, _bound(tr, v, min))
+    if max is not None:
+        v = _C.minimum(v, _bound(tr, v, max))
+    return tr.wrap(v)
+
+
+@handles("clamp_min")
+def _clamp_min(tr, x, min):
+    return _clamp(tr, x, min=min)
+
+
+@handles("clamp_max")
+def _clamp_max(tr, x, max):
+    return _clamp(tr, x, max=max)
+
+
+def _bound(tr, like, b):
+    v = tr.val(b, "clamp")
+    return _C.constant_like(like, v) if isinstance(v, float) else v
+
+
+@handles("minimum", "fmin")
+def _minimum(tr, a, b, *, out=None):
+    return _pair(tr, _C.minimum, a, b, "minimum")
+
+
+@handles("maximum", "fmax")
+def _maximum(tr, a, b, *, out=None):
+    return _pair(tr, _C.maximum, a, b, "maximum")
+
+
+def _max_min(name, fn):
+    # torch.max(a, b) of two tensors is element-wise; torch.max(x, dim) reduces, which a cell
+    # does not support.
+    def handler(tr, a, b=None, *args, **kwargs):
+        if isinstance(b, (Traced, torch.Tensor)) and not args and not kwargs:
+            return _pair(tr, fn, a, b, name)
+        raise fail(f"{name} over a dimension is not supported in a cell (only the element-wise form "
+                   "of two tensors, torch.maximum / torch.minimum)")
+    return handler
+
+
+_HANDLERS["max"] = _max_min("max", _C.maximum)
+_HANDLERS["min"] = _max_min("min", _C.minimum)
+
+
+def _pair(tr, fn, a, b, name):
+    va, vb = tr.val(a, name), tr.val(b, name)
+    if isinstance(va, float):
+        va = _C.constant_like(vb, va)
+    if isinstance(vb, float):
+        vb = _C.constant_like(va, vb)
+    return tr.wrap(fn(va, vb))
+
+
+for _n, _fn in (("gt", _C.greater), ("ge", _C.greater_equal), ("lt", _C.less), ("le", _C.less_equal)):
+    _HANDLERS[_n] = _HANDLERS[f"__{_n}__"] = _HANDLERS[{"gt": "greater", "ge": "greater_equal",
+                                                        "lt": "less", "le": "less_equal"}[_n]] = (
+        lambda fn, n: (lambda tr, a, b: _pair(tr, fn, a, b, n)))(_fn, _n)
+
+
+@handles("where")
+def _where(tr, cond, a=None, b=None):
+    if a is None or b is None:
+        raise fail("where: the one-argument form (indices) is not supported in a cell")
+    vc, va, vb = (tr.val(t, "where") for t in (cond, a, b))
+    like = next(v for v in (vc, va, vb) if not isinstance(v, float))
+    vc, va, vb = (_C.constant_like(like, v) if isinstance(v, float) else v for v in (vc, va, vb))
+    return tr.wrap(_C.where(vc, va, vb))
+
+
+@handles("linear")
+def _linear(tr, x, weight, bias=None):
+    if not isinstance(x, Traced):
+        raise fail("linear: the input must be a traced value")
+    return tr.wrap(_C.linear(tr.val(x, "linear"), tr.val(weight, "linear"),
+                             None if bias is None else tr.val(bias, "linear")))
+
+
+@handles("matmul", "__matmul__", "mm")
+def _matmul(tr, a, b, *, out=None):
+    _no_out(out)
+    if not isinstance(a, Traced) or isinstance(b, Traced):
+        raise fail("matmul: cellfuse supports value @ weight (the weight a parameter or constant), "
+                   "not weight @ value or value @ value")
+    if isinstance(b, torch.Tensor):
+        base = _transposed_parameter(b)
+        if base is not None:
+            return tr.wrap(_C.linear(a.val, tr.param(base)))
+    return tr.wrap(_C.matmul(a.val, tr.val(b, "matmul")))
+
+
+@handles("__rmatmul__")
+def _rmatmul(tr, a, b):
+    raise fail("matmul: weight @ value is not supported; write value @ weight (or nn.Linear)")
+
+
+@handles("addmm")
+def _addmm(tr, bias, a, b, *, beta=1, alpha=1):
+    prod = _matmul(tr, a, b)
+    if alpha != 1:
+        prod = tr.wrap(_C.mul(prod.val, float(alpha)))
+    bv = tr.val(bias, "addmm")
+    if beta != 1:
+        bv = _C.mul(bv, float(beta))
+    return tr.wrap(_C.add(prod.val, bv))
+
+
+def _feature_dim(x, dim, op):
+    rank = len(x.val.shape) if isinstance(x, Traced) else x.dim()
+    if dim not in (rank - 1, -1):
+        raise fail(f"{op}: dim={dim} is not supported: a cell slices, splits and joins along the feature "
+                   f"axis only (dim=-1 or dim={rank - 1})")
+
+
+@handles("cat", "concat", "concatenate")
+def _cat(tr, tensors, dim=0, *, out=None):
+    _no_out(out)
+    parts = [tr.val(t, "cat") for t in tensors]
+    if any(isinstance(p, float) for p in parts):
+        raise fail("cat: numbers cannot be joined")
+    if not parts:
+        raise fail("cat: nothing to join")
+    like = next((t for t in tensors if isinstance(t, Traced)), None)
+    _feature_dim(like if like is not None else tensors[0], dim, "cat")
+    return tr.wrap(_C.cat(parts))
+
+
+def _pieces(tr, x, sizes, op):
+    v = tr.val(x, op)
+    out, start = [], 0
+    for s in sizes:
+        out.append(tr.wrap(_C.slice(v, start, s)))
+        start += s
+    return tuple(out)
+
+
+@handles("chunk")
+def _chunk(tr, x, chunks, dim=0):
+    _feature_dim(x, dim, "chunk")
+    n = x.val.features
+    size = -(-n // chunks)  # torch.chunk: pieces of ceil(n / chunks), the last one smaller
+    sizes = [min(size, n - i) for i in range(0, n, size)]
+    return _pieces(tr, x, sizes, "chunk")
+
+
+@handles("split", "split_with_sizes")
+def _split(tr, x, split_size_or_sections, dim=0):
+    _feature_dim(x, dim, "split")
+    n = x.val.features
+    if isinstance(split_size_or_sections, int):
+        s = split_size_or_sections
+        sizes = [min(s, n - i) for i in range(0, n, s)]
+    else:
+        sizes = list(split_size_or_sections)
+        if sum(sizes) != n:
+            raise fail(f"split: sizes {sizes} add up to {sum(sizes)}, but the value has {n} features")
+    return _pieces(tr, x, sizes, "split")
+
+
+@handles("tensor_split")
+def _tensor_split(tr, x, sections, dim=0):
+    _feature_dim(x, dim, "tensor_split")
+    n = x.val.features
+    if not isinstance(sections, int):
+        raise fail("tensor_split: only a number of sections is supported")
+    base, extra = divmod(n, sections)
+    return _pieces(tr, x, [base + (1 if i < extra else 0) for i in range(sections)], "tensor_split")
+
+
+@handles("narrow")
+def _narrow(tr, x, dim, start, length):
+    _feature_dim(x, dim, "narrow")
+    return tr.wrap(_C.slice(tr.val(x, "narrow"), int(start), int(length)))
+
+
+@handles("__getitem__")
+def _getitem(tr, x, key):
+    if not isinstance(key, tuple):
+        key = (key,)
+    n = x.val.features
+    rank = len(x.val.shape)
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (rank - len(key) + 1) + key[i + 1:]
+    key = key + (slice(None),) * (rank - len(key))
+    if len(key) != rank or any(not isinstance(k, slice) for k in key):
+        raise fail(f"indexing with {key!r}: a cell supports slices of the feature axis only "
+                   "(x[:, a:b] or x[..., a:b])")
+    for k in key[:-1]:
+        if k != slice(None):
+            raise fail("indexing: only the feature (last) axis can be sliced in a cell; "
+                       "the batch axis must stay whole")
+    start, stop, step = key[-1].indices(n)
+    if step != 1:
+        raise fail(f"indexing: slice step {step} is not supported (only contiguous feature ranges)")
+    if stop <= start:
+        raise fail(f"indexing: the slice {key[-1]} of {n} features is empty")
+    if start == 0 and stop == n:
+        return x
+    return tr.wrap(_C.slice(x.val, start, stop - start))
+
+
+def _reduction(name, fn):
+    def handler(tr, x, dim=None, keepdim=False, *, dtype=None, out=None):
+        _no_out(out)
+        if not isinstance(dim, int) and not (isinstance(dim, (tuple, list)) and len(dim) == 1):
+            raise fail(f"{name}: only a reduction over the feature axis (dim=-1, keepdim=True) is "
+                       "supported in a cell")
+        d = dim if isinstance(dim, int) else dim[0]
+        _feature_dim(x, d, name)
+        if not keepdim:
+            raise fail(f"{name}: use keepdim=True (a cell's values keep their [B, n] shape)")
+        return tr.wrap(fn(tr.val(x, name)))
+    return handler
+
+
+_HANDLERS["sum"] = _reduction("sum", _C.sum)
+_HANDLERS["mean"] = _reduction("mean", _C.mean)
+
+
+@handles("layer_norm")
+def _layer_norm(tr, x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = list(normalized_shape) if not isinstance(normalized_shape, int) else [normalized_shape]
+    n = x.val.features
+    if shape != [n]:
+        raise fail(f"layer_norm: normalized_shape {shape} on a value of {n} features: a cell normalizes "
+                   "over the feature axis only")
+    g = None if weight is None else tr.val(weight, "layer_norm")
+    b = None if bias is None else tr.val(bias, "layer_norm")
+    return tr.wrap(_C.layer_norm(tr.val(x, "layer_norm"), g, b, float(eps)))
+
+
+@handles("dropout", "dropout1d", "alpha_dropout", "feature_alpha_dropout")
+def _dropout(tr, x, p=0.5, training=True, inplace=False):
+    if training and p > 0:
+        raise fail("dropout inside the cell is not supported in training mode: use the dropout "
+                   "between layers (cellfuse.compile(..., dropout=p)) or put the module in eval()")
+    return x
+
+
+def _constant_like(value):
+    def handler(tr, x, *args, dtype=None, layout=None, device=None, requires_grad=False,
+                memory_format=None, pin_memory=False):
+        if args:
+            raise fail("full_like: only full_like(x, number) is supported")
+        return tr.wrap(_C.constant_like(tr.val(x, "zeros_like"), value))
+    return handler
+
+
+_HANDLERS["zeros_like"] = _constant_like(0.0)
+_HANDLERS["ones_like"] = _constant_like(1.0)
+
+
+@handles("full_like")
+def _full_like(tr, x, fill_value, **kwargs):
+    return tr.wrap(_C.constant_like(tr.val(x, "full_like"), float(fill_value)))
+
+
+@handles("to", "type", "float", "double", "type_as")
+def _to(tr, x, *args, **kwargs):
+    wanted = [a for a in list(args) + list(kwargs.values())
+              if isinstance(a, torch.dtype) or isinstance(a, torch.Tensor) or isinstance(a, Traced)]
+    for w in wanted:
+        dtype = w if isinstance(w, torch.dtype) else w.dtype
+        if dtype != tr.dtype:
+            raise fail(f"conversion to {dtype} inside a {tr.dtype} cell is not supported")
+    return x
+
+
+@handles("view", "reshape")
+def _view(tr, x, *shape):
+    dims = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+    current = tuple(x.shape)
+    if len(dims) == len(current) and all(d == c or d == -1 for d, c in zip(dims, current)):
+        return x
+    raise fail(f"view/reshape to {list(dims)}: a cell's values keep their [B, n] shape")
+
+
+def _no_out(out):
+    if out is not None:
+        raise fail("out= arguments are not supported in a cell")
+
+
+# The names users see in error messages and the docs.
+SUPPORTED_OPS = sorted(n for n in _HANDLERS if not n.startswith("__"))

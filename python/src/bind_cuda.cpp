@@ -1,0 +1,74 @@
+// The CUDA programs for Python: a compiled cell run on device memory given as addresses, on the
+// caller's stream (PyTorch's current stream, passed as its handle).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "compiler/ir/error.h"
+#include "python/src/bindings.h"
+
+#if CELLFUSE_HAVE_CUDA
+#include "runtime/cuda/cuda_cell.h"
+#include "runtime/cuda/driver.h"
+#endif
+
+namespace py = pybind11;
+
+namespace cellfuse::python {
+
+#if CELLFUSE_HAVE_CUDA
+namespace {
+
+using Addresses = std::vector<std::uintptr_t>;
+
+std::vector<DevicePointer> device(const Addresses& a) { return {a.begin(), a.end()}; }
+
+struct CudaProgram {
+  std::shared_ptr<const CudaCell> cell;
+  CudaProgram(const Cell& c, std::int64_t batch, int device_index) {
+    CudaOptions options;
+    options.device = device_index;
+    py::gil_scoped_release release;
+    cell = compile_cuda(c, batch, options);
+  }
+  void forward(std::int64_t steps, const Addresses& in, const Addresses& st, const Addresses& pa,
+               const Addresses& out, const Addresses& fin, std::uintptr_t stream) const {
+    DeviceSequenceArgs a;
+    a.steps = steps;
+    a.inputs = device(in);
+    a.states = device(st);
+    a.params = device(pa);
+    a.outputs = device(out);
+    a.final_states = device(fin);
+    py::gil_scoped_release release;
+    cell->run_device(a, reinterpret_cast<CudaStream>(stream));
+  }
+};
+
+}  // namespace
+
+void bind_cuda(py::module_& m) {
+  m.attr("has_cuda_backend") = true;
+  m.def("cuda_available", [] {
+    std::string why;
+    bool ok = cuda::cuda_available(&why);
+    return py::make_tuple(ok, why);
+  });
+  py::class_<CudaProgram>(m, "CudaProgram")
+      .def(py::init<const Cell&, std::int64_t, int>(), py::arg("cell"), py::arg("batch"), py::arg("device"))
+      .def("forward", &CudaProgram::forward, py::arg("steps"), py::arg("inputs"), py::arg("states"),
+           py::arg("params"), py::arg("outputs"), py::arg("final_states"), py::arg("stream"))
+      .def_property_readonly("compile_ms", [](const CudaProgram& p) { return p.cell->compile_ms(); })
+      .def("describe", [](const CudaProgram& p) { return p.cell->describe(); });
+}
+#else
+void bind_cuda(py::module_& m) {
+  m.attr("has_cuda_backend") = false;
+  m.def("cuda_available", [] { return py::make_tuple(false, std::string("cellfuse was built without the CUDA backend")); });
+}
+#endif
+
+}  // namespace cellfuse::python

@@ -1,0 +1,26 @@
+// cellfuse._C: the C++ side of the Python package. It binds the cell builder (for tracing) and
+// the compiled programs, which take tensors as raw pointers (data_ptr()) so that the extension
+// needs no libtorch: the package checks shapes, dtypes and devices before it passes a pointer.
+#include <pybind11/pybind11.h>
+
+#include "compiler/ir/error.h"
+#include "python/src/bindings.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "cellfuse native module (builder, CPU and CUDA programs)";
+  // Bad input (shapes, ops, arguments) arrives as cellfuse.CellfuseError, a ValueError; an
+  // internal invariant broken is a RuntimeError naming itself as a cellfuse bug.
+  static py::exception<cellfuse::Error> error(m, "CellfuseError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const cellfuse::Error& e) {
+      PyErr_SetString(error.ptr(), e.what());
+    }
+  });
+  cellfuse::python::bind_builder(m);
+  cellfuse::python::bind_cpu(m);
+  cellfuse::python::bind_cuda(m);
+}
