@@ -117,14 +117,13 @@ class RNN(nn.Module):
         if not masked:
             return self.programs[index]
         if self._masked[index] is None:
-            layer = index // self.directions
             p = self.programs[index]
             x = torch.empty((1, p.input_width), dtype=p.dtype)
             states = [torch.empty((1, w), dtype=p.dtype) for w in p.state_widths]
             example = _restructure(states, p.structure)
+            example = example if len(p.structure) > 1 else (example,)
             self._masked[index] = capture(self._cell(index), (x, *example), has_output=self.has_output,
                                           masked=True)
-            del layer
         return self._masked[index]
 
     def _params(self, program, index):
@@ -136,7 +135,7 @@ class RNN(nn.Module):
                     tensor = cell.get_parameter(key)
                 except AttributeError:
                     tensor = cell.get_buffer(key)
-            out.append(tensor)
+            out.append(tensor.reshape(1) if tensor.dim() == 0 else tensor)
         return out
 
     def extra_repr(self):

@@ -166,12 +166,9 @@ class Tracer:
         key = id(tensor)
         if key in self._param_vals:
             return self._param_vals[key]
-        if tensor.dim() not in (1, 2):
-            if tensor.dim() == 0:
-                tensor = tensor.reshape(1)
-            else:
-                raise fail(f"a tensor of shape {list(tensor.shape)} used in the cell: cellfuse parameters "
-                           "are vectors or matrices")
+        if tensor.dim() > 2:
+            raise fail(f"a tensor of shape {list(tensor.shape)} used in the cell: cellfuse parameters "
+                       "are scalars, vectors or matrices")
         if tensor.dtype != self.dtype:
             raise fail(f"a parameter of dtype {tensor.dtype} in a {self.dtype} cell: convert the module "
                        f"(module.to({self.dtype})) or the inputs")
@@ -182,7 +179,8 @@ class Tracer:
                        "Apply the operation to the traced values, or make the tensor a parameter")
         default = "w" if trainable else "const"
         name = _identifier(self.param_names.get(key, f"{default}{len(self.params)}"), self.taken)
-        val = self.builder.param(name, list(tensor.shape))
+        # A scalar parameter is a [1] vector in the cell (the module passes it reshaped).
+        val = self.builder.param(name, list(tensor.shape) or [1])
         self._param_vals[key] = val
         self.params.append(tensor)
         self.param_keys.append(self.param_names.get(key))

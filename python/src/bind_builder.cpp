@@ -6,6 +6,7 @@
 
 #include "compiler/ir/error.h"
 #include "compiler/ir/text.h"
+#include "compiler/ir/verifier.h"
 #include "compiler/passes/autodiff.h"
 #include "frontend/builder.h"
 #include "python/src/bindings.h"
@@ -15,7 +16,9 @@ namespace py = pybind11;
 namespace cellfuse::python {
 namespace {
 
-// A builder whose cell Python can hand on once finished (Vals point into it while tracing).
+// A builder whose cell Python can hand on once finished. Vals point into the builder's cell, so
+// finish() hands out a verified copy and the builder's own cell lives as long as the builder (the
+// tracer keeps the builder alive as long as any traced value).
 struct PyBuilder {
   std::unique_ptr<CellBuilder> builder;
   PyBuilder(const std::string& name, const std::string& dtype)
@@ -69,8 +72,8 @@ void bind_builder(py::module_& m) {
       .def("output", [](PyBuilder& b, const std::string& n, const Val& v) { b.live().output(n, v); })
       .def("next", [](PyBuilder& b, const Val& s, const Val& v) { b.live().next(s, v); })
       .def("finish", [](PyBuilder& b) {
-        Cell cell = std::move(b.live()).finish();
-        b.builder.reset();
+        Cell cell = b.live().cell();
+        verify(cell);
         return cell;
       });
 
