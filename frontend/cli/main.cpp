@@ -25,6 +25,7 @@
 #endif
 #if CELLFUSE_HAVE_CUDA
 #include "compiler/codegen/cuda/cuda_program.h"
+#include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #endif
 
@@ -228,8 +229,6 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
 template <class T>
 int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
                        const std::string& target) {
-  if (target == "cuda")
-    throw Error("run --backward: --target cuda has no backward yet; use --target ref or cpu");
   SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
   LossGradients<T> seeds = random_loss_gradients<T>(cell, steps, batch, seed);
   std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=%s, forward+backward\n", cell.name.c_str(),
@@ -241,6 +240,16 @@ int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch,
 #if CELLFUSE_HAVE_LLVM
     auto compiled = compile_cpu_bptt(cell, batch);
     std::printf("compile: %.3f ms\n", compiled->compile_ms());
+    start = std::chrono::steady_clock::now();
+    result = compiled->run(args, seeds);
+#endif
+  } else if (target == "cuda") {
+#if CELLFUSE_HAVE_CUDA
+    auto compiled = compile_cuda_bptt(cell, batch);
+    std::printf("device: %s (%s)\n", compiled->forward_cell().device_name().c_str(),
+                compiled->forward_cell().architecture().c_str());
+    std::printf("compile: %.3f ms%s\n", compiled->compile_ms(),
+                compiled->cubins_from_cache() ? " (cubins from the disk cache)" : "");
     start = std::chrono::steady_clock::now();
     result = compiled->run(args, seeds);
 #endif

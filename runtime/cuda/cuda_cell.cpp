@@ -130,6 +130,17 @@ class GpuStageRunner {
   }
 
   void bind(ValueId v, CUdeviceptr memory) { where_[v.index] = memory; }
+  // `v` is written straight into the memory bind_outputs() gave it.
+  bool is_direct_output(ValueId v) const {
+    for (std::size_t o = 0; o < stage_.outputs.size(); ++o)
+      if (direct_output_[o] && stage_.outputs[o].value == v) return true;
+    return false;
+  }
+  // `v` has memory of its own (a GEMM or kernel writes it), which bind() may move.
+  bool is_temporary(ValueId v) const {
+    const auto& t = gs_.code->program.temporaries;
+    return std::find(t.begin(), t.end(), v) != t.end();
+  }
   CUdeviceptr at(ValueId v) const { return where_[v.index]; }
 
   void bind_outputs(const std::vector<CUdeviceptr>& memory) {
@@ -242,6 +253,7 @@ struct HostStaging {
 // A graph is valid for the exact launches it captured: the length and every pointer.
 struct GraphKey {
   std::int64_t steps = -1;
+  bool reverse = false;
   std::vector<DevicePointer> pointers;
   friend bool operator==(const GraphKey&, const GraphKey&) = default;
 };
@@ -363,8 +375,8 @@ struct CudaCell::Impl {
     };
 
     run_batch_stage(0);
-    for (std::size_t s = 0; s < cell.states.size(); ++s)
-      shared.copy(ws.current[s].get(), a.states[s], B * cols(cell, cell.states[s]), stream);
+    // Where each state is read from by the next step: the caller's initial state first.
+    std::vector<CUdeviceptr> state_at(a.states.begin(), a.states.end());
     if (ws.stages[1]) {
       auto& run = *ws.stages[1];
       const Cell& c = *program.plan.loop.cell;
@@ -376,21 +388,37 @@ struct CudaCell::Impl {
         input_size.push_back(B * cols(c, c.inputs[i]));
       }
       for (const auto& o : c.outputs) output_size.push_back(B * cols(c, o.value));
-      // The step reads `current`; its next states are copied into `next`; then they swap.
-      for (std::int64_t t = 0; t < steps; ++t) {
+      // Step t reads each state where step t-1 wrote its next value, so that no copy is needed
+      // between steps (each would be one more node of the graph per step): a next state that is
+      // also a per-step output stays in its slice (never overwritten); one that lives in memory of
+      // the stage is written to two buffers in turn (`current` on even steps, `next` on odd), so
+      // a step never writes what it reads; anything else (a leaf) is copied to those buffers.
+      enum class Keep { InOutput, Alternate, Copy };
+      std::vector<Keep> keep;
+      for (ValueId v : c.next_states)
+        keep.push_back(run.is_direct_output(v) ? Keep::InOutput : run.is_temporary(v) ? Keep::Alternate : Keep::Copy);
+      for (std::int64_t k = 0; k < steps; ++k) {
+        const std::int64_t t = a.reverse ? steps - 1 - k : k;
+        auto& turn = k % 2 == 0 ? ws.current : ws.next;
         for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], offset(inputs[i], t * input_size[i], shared.elem));
-        for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], ws.current[s].get());
+        for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], state_at[s]);
         for (std::size_t o = 0; o < c.outputs.size(); ++o)
           step_outputs[o] = offset(output_memory[1][o], t * output_size[o], shared.elem);
         run.bind_outputs(step_outputs);
-        run.run(stream);
         for (std::size_t s = 0; s < c.states.size(); ++s)
-          shared.copy(ws.next[s].get(), run.at(c.next_states[s]), B * cols(c, c.states[s]), stream);
-        std::swap(ws.current, ws.next);
+          if (keep[s] == Keep::Alternate) run.bind(c.next_states[s], turn[s].get());
+        run.run(stream);
+        for (std::size_t s = 0; s < c.states.size(); ++s) {
+          state_at[s] = run.at(c.next_states[s]);
+          if (keep[s] == Keep::Copy) {
+            shared.copy(turn[s].get(), state_at[s], B * cols(c, c.states[s]), stream);
+            state_at[s] = turn[s].get();
+          }
+        }
       }
     }
     for (std::size_t s = 0; s < cell.states.size(); ++s)
-      shared.copy(a.final_states[s], ws.current[s].get(), B * cols(cell, cell.states[s]), stream);
+      shared.copy(a.final_states[s], state_at[s], B * cols(cell, cell.states[s]), stream);
     run_batch_stage(2);
   }
 
@@ -422,7 +450,7 @@ struct CudaCell::Impl {
     prepare_workspace(a.steps);
     if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
     if (graphs && a.steps > 0) {
-      GraphKey key{a.steps, {}};
+      GraphKey key{a.steps, a.reverse, {}};
       for (const auto* list : {&a.inputs, &a.states, &a.params, &a.outputs, &a.final_states})
         key.pointers.insert(key.pointers.end(), list->begin(), list->end());
       key.pointers.push_back(reinterpret_cast<std::uintptr_t>(stream));

@@ -49,6 +49,9 @@ struct DeviceSequenceArgs {
   std::vector<DevicePointer> params;        // per cell param, in its declared shape
   std::vector<DevicePointer> outputs;       // written: [T,B,n] per cell output
   std::vector<DevicePointer> final_states;  // written: [B,n] per cell state
+  // Run the loop stage from step T-1 down to 0 (the backward step of BPTT, cuda_bptt.h): step t
+  // still reads and writes row block t of every [T,B,n] tensor; only the order of steps changes.
+  bool reverse = false;
 };
 
 // The device-independent part of a compilation: the program and its cubin for `architecture`

@@ -34,6 +34,7 @@ namespace cellfuse::cuda {
   X(memcpy_htod_async, cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2")                  \
   X(memcpy_dtoh_async, cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2")                  \
   X(memcpy_dtod_async, cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2")                  \
+  X(memset_d8_async, cuMemsetD8Async, "cuMemsetD8Async")                           \
   X(stream_create, cuStreamCreate, "cuStreamCreate")                               \
   X(stream_destroy, cuStreamDestroy, "cuStreamDestroy_v2")                         \
   X(stream_synchronize, cuStreamSynchronize, "cuStreamSynchronize")                \
@@ -42,6 +43,7 @@ namespace cellfuse::cuda {
   X(stream_end_capture, cuStreamEndCapture, "cuStreamEndCapture")                  \
   X(event_create, cuEventCreate, "cuEventCreate")                                  \
   X(event_record, cuEventRecord, "cuEventRecord")                                  \
+  X(event_synchronize, cuEventSynchronize, "cuEventSynchronize")                   \
   X(event_destroy, cuEventDestroy, "cuEventDestroy_v2")                            \
   X(graph_instantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags") \
   X(graph_launch, cuGraphLaunch, "cuGraphLaunch")                                  \

@@ -24,9 +24,11 @@
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/error.h"
 #include "compiler/lower.h"
+#include "compiler/passes/autodiff.h"
 #include "frontend/builder.h"
 #include "frontend/cells.h"
 #include "random_cells.h"
+#include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/kernel_cache.h"
@@ -189,6 +191,77 @@ INSTANTIATE_TEST_SUITE_P(OddSizes, StandardCellsCompile,
                              if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return name;
                          });
+
+// Training (runtime/cuda/cuda_bptt.h): the forward with its tape (saves, the state at every
+// step) and the generated backward step compile to cubins with the same structural checks, at a
+// batch that fuses small products and one that calls cuBLAS; the step's kernels are named apart
+// from the forward's (both modules are loaded into one process).
+class StandardCellsBackwardCompile : public ::testing::TestWithParam<Case> {};
+
+TEST_P(StandardCellsBackwardCompile, BothTrainingCellsToCubinsWithTheExpectedSource) {
+  TempDir dir;
+  cuda::KernelCache cache(dir.path(), true);
+  for (DType dtype : {DType::f32, DType::f64})
+    for (std::int64_t batch : {1, 64}) {
+      Cell cell = cells::by_spec(GetParam().spec, dtype);
+      BackwardCell backward = differentiate(optimize(cell));
+      Cell forward = forward_with_tape(backward);
+      ASSERT_EQ(forward.outputs.size(), cell.outputs.size() + backward.saved_outputs.size() + cell.states.size());
+      std::set<std::string> names;
+      for (const Cell* c : {&forward, &backward.step}) {
+        const std::string what = std::string(GetParam().spec) + " " + std::string(dtype_name(dtype)) + " B=" +
+                                 std::to_string(batch) + " " + c->name;
+        CudaBinary bin = build_cuda_binary(*c, batch, "sm_90", {}, &cache);
+        EXPECT_TRUE(is_elf(bin.cubin)) << what;
+        check_program_source(bin.program, what);
+        const std::string cubin(bin.cubin.begin(), bin.cubin.end());
+        int kernels = 0;
+        for (const auto& stage : bin.program.stages)
+          for (const auto& k : stage.kernels)
+            if (!k.name.empty()) {
+              ++kernels;
+              EXPECT_NE(cubin.find(k.name), std::string::npos) << what << " " << k.name;
+              EXPECT_TRUE(names.insert(k.name).second) << what << ": two kernels named " << k.name;
+            }
+        EXPECT_GT(kernels, 0) << what;
+      }
+      // The backward step runs its recurrence in a loop stage (the state gradients).
+      EXPECT_TRUE(backward.step.states.size() == cell.states.size());
+    }
+  EXPECT_EQ(cache.stats().misses, 8u);
+}
+
+INSTANTIATE_TEST_SUITE_P(OddSizes, StandardCellsBackwardCompile,
+                         ::testing::Values(Case{"elman:3,33"}, Case{"elman_proj:5,7,3"}, Case{"lstm:5,7"}, Case{"gru:4,33"},
+                                           Case{"lnlstm:5,7"}, Case{"peephole:7,33"}),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param.spec;
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(CudaCompile, RandomCellsBackwardStepsCompile) {
+  TempDir dir;
+  cuda::KernelCache cache(dir.path(), true);
+  int compiled = 0;
+  for (std::uint64_t seed = 1; seed <= 8; ++seed) {
+    DType dtype = seed % 2 ? DType::f32 : DType::f64;
+    Cell cell = testing_support::random_cell(seed, dtype, 10);
+    const std::string what = "random seed " + std::to_string(seed);
+    std::optional<BackwardCell> backward;
+    try {
+      backward = differentiate(cell);
+    } catch (const Error& e) {
+      continue;  // autodiff rejects it, with a reason (tested with autodiff)
+    }
+    CudaBinary bin = build_cuda_binary(backward->step, 3, "sm_90", {}, &cache);
+    EXPECT_TRUE(is_elf(bin.cubin)) << what;
+    check_program_source(bin.program, what);
+    ++compiled;
+  }
+  EXPECT_GE(compiled, 4);
+}
 
 // The LSTM's loop stage at a large batch: one cuBLAS GEMM (h W_hh^T) and one kernel that does
 // every gate's math, reading the four gates of the fused [B, 4H] products at column offsets (no

@@ -20,14 +20,17 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 
 #include "backend_check.h"
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/error.h"
 #include "compiler/lower.h"
+#include "frontend/builder.h"
 #include "frontend/cells.h"
 #include "random_cells.h"
+#include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
 
@@ -376,6 +379,228 @@ TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
   EXPECT_EQ(cuda_compile_count(), before + 2);
   // The second CudaCell's cubin came from the disk cache.
   EXPECT_TRUE(compile_cuda(cell, 2, other)->cubin_from_cache());
+}
+
+// ---- training: CudaBptt (forward with its tape, backward step in reverse, parameter GEMMs) ----
+
+// A CudaBptt whose two modules are host builds of its two cells' sources (the fake driver
+// searches both libraries; kernel names differ between the cells).
+std::unique_ptr<CudaBptt> emulated_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
+  BackwardCell backward = differentiate(cell);
+  Cell forward = forward_with_tape(backward);
+  auto fwd = cuda_codegen::compile_cuda_program(optimize(forward), batch, forward.name, options.program);
+  auto step = cuda_codegen::compile_cuda_program(optimize(backward.step), batch, backward.step.name, options.program);
+  const std::string libraries = build_host_kernels(fwd) + ":" + build_host_kernels(step);
+  ::setenv("CELLFUSE_FAKE_KERNELS", libraries.c_str(), 1);
+  auto compiled = std::make_unique<CudaBptt>(cell, batch, options);
+  EXPECT_EQ(compiled->forward_cell().source(), fwd.source) << "the host build is of another source";
+  EXPECT_EQ(compiled->backward_step().source(), step.source) << "the host build is of another source";
+  return compiled;
+}
+
+template <class From, class To>
+LossGradients<To> convert_seeds(const LossGradients<From>& s) {
+  LossGradients<To> out;
+  for (const auto& t : s.outputs) out.outputs.push_back(convert<From, To>(t));
+  for (const auto& t : s.final_states) out.final_states.push_back(convert<From, To>(t));
+  return out;
+}
+
+template <class T>
+void expect_grads(const SequenceGradients<T>& got, const SequenceGradients<double>& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.inputs.size(), want.inputs.size()) << what;
+  ASSERT_EQ(got.states.size(), want.states.size()) << what;
+  ASSERT_EQ(got.params.size(), want.params.size()) << what;
+  using testing_support::expect_close;
+  for (std::size_t i = 0; i < want.inputs.size(); ++i) expect_close(got.inputs[i], want.inputs[i], tol, what + " d input " + std::to_string(i));
+  for (std::size_t i = 0; i < want.states.size(); ++i) expect_close(got.states[i], want.states[i], tol, what + " d state " + std::to_string(i));
+  for (std::size_t i = 0; i < want.params.size(); ++i) expect_close(got.params[i], want.params[i], tol, what + " d param " + std::to_string(i));
+}
+
+template <class T>
+bool same_bits(const BpttResult<T>& a, const BpttResult<T>& b) {
+  auto same = [](const std::vector<HostTensor<T>>& x, const std::vector<HostTensor<T>>& y) {
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (x[i].data != y[i].data) return false;
+    return true;
+  };
+  return same_bits(a.forward, b.forward) && same(a.grads.inputs, b.grads.inputs) && same(a.grads.states, b.grads.states) &&
+         same(a.grads.params, b.grads.params);
+}
+
+// Three runs (direct, graph capture, replay) against the reference BPTT in f64.
+template <class T>
+void check_bptt(const CudaBptt& compiled, const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
+                const std::string& what) {
+  auto args = random_sequence_args<T>(cell, steps, batch, seed);
+  auto seeds = random_loss_gradients<T>(cell, steps, batch, seed);
+  BpttResult<double> want;
+  if constexpr (std::is_same_v<T, float>)
+    want = reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args), convert_seeds<float, double>(seeds));
+  else
+    want = reference_bptt(differentiate(cell), args, seeds);
+  const double tolerance = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  std::vector<BpttResult<T>> runs;
+  for (int r = 0; r < 3; ++r) {
+    runs.push_back(compiled.run(args, seeds));
+    expect_matches(runs.back().forward, want.forward, tolerance, what + " forward, run " + std::to_string(r));
+    expect_grads(runs.back().grads, want.grads, tolerance, what + " run " + std::to_string(r));
+  }
+  EXPECT_TRUE(same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2])) << what << ": a graph replay differs";
+  EXPECT_EQ(fake_errors(), "") << what;
+}
+
+class StandardCellsBpttEmulated : public ::testing::TestWithParam<Case> {};
+
+TEST_P(StandardCellsBpttEmulated, MatchTheReferenceBptt) {
+  const Case& c = GetParam();
+  Cell cell = cells::by_spec(c.spec, c.dtype);
+  CudaOptions options;
+  options.program.fuse = c.fuse;
+  auto compiled = emulated_bptt(cell, c.batch, options);
+  const std::string what = case_name(c);
+  if (c.dtype == DType::f32) check_bptt<float>(*compiled, cell, c.steps, c.batch, 11 + static_cast<std::uint64_t>(c.steps), what);
+  else check_bptt<double>(*compiled, cell, c.steps, c.batch, 11 + static_cast<std::uint64_t>(c.steps), what);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OddSizes, StandardCellsBpttEmulated,
+    ::testing::Values(Case{"elman:3,5", DType::f32, 1, 37, FuseProducts::Auto}, Case{"elman_proj:5,7,3", DType::f64, 3, 4, FuseProducts::Never},
+                      Case{"lstm:5,7", DType::f32, 3, 5, FuseProducts::Always}, Case{"lstm:6,9", DType::f32, 64, 3, FuseProducts::Auto},
+                      Case{"gru:4,33", DType::f64, 2, 3, FuseProducts::Auto}, Case{"lnlstm:5,7", DType::f32, 3, 2, FuseProducts::Always},
+                      Case{"peephole:3,7", DType::f64, 1, 3, FuseProducts::Never}),
+    [](const auto& param_info) { return case_name(param_info.param); });
+
+TEST(CudaEmulatedBptt, RandomCells) {
+  for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+    Cell cell = testing_support::random_cell(seed, DType::f64, 8);
+    const std::string what = "random seed " + std::to_string(seed);
+    std::unique_ptr<CudaBptt> compiled;
+    try {
+      compiled = emulated_bptt(cell, 3);
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find("NVRTC"), std::string::npos) << what << ": " << e.what();
+      continue;  // a cell autodiff or the compiled backends reject, with a reason
+    }
+    check_bptt<double>(*compiled, cell, 4, 3, seed, what);
+  }
+}
+
+// A weight used twice (and a bias broadcast twice): several parameter terms add into one
+// gradient, the first overwriting, the others accumulating.
+Cell tied_cell(DType dtype) {
+  CellBuilder b("tied", dtype);
+  Val x = b.input("x", 6);
+  Val h = b.state("h", 6);
+  Val W = b.param("W", {6, 6});
+  Val bias = b.param("b", {6});
+  Val z = linear(x, W, bias);
+  Val u = linear(h, W, bias);
+  Val h_next = tanh(z + u);
+  b.output("h", h_next);
+  b.next(h, h_next);
+  return std::move(b).finish();
+}
+
+TEST(CudaEmulatedBptt, TiedWeightsAccumulateTheirTerms) {
+  for (DType dtype : {DType::f32, DType::f64}) {
+    Cell cell = tied_cell(dtype);
+    std::map<int, int> terms;
+    for (const auto& t : differentiate(cell).param_terms) ++terms[t.param];
+    EXPECT_EQ(terms[0], 2);
+    EXPECT_EQ(terms[1], 2);
+    auto compiled = emulated_bptt(cell, 3);
+    if (dtype == DType::f32) check_bptt<float>(*compiled, cell, 5, 3, 4, "tied f32");
+    else check_bptt<double>(*compiled, cell, 5, 3, 4, "tied f64");
+  }
+}
+
+// Length 0: the final-state gradients pass through, the parameter gradients are zero (written,
+// not left as they were: fresh device memory is NaN here).
+TEST(CudaEmulatedBptt, ZeroStepsPassTheStateGradientsThrough) {
+  Cell cell = cells::lstm(3, 4);
+  auto compiled = emulated_bptt(cell, 2);
+  auto args = random_sequence_args<float>(cell, 1, 2, 1);
+  args.inputs[0].shape[0] = 0;
+  args.inputs[0].data.clear();
+  auto seeds = random_loss_gradients<float>(cell, 0, 2, 1);
+  auto result = compiled->run(args, seeds);
+  EXPECT_EQ(result.grads.states[0].data, seeds.final_states[0].data);
+  EXPECT_EQ(result.grads.states[1].data, seeds.final_states[1].data);
+  EXPECT_EQ(result.forward.final_states[0].data, args.states[0].data);
+  for (const auto& p : result.grads.params)
+    for (float v : p.data) EXPECT_EQ(v, 0.0f);
+  EXPECT_EQ(fake_errors(), "");
+}
+
+// The device-pointer API on a caller's stream, with the tape in the caller's memory: the host
+// API's bits, and gradients overwritten (a second backward gives the same, not twice as much).
+TEST(CudaEmulatedBptt, DeviceApiOnACallersStream) {
+  const cuda::Driver& d = cuda::driver();
+  Cell cell = cells::gru(5, 6);
+  const std::int64_t B = 3, T = 4;
+  auto compiled = emulated_bptt(cell, B);
+  auto args = random_sequence_args<float>(cell, T, B, 2);
+  auto seeds = random_loss_gradients<float>(cell, T, B, 2);
+  auto host = compiled->run(args, seeds);
+  EXPECT_EQ(compiled->tape_widths().size(), compiled->backward_cell().saved_outputs.size() + 1);
+  CUstream stream = nullptr;
+  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  std::vector<cuda::DeviceMemory> memory;
+  auto upload = [&](const HostTensor<float>& t) {
+    memory.emplace_back(t.data.size() * sizeof(float));
+    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
+    return static_cast<DevicePointer>(memory.back().get());
+  };
+  auto fresh = [&](const HostTensor<float>& t) {  // NaN until written
+    memory.emplace_back(t.data.size() * sizeof(float));
+    return static_cast<DevicePointer>(memory.back().get());
+  };
+  memory.reserve(64);
+  DeviceTrainingArgs dev;
+  dev.steps = T;
+  for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
+  for (const auto& t : args.states) dev.states.push_back(upload(t));
+  for (const auto& t : args.params) dev.params.push_back(upload(t));
+  for (const auto& t : host.forward.outputs) dev.outputs.push_back(fresh(t));
+  for (const auto& t : host.forward.final_states) dev.final_states.push_back(fresh(t));
+  for (std::int64_t w : compiled->tape_widths()) dev.tape.push_back(fresh(HostTensor<float>({T, B, w})));
+  for (const auto& t : seeds.outputs) dev.output_grads.push_back(upload(t));
+  for (const auto& t : seeds.final_states) dev.final_state_grads.push_back(upload(t));
+  for (const auto& t : host.grads.inputs) dev.input_grads.push_back(fresh(t));
+  for (const auto& t : host.grads.states) dev.state_grads.push_back(fresh(t));
+  for (const auto& t : host.grads.params) dev.param_grads.push_back(fresh(t));
+  auto download = [&](std::vector<HostTensor<float>>& to, const std::vector<DevicePointer>& from) {
+    for (std::size_t i = 0; i < to.size(); ++i)
+      cuda::check(d.memcpy_dtoh_async(to[i].data.data(), from[i], to[i].data.size() * sizeof(float), stream), "DtoH");
+  };
+  compiled->forward_device(dev, stream);
+  for (int r = 0; r < 3; ++r) {
+    compiled->backward_device(dev, stream);
+    BpttResult<float> got = host;
+    download(got.forward.outputs, dev.outputs);
+    download(got.forward.final_states, dev.final_states);
+    download(got.grads.inputs, dev.input_grads);
+    download(got.grads.states, dev.state_grads);
+    download(got.grads.params, dev.param_grads);
+    cuda::check(d.stream_synchronize(stream), "sync");
+    EXPECT_TRUE(same_bits(got, host)) << "backward " << r;
+  }
+  memory.clear();
+  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
+  EXPECT_EQ(fake_errors(), "");
+}
+
+TEST(CudaEmulatedBptt, RejectsMissingOrMisshapenArguments) {
+  Cell cell = cells::lstm(3, 4);
+  auto compiled = emulated_bptt(cell, 2);
+  auto args = random_sequence_args<float>(cell, 5, 2, 1);
+  auto seeds = random_loss_gradients<float>(cell, 4, 2, 1);
+  EXPECT_THAT([&] { compiled->run(args, seeds); },
+              ::testing::ThrowsMessage<Error>(::testing::AllOf(HasSubstr("[4,2,4]"), HasSubstr("[5,2,4]"))));
+  DeviceTrainingArgs missing;
+  missing.steps = 2;
+  EXPECT_THAT([&] { compiled->backward_device(missing); }, ::testing::ThrowsMessage<Error>(HasSubstr("input(s)")));
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 //              synchronization and free: an out-of-bounds write is reported) and filled with
 //              0xff bytes (NaN) so that reading memory nothing wrote shows up in results
 //   modules    cuModuleLoadData checks it is given a cubin (an ELF image), then loads the host
-//              build of the same kernels from $CELLFUSE_FAKE_KERNELS: a shared library with, for
+//              build of the same kernels from $CELLFUSE_FAKE_KERNELS (one path, or several
+//              separated by ':', searched in order): a shared library with, for
 //              each kernel NAME, NAME__cf_launch(grid, block, args) and NAME__cf_nparams (see
 //              cuda_emulation.h); every kernel argument is 8 bytes, as cellfuse passes them
 //   streams    work runs at once, in order; a capturing stream records it into a graph instead,
@@ -45,7 +46,7 @@ struct Function {
 };
 
 struct Module {
-  void* library = nullptr;
+  std::vector<void*> libraries;  // searched in order for a function
   std::map<std::string, Function> functions;
 };
 
@@ -225,20 +226,32 @@ CUresult cuModuleLoadData(CUmodule* module, const void* image) {
     error("cuModuleLoadData: $CELLFUSE_FAKE_KERNELS is not set");
     return CUDA_ERROR_FILE_NOT_FOUND;
   }
-  void* library = ::dlopen(path, RTLD_NOW | RTLD_LOCAL);
-  if (!library) {
-    error(std::string("cuModuleLoadData: ") + ::dlerror());
-    return CUDA_ERROR_FILE_NOT_FOUND;
-  }
+  // Several libraries, separated by ':', when one object loads several modules (CudaBptt's
+  // forward and backward step): kernel names differ between cells, so each is found in one.
   auto* m = new Module;
-  m->library = library;
+  std::string list = path;
+  for (std::size_t start = 0; start <= list.size();) {
+    std::size_t end = list.find(':', start);
+    if (end == std::string::npos) end = list.size();
+    const std::string one = list.substr(start, end - start);
+    start = end + 1;
+    if (one.empty()) continue;
+    void* library = ::dlopen(one.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!library) {
+      error(std::string("cuModuleLoadData: ") + ::dlerror());
+      for (void* l : m->libraries) ::dlclose(l);
+      delete m;
+      return CUDA_ERROR_FILE_NOT_FOUND;
+    }
+    m->libraries.push_back(library);
+  }
   *module = reinterpret_cast<CUmodule>(m);
   return CUDA_SUCCESS;
 }
 
 CUresult cuModuleUnload(CUmodule module) {
   auto* m = reinterpret_cast<Module*>(module);
-  ::dlclose(m->library);
+  for (void* l : m->libraries) ::dlclose(l);
   delete m;
   return CUDA_SUCCESS;
 }
@@ -247,9 +260,13 @@ CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* 
   auto* m = reinterpret_cast<Module*>(module);
   Function f;
   f.name = name;
-  f.launch = reinterpret_cast<void (*)(unsigned, unsigned, const unsigned long long*)>(
-      ::dlsym(m->library, (f.name + "__cf_launch").c_str()));
-  const auto* nparams = static_cast<const int*>(::dlsym(m->library, (f.name + "__cf_nparams").c_str()));
+  const int* nparams = nullptr;
+  for (void* library : m->libraries) {
+    f.launch = reinterpret_cast<void (*)(unsigned, unsigned, const unsigned long long*)>(
+        ::dlsym(library, (f.name + "__cf_launch").c_str()));
+    nparams = static_cast<const int*>(::dlsym(library, (f.name + "__cf_nparams").c_str()));
+    if (f.launch && nparams) break;
+  }
   if (!f.launch || !nparams) return CUDA_ERROR_NOT_FOUND;
   f.nparams = *nparams;
   auto& slot = m->functions[f.name];
@@ -323,6 +340,12 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr to, CUdeviceptr from, size_t bytes, CU
   return CUDA_SUCCESS;
 }
 
+CUresult cuMemsetD8Async(CUdeviceptr to, unsigned char value, size_t bytes, CUstream stream) {
+  if (!in_bounds(to, bytes, "cuMemsetD8Async")) return CUDA_ERROR_INVALID_VALUE;
+  submit(stream, [=] { std::memset(reinterpret_cast<void*>(static_cast<std::uintptr_t>(to)), value, bytes); });
+  return CUDA_SUCCESS;
+}
+
 CUresult cuStreamCreate(CUstream* stream, unsigned int) {
   *stream = reinterpret_cast<CUstream>(new int(0));
   return CUDA_SUCCESS;
@@ -366,6 +389,8 @@ CUresult cuEventCreate(CUevent* event, unsigned int) {
 }
 
 CUresult cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
+
+CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }  // work runs at once
 
 CUresult cuEventDestroy_v2(CUevent event) {
   delete reinterpret_cast<int*>(event);

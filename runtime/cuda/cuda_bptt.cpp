@@ -1,0 +1,437 @@
+#include "runtime/cuda/cuda_bptt.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <future>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "compiler/ir/error.h"
+#include "runtime/cuda/driver.h"
+#include "runtime/sequence_check.h"
+
+namespace cellfuse {
+namespace {
+
+// As CudaCell's: set explicitly so that cuBLAS never allocates while it runs.
+constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
+
+template <class P>
+P* as_pointer(CUdeviceptr p) {
+  return reinterpret_cast<P*>(static_cast<std::uintptr_t>(p));
+}
+
+std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); }
+
+void expect_count(const char* what, std::size_t got, std::size_t want) {
+  if (got != want)
+    throw Error(std::string("CUDA backward: the cell has ") + std::to_string(want) + " " + what + " but " +
+                std::to_string(got) + " were given");
+}
+
+void expect_non_null(const std::vector<DevicePointer>& list, const char* what) {
+  for (auto p : list)
+    if (p == 0) throw Error(std::string("CUDA backward: a null device pointer among the ") + what);
+}
+
+}  // namespace
+
+Cell forward_with_tape(const BackwardCell& backward) {
+  Cell forward = backward.forward;
+  for (std::size_t s = 0; s < forward.states.size(); ++s) {
+    std::string name = "state_at_step_" + std::to_string(s);
+    for (bool taken = true; taken;) {
+      taken = false;
+      for (const auto& o : forward.outputs) taken = taken || o.name == name;
+      if (taken) name = "_" + name;
+    }
+    forward.add_output(name, forward.states[s]);
+  }
+  return forward;
+}
+
+struct CudaBptt::Impl {
+  BackwardCell backward;
+  Cell forward;  // forward_with_tape(backward)
+  std::int64_t batch = 0;
+  std::size_t user_outputs = 0, saves = 0;
+  std::unique_ptr<CudaCell> forward_cell, backward_step;
+  const cuda::Device* dev = nullptr;
+  std::size_t elem = 4;
+  double compile_ms = 0;
+  // Parameter terms grouped by parameter: the first of each overwrites, the others accumulate.
+  std::vector<std::vector<const ParamGradTerm*>> terms_of_param;
+
+  cublasHandle_t blas = nullptr;
+  cuda::DeviceMemory blas_workspace;
+  CUevent done = nullptr;  // recorded after every backward, on its stream
+  CudaStream last_stream = nullptr;
+  bool has_run = false;
+  // The workspace: one [rows, n] buffer per backward-step output after the input gradients, and
+  // `rows` ones; for up to `rows` = T*B rows.
+  std::int64_t rows = 0;
+  std::vector<cuda::DeviceMemory> step_scratch;
+  cuda::DeviceMemory ones;
+  // run()'s device copies, kept for one sequence length.
+  struct Staging {
+    std::int64_t steps = -1;
+    std::vector<cuda::DeviceMemory> memory;
+    DeviceTrainingArgs args;
+  } staging;
+  std::mutex mutex;
+
+  ~Impl() {
+    if (!dev) return;
+    const cuda::Driver& d = cuda::driver();
+    (void)d.ctx_set_current(dev->context);
+    if (has_run) (void)d.event_synchronize(done);
+    if (done) (void)d.event_destroy(done);
+    if (blas) (void)cuda::cublas().destroy(blas);
+  }
+
+  // Tape index of each backward-step input that reads the tape, else -1.
+  int tape_index(const StepInputSource& source) const {
+    switch (source.kind) {
+      case StepInputSource::Kind::Saved:
+        return backward.saved_outputs[static_cast<std::size_t>(source.index)] - static_cast<int>(user_outputs);
+      case StepInputSource::Kind::ForwardState: return static_cast<int>(saves) + source.index;
+      default: return -1;
+    }
+  }
+
+  void check(const DeviceTrainingArgs& a, bool for_backward) const {
+    const Cell& f = forward;
+    expect_count("input(s)", a.inputs.size(), f.inputs.size());
+    expect_count("param(s)", a.params.size(), f.params.size());
+    expect_count("tape tensor(s)", a.tape.size(), f.outputs.size() - user_outputs);
+    if (a.steps < 0) throw Error("CUDA backward: a negative sequence length");
+    expect_non_null(a.params, "params");
+    if (!for_backward) {
+      expect_count("state(s)", a.states.size(), f.states.size());
+      expect_count("output(s)", a.outputs.size(), user_outputs);
+      expect_count("final state(s)", a.final_states.size(), f.states.size());
+      return;
+    }
+    expect_count("output gradient(s)", a.output_grads.size(), user_outputs);
+    expect_count("final-state gradient(s)", a.final_state_grads.size(), f.states.size());
+    expect_count("input gradient(s)", a.input_grads.size(), f.inputs.size());
+    expect_count("state gradient(s)", a.state_grads.size(), f.states.size());
+    expect_count("param gradient(s)", a.param_grads.size(), f.params.size());
+    expect_non_null(a.final_state_grads, "final-state gradients");
+    expect_non_null(a.state_grads, "state gradients");
+    expect_non_null(a.param_grads, "param gradients");
+    if (a.steps > 0) {
+      expect_non_null(a.inputs, "inputs");
+      expect_non_null(a.tape, "tape tensors");
+      expect_non_null(a.output_grads, "output gradients");
+      expect_non_null(a.input_grads, "input gradients");
+    }
+  }
+
+  // With the mutex held: room for `need` rows, waiting for the previous backward before the
+  // old buffers go.
+  void reserve(std::int64_t need) {
+    need = std::max<std::int64_t>(need, 1);  // a sequence of length 0 still passes the pointers
+    if (need <= rows) return;
+    const cuda::Driver& d = cuda::driver();
+    if (has_run) cuda::check(d.event_synchronize(done), "cuEventSynchronize");
+    step_scratch.clear();
+    ones = cuda::DeviceMemory();
+    const Cell& step = backward.step;
+    for (std::size_t o = forward.inputs.size(); o < step.outputs.size(); ++o)
+      step_scratch.emplace_back(static_cast<std::size_t>(need * features(step, step.outputs[o].value)) * elem);
+    ones = cuda::DeviceMemory(static_cast<std::size_t>(need) * elem);
+    // Pageable memory: the copy has taken the data when the call returns.
+    if (elem == sizeof(float)) {
+      std::vector<float> host(static_cast<std::size_t>(need), 1.0f);
+      cuda::check(d.memcpy_htod_async(ones.get(), host.data(), host.size() * elem, nullptr), "cuMemcpyHtoDAsync(ones)");
+    } else {
+      std::vector<double> host(static_cast<std::size_t>(need), 1.0);
+      cuda::check(d.memcpy_htod_async(ones.get(), host.data(), host.size() * elem, nullptr), "cuMemcpyHtoDAsync(ones)");
+    }
+    cuda::check(d.stream_synchronize(nullptr), "cuStreamSynchronize");
+    rows = need;
+  }
+
+  // out (column-major m x n, ld m) = a (op_a) * b (op_b) + beta * out, in the cell's dtype.
+  void gemm(cublasOperation_t op_a, cublasOperation_t op_b, std::int64_t m, std::int64_t n, std::int64_t k, CUdeviceptr a,
+            std::int64_t lda, CUdeviceptr b, std::int64_t ldb, bool accumulate, CUdeviceptr out, std::int64_t ldc) const {
+    for (std::int64_t v : {m, n, k, lda, ldb, ldc})
+      if (v > INT_MAX) throw Error("CUDA backward: a parameter-gradient product too large for cuBLAS's int sizes");
+    const cuda::Cublas& b_ = cuda::cublas();
+    const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+    if (elem == sizeof(float)) {
+      const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+      cuda::check(b_.sgemm(blas, op_a, op_b, M, N, K, &alpha, as_pointer<const float>(a), static_cast<int>(lda),
+                           as_pointer<const float>(b), static_cast<int>(ldb), &beta, as_pointer<float>(out), static_cast<int>(ldc)),
+                  "cublasSgemm");
+    } else {
+      const double alpha = 1.0, beta = accumulate ? 1.0 : 0.0;
+      cuda::check(b_.dgemm(blas, op_a, op_b, M, N, K, &alpha, as_pointer<const double>(a), static_cast<int>(lda),
+                           as_pointer<const double>(b), static_cast<int>(ldb), &beta, as_pointer<double>(out), static_cast<int>(ldc)),
+                  "cublasDgemm");
+    }
+  }
+
+  // With the mutex held and the context current.
+  void backward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
+    const cuda::Driver& d = cuda::driver();
+    const Cell& step = backward.step;
+    const std::int64_t total = a.steps * batch;
+    // The previous backward may still read the workspace on another stream.
+    if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
+    reserve(total);
+
+    DeviceSequenceArgs s;
+    s.steps = a.steps;
+    s.reverse = true;
+    for (const StepInputSource& source : backward.step_inputs) {
+      const auto i = static_cast<std::size_t>(source.index);
+      switch (source.kind) {
+        case StepInputSource::Kind::ForwardInput: s.inputs.push_back(a.inputs[i]); break;
+        case StepInputSource::Kind::OutputGrad: s.inputs.push_back(a.output_grads[i]); break;
+        default: s.inputs.push_back(a.tape[static_cast<std::size_t>(tape_index(source))]); break;
+      }
+    }
+    s.states = a.final_state_grads;
+    s.params = a.params;
+    s.outputs = a.input_grads;
+    for (const auto& m : step_scratch) s.outputs.push_back(m.get());
+    s.final_states = a.state_grads;
+    backward_step->run_device(s, stream);
+
+    // The parameter gradients over all T*B rows, on the caller's stream (with a null stream,
+    // run_device has ordered the legacy stream after the backward step).
+    cuda::check(cuda::cublas().set_stream(blas, stream), "cublasSetStream");
+    auto value = [&](const StepValue& v) -> CUdeviceptr {
+      return v.kind == StepValue::Kind::Input ? s.inputs[static_cast<std::size_t>(v.index)] : s.outputs[static_cast<std::size_t>(v.index)];
+    };
+    auto width = [&](const StepValue& v) {
+      return features(step, v.kind == StepValue::Kind::Input ? step.inputs[static_cast<std::size_t>(v.index)]
+                                                              : step.outputs[static_cast<std::size_t>(v.index)].value);
+    };
+    for (std::size_t p = 0; p < forward.params.size(); ++p) {
+      const CUdeviceptr out = a.param_grads[p];
+      if (total == 0 || terms_of_param[p].empty()) {
+        const std::int64_t numel = forward.graph.node(forward.params[p]).shape.elements(batch);
+        cuda::check(d.memset_d8_async(out, 0, static_cast<std::size_t>(numel) * elem, stream), "cuMemsetD8Async");
+        continue;
+      }
+      bool accumulate = false;
+      for (const ParamGradTerm* term : terms_of_param[p]) {
+        const std::int64_t m = width(term->a);
+        if (term->kind == ParamGradTerm::Kind::GemmAtB) {
+          // Row-major dP[m][n] = A^T B is column-major dP^T (n x m) = B' A'^T, where B' (n x rows)
+          // and A' (m x rows) are the row-major [rows, n] and [rows, m] matrices as they lie.
+          const std::int64_t n = width(term->b);
+          gemm(CUBLAS_OP_N, CUBLAS_OP_T, n, m, total, value(term->b), n, value(term->a), m, accumulate, out, n);
+        } else {
+          // dP[m] = A'(m x rows) * ones(rows).
+          gemm(CUBLAS_OP_N, CUBLAS_OP_N, m, 1, total, value(term->a), m, ones.get(), total, accumulate, out, m);
+        }
+        accumulate = true;
+      }
+    }
+    cuda::check(d.event_record(done, stream), "cuEventRecord");
+    last_stream = stream;
+    has_run = true;
+  }
+};
+
+CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& options) : impl_(std::make_unique<Impl>()) {
+  auto start = std::chrono::steady_clock::now();
+  Impl& m = *impl_;
+  m.batch = batch;
+  m.backward = differentiate(cell);
+  m.forward = forward_with_tape(m.backward);
+  m.user_outputs = static_cast<std::size_t>(m.backward.user_outputs);
+  m.saves = m.backward.saved_outputs.size();
+  for (std::size_t k = 0; k < m.saves; ++k)
+    if (m.backward.saved_outputs[k] != static_cast<int>(m.user_outputs + k))
+      throw InternalError("CUDA backward: the saves are not the forward's outputs after the user outputs");
+  m.terms_of_param.resize(m.forward.params.size());
+  for (const ParamGradTerm& t : m.backward.param_terms) m.terms_of_param[static_cast<std::size_t>(t.param)].push_back(&t);
+  m.elem = dtype_size(m.forward.graph.dtype());
+
+  // Two NVRTC compilations at once: the first compile of a training cell takes the longer of the
+  // two, not their sum.
+  auto step = std::async(std::launch::async, [&] { return std::make_unique<CudaCell>(m.backward.step, batch, options); });
+  try {
+    m.forward_cell = std::make_unique<CudaCell>(m.forward, batch, options);
+  } catch (...) {
+    try {
+      step.get();
+    } catch (...) {
+    }
+    throw;
+  }
+  m.backward_step = step.get();
+
+  const cuda::Driver& d = cuda::driver();
+  m.dev = &cuda::device(options.device);
+  cuda::make_current(*m.dev);
+  cuda::check(d.event_create(&m.done, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+  const cuda::Cublas& b = cuda::cublas();
+  cuda::check(b.create(&m.blas), "cublasCreate");
+  cuda::check(b.set_math_mode(m.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode(CUBLAS_DEFAULT_MATH)");
+  m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);
+  cuda::check(b.set_workspace(m.blas, as_pointer<void>(m.blas_workspace.get()), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+CudaBptt::~CudaBptt() = default;
+
+std::vector<std::int64_t> CudaBptt::tape_widths() const {
+  const Impl& m = *impl_;
+  std::vector<std::int64_t> out;
+  for (std::size_t o = m.user_outputs; o < m.forward.outputs.size(); ++o) out.push_back(features(m.forward, m.forward.outputs[o].value));
+  return out;
+}
+
+const BackwardCell& CudaBptt::backward_cell() const { return impl_->backward; }
+std::int64_t CudaBptt::batch() const { return impl_->batch; }
+DType CudaBptt::dtype() const { return impl_->forward.graph.dtype(); }
+double CudaBptt::compile_ms() const { return impl_->compile_ms; }
+bool CudaBptt::cubins_from_cache() const { return impl_->forward_cell->cubin_from_cache() && impl_->backward_step->cubin_from_cache(); }
+const CudaCell& CudaBptt::forward_cell() const { return *impl_->forward_cell; }
+const CudaCell& CudaBptt::backward_step() const { return *impl_->backward_step; }
+
+std::string CudaBptt::describe() const {
+  return print_backward(impl_->backward) + "\n# forward\n" + impl_->forward_cell->describe() + "\n# backward step\n" +
+         impl_->backward_step->describe();
+}
+
+void CudaBptt::forward_device(const DeviceTrainingArgs& a, CudaStream stream) const {
+  const Impl& m = *impl_;
+  m.check(a, false);
+  DeviceSequenceArgs s;
+  s.steps = a.steps;
+  s.inputs = a.inputs;
+  s.states = a.states;
+  s.params = a.params;
+  s.outputs = a.outputs;
+  s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
+  s.final_states = a.final_states;
+  m.forward_cell->run_device(s, stream);
+}
+
+void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) const {
+  Impl& m = *impl_;
+  m.check(a, true);
+  std::lock_guard<std::mutex> lock(m.mutex);
+  cuda::make_current(*m.dev);
+  m.backward_locked(a, stream);
+}
+
+template <class T>
+BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds, CudaStream stream) const {
+  Impl& m = *impl_;
+  const Cell& f = m.forward;
+  const std::int64_t B = m.batch;
+  const std::int64_t steps = check_sequence_args(f, args, B, "CUDA backend");
+  if (seeds.outputs.size() != m.user_outputs || seeds.final_states.size() != f.states.size())
+    throw Error("CUDA backward: expected gradients for " + std::to_string(m.user_outputs) + " output(s) and " +
+                std::to_string(f.states.size()) + " final state(s)");
+  BpttResult<T> result;
+  for (std::size_t o = 0; o < m.user_outputs; ++o) result.forward.outputs.emplace_back(tensor_dims(f.graph.node(f.outputs[o].value).shape, B, steps));
+  for (ValueId s : f.states) result.forward.final_states.emplace_back(tensor_dims(f.graph.node(s).shape, B));
+  for (std::size_t o = 0; o < seeds.outputs.size(); ++o)
+    if (seeds.outputs[o].shape != result.forward.outputs[o].shape)
+      throw Error("CUDA backward: the gradient of output '" + f.outputs[o].name + "' is " + shape_string(seeds.outputs[o].shape) +
+                  " but the output is " + shape_string(result.forward.outputs[o].shape));
+  for (std::size_t s = 0; s < seeds.final_states.size(); ++s)
+    if (seeds.final_states[s].shape != result.forward.final_states[s].shape)
+      throw Error("CUDA backward: the gradient of final state %" + std::string(f.leaf_name(f.states[s])) + " is " +
+                  shape_string(seeds.final_states[s].shape) + " but the state is " + shape_string(result.forward.final_states[s].shape));
+  result.grads.inputs.reserve(f.inputs.size());
+  for (const auto& x : args.inputs) result.grads.inputs.emplace_back(x.shape);
+  for (const auto& s : args.states) result.grads.states.emplace_back(s.shape);
+  for (const auto& p : args.params) result.grads.params.emplace_back(p.shape);
+  std::vector<HostTensor<T>> tape;
+  for (std::int64_t w : tape_widths()) tape.emplace_back(std::vector<std::int64_t>{steps, B, w});
+
+  // Every host tensor of the call in one list, in the order of the device buffers below.
+  struct Slot {
+    std::vector<DevicePointer>* list;
+    const HostTensor<T>* tensor;
+  };
+  std::lock_guard<std::mutex> lock(m.mutex);
+  cuda::make_current(*m.dev);
+  DeviceTrainingArgs& d = m.staging.args;
+  auto slots = [&] {
+    std::vector<Slot> out;
+    auto add = [&](std::vector<DevicePointer>& list, const std::vector<HostTensor<T>>& tensors) {
+      for (const auto& t : tensors) out.push_back({&list, &t});
+    };
+    add(d.inputs, args.inputs);
+    add(d.states, args.states);
+    add(d.params, args.params);
+    add(d.outputs, result.forward.outputs);
+    add(d.final_states, result.forward.final_states);
+    add(d.tape, tape);
+    add(d.output_grads, seeds.outputs);
+    add(d.final_state_grads, seeds.final_states);
+    add(d.input_grads, result.grads.inputs);
+    add(d.state_grads, result.grads.states);
+    add(d.param_grads, result.grads.params);
+    return out;
+  }();
+  if (m.staging.steps != steps) {
+    if (m.has_run) cuda::check(cuda::driver().event_synchronize(m.done), "cuEventSynchronize");
+    m.staging = Impl::Staging{};
+    m.staging.steps = steps;
+    for (const Slot& s : slots) {
+      // An empty tensor (a sequence of length 0) still gets a byte: the pointers are never null.
+      m.staging.memory.emplace_back(std::max<std::size_t>(1, s.tensor->data.size() * sizeof(T)));
+      s.list->push_back(m.staging.memory.back().get());
+    }
+  }
+  d.steps = steps;
+  const cuda::Driver& drv = cuda::driver();
+  auto upload = [&](std::size_t first, std::size_t count) {
+    for (std::size_t i = first; i < first + count; ++i)
+      if (!slots[i].tensor->data.empty())
+        cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), slots[i].tensor->data.data(), slots[i].tensor->data.size() * sizeof(T),
+                                          stream),
+                    "cuMemcpyHtoDAsync");
+  };
+  auto download = [&](std::size_t first, std::size_t count) {
+    for (std::size_t i = first; i < first + count; ++i)
+      if (!slots[i].tensor->data.empty())
+        cuda::check(drv.memcpy_dtoh_async(const_cast<T*>(slots[i].tensor->data.data()), m.staging.memory[i].get(),
+                                          slots[i].tensor->data.size() * sizeof(T), stream),
+                    "cuMemcpyDtoHAsync");
+  };
+  const std::size_t n_in = args.inputs.size() + args.states.size() + args.params.size();
+  const std::size_t n_fwd = result.forward.outputs.size() + result.forward.final_states.size() + tape.size();
+  const std::size_t n_seed = seeds.outputs.size() + seeds.final_states.size();
+  upload(0, n_in);
+  upload(n_in + n_fwd, n_seed);
+  forward_device(d, stream);
+  m.backward_locked(d, stream);
+  download(n_in, result.forward.outputs.size() + result.forward.final_states.size());
+  download(n_in + n_fwd + n_seed, slots.size() - (n_in + n_fwd + n_seed));
+  cuda::check(drv.stream_synchronize(stream), "cuStreamSynchronize");
+  return result;
+}
+
+template BpttResult<float> CudaBptt::run(const SequenceArgs<float>&, const LossGradients<float>&, CudaStream) const;
+template BpttResult<double> CudaBptt::run(const SequenceArgs<double>&, const LossGradients<double>&, CudaStream) const;
+
+std::shared_ptr<const CudaBptt> compile_cuda_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options) {
+  static std::mutex mutex;
+  // Never destroyed, like compile_cuda's cache: the driver may be gone at exit.
+  static auto& cache =
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool>, std::shared_ptr<const CudaBptt>>();
+  auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
+                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  auto compiled = std::make_shared<const CudaBptt>(cell, batch, options);
+  cache[key] = compiled;
+  return compiled;
+}
+
+}  // namespace cellfuse

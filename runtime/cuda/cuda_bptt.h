@@ -1,0 +1,91 @@
+#pragma once
+// Training on the GPU: backpropagation through time with the CUDA backend, the mirror of CpuBptt
+// (runtime/cpu/cpu_bptt.h). Two CudaCells do the work: the forward with its saves
+// (compiler/passes/autodiff.h) and the generated backward step, run from step T-1 down to 0; then
+// every parameter gradient is formed by cuBLAS over all T*B rows at once (dW = dG^T h as one
+// GEMM, a bias gradient as a product with a vector of ones).
+//
+//   auto bptt = cellfuse::compile_cuda_bptt(cell, /*batch=*/64);
+//   BpttResult<float> r = bptt->run(args, seeds);        // host tensors in and out
+//   bptt->forward_device(device_args, stream);           // device pointers, asynchronous
+//   bptt->backward_device(device_args, stream);
+//
+// The tape is what the forward leaves for the backward: the forward-with-saves cell's outputs
+// after the user outputs, that is every save (e.g. an LSTM's h W_hh^T of each step) and then, per
+// state, the value each step starts from. tape_widths() gives the features of each; the caller
+// owns the [T,B,w] buffers, so a framework can keep them with its autograd graph between the two
+// calls. Everything else the backward needs (the backward step's parameter-term operands, [T,B,n]
+// each; a vector of ones) lives in a workspace of the CudaBptt, grown to the longest sequence
+// seen: backward runs of one CudaBptt are therefore serialized on the GPU (a run on another
+// stream waits for the previous one), and growing the workspace waits for the previous run.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compiler/passes/autodiff.h"
+#include "runtime/cuda/cuda_cell.h"
+#include "runtime/reference/bptt.h"
+
+namespace cellfuse {
+
+// One training step's device memory. Every pointer is a dense row-major device buffer; the
+// same object can serve forward_device and backward_device.
+struct DeviceTrainingArgs {
+  std::int64_t steps = 0;
+  std::vector<DevicePointer> inputs, states, params;  // forward arguments ([T,B,n], [B,n], declared shape)
+  std::vector<DevicePointer> outputs, final_states;   // forward results: user outputs [T,B,n], final states [B,n]
+  std::vector<DevicePointer> tape;                    // one [T,B,w] per tape_widths(): written by forward, read by backward
+  std::vector<DevicePointer> output_grads, final_state_grads;        // backward seeds ([T,B,n] per user output, [B,n] per state)
+  std::vector<DevicePointer> input_grads, state_grads, param_grads;  // backward results, OVERWRITTEN (not accumulated)
+};
+
+class CudaBptt {
+ public:
+  // Differentiates `cell` (f32 or f64) and compiles the forward with saves and the backward step
+  // for batch size `batch` (the two NVRTC compilations run in parallel). Throws Error like
+  // CudaCell.
+  CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
+  ~CudaBptt();
+  CudaBptt(const CudaBptt&) = delete;
+  CudaBptt& operator=(const CudaBptt&) = delete;
+
+  // The features of each tape tensor: the saves, then one per state.
+  std::vector<std::int64_t> tape_widths() const;
+
+  // Reads inputs/states/params, writes outputs/final_states/tape; asynchronous on `stream` (null:
+  // ordered with the legacy default stream, as CudaCell::run_device).
+  void forward_device(const DeviceTrainingArgs& a, CudaStream stream = nullptr) const;
+  // Reads inputs/params/tape/output_grads/final_state_grads, writes input_grads/state_grads/
+  // param_grads (overwritten); asynchronous on `stream`. steps == 0 copies the final-state
+  // gradients to the state gradients and zeroes the parameter gradients.
+  void backward_device(const DeviceTrainingArgs& a, CudaStream stream = nullptr) const;
+
+  // Forward and backward from host memory: the same contract as reference_bptt. Waits.
+  template <class T>
+  BpttResult<T> run(const SequenceArgs<T>& args, const LossGradients<T>& seeds, CudaStream stream = nullptr) const;
+
+  const BackwardCell& backward_cell() const;
+  std::int64_t batch() const;
+  DType dtype() const;
+  double compile_ms() const;      // both cells, wall time
+  bool cubins_from_cache() const;  // both cubins came from the disk cache
+  const CudaCell& forward_cell() const;   // the forward with the tape as extra outputs
+  const CudaCell& backward_step() const;  // the backward step, run in reverse
+  // The backward cell (saves, parameter terms), then both cells' stages, kernels and source.
+  std::string describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The forward cell CudaBptt compiles: `backward.forward` (user outputs, then the saves) plus one
+// output per state, the value each step starts from. Its outputs after the user outputs are the
+// tape.
+Cell forward_with_tape(const BackwardCell& backward);
+
+// The in-memory cache of compiled training cells, like compile_cuda's.
+std::shared_ptr<const CudaBptt> compile_cuda_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
+
+}  // namespace cellfuse
