@@ -228,8 +228,9 @@ class Tracer:
 def _qualified(func):
     module = getattr(func, "__module__", None) or ""
     qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    qual = qual.replace("TensorBase.", "Tensor.").replace("_VariableFunctionsClass.", "")
     if module.startswith("torch._C") or not module:
-        return f"torch.{qual}".replace("TensorBase.", "Tensor.").replace("_VariableFunctionsClass.", "")
+        module = "torch"
     return f"{module}.{qual}"
 
 
