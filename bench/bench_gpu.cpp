@@ -1,0 +1,261 @@
+// GPU timings of the CUDA backend on the benchmark workloads (bench/workloads.h), for
+// bench/compare_gpu.py to set beside PyTorch's: forward (CudaCell::run_device) and forward +
+// backward (CudaBptt::forward_device + backward_device, every gradient), on device memory of
+// random values, timed with CUDA events on a stream of our own: warm-up first (a direct run, a
+// graph capture, a replay, two more), then the median of --runs timed runs. Also the compile
+// times of an LSTM's forward+backward kernels: first (NVRTC, an empty disk cache) and a cache hit.
+//
+//   bench_gpu [--runs N] [--only W1,W2] [--json]
+//
+// A plain program (no Google Benchmark): the GPU machine need not have it. Prints a table, or
+// with --json one JSON object.
+#include <dlfcn.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/workloads.h"
+#include "compiler/ir/error.h"
+#include "runtime/cuda/cuda_bptt.h"
+#include "runtime/cuda/cuda_cell.h"
+#include "runtime/cuda/driver.h"
+#include "runtime/random_args.h"
+
+namespace cellfuse {
+namespace {
+
+// cuEventElapsedTime from the driver the runtime loaded (not in driver.h's table: only timing
+// code needs it, and its name changed in CUDA 12.8).
+using ElapsedFn = CUresult (*)(float*, CUevent, CUevent);
+ElapsedFn elapsed_fn() {
+  static ElapsedFn fn = [] {
+    const char* path = std::getenv("CELLFUSE_CUDA_DRIVER");
+    void* lib = ::dlopen(path && *path ? path : "libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) throw Error("bench_gpu: the CUDA driver is not loaded");
+    void* p = ::dlsym(lib, "cuEventElapsedTime_v2");
+    if (!p) p = ::dlsym(lib, "cuEventElapsedTime");
+    if (!p) throw Error("bench_gpu: the driver has no cuEventElapsedTime");
+    return reinterpret_cast<ElapsedFn>(p);
+  }();
+  return fn;
+}
+
+class Timer {
+ public:
+  explicit Timer(CUstream stream) : stream_(stream) {
+    const cuda::Driver& d = cuda::driver();
+    cuda::check(d.event_create(&start_, CU_EVENT_DEFAULT), "cuEventCreate");
+    cuda::check(d.event_create(&stop_, CU_EVENT_DEFAULT), "cuEventCreate");
+  }
+  ~Timer() {
+    (void)cuda::driver().event_destroy(start_);
+    (void)cuda::driver().event_destroy(stop_);
+  }
+  // Median ms of `runs` timed calls of `work` (enqueued on the stream), after `warmup` untimed.
+  double median_ms(const std::function<void()>& work, int warmup, int runs) {
+    const cuda::Driver& d = cuda::driver();
+    for (int i = 0; i < warmup; ++i) work();
+    cuda::check(d.stream_synchronize(stream_), "cuStreamSynchronize");
+    std::vector<double> t;
+    for (int i = 0; i < runs; ++i) {
+      cuda::check(d.event_record(start_, stream_), "cuEventRecord");
+      work();
+      cuda::check(d.event_record(stop_, stream_), "cuEventRecord");
+      cuda::check(d.event_synchronize(stop_), "cuEventSynchronize");
+      float ms = 0;
+      cuda::check(elapsed_fn()(&ms, start_, stop_), "cuEventElapsedTime");
+      t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+
+ private:
+  CUstream stream_;
+  CUevent start_ = nullptr, stop_ = nullptr;
+};
+
+// Device buffers of random values (uniform in [-1, 1): never zeros), freed at the end.
+class Buffers {
+ public:
+  explicit Buffers(CUstream stream) : stream_(stream) {}
+  DevicePointer random(std::int64_t elements, std::uint64_t seed) {
+    std::vector<float> host(static_cast<std::size_t>(elements));
+    std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (float& v : host) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      v = static_cast<float>(static_cast<double>(x >> 11) / 9007199254740992.0 * 2 - 1);
+    }
+    memory_.emplace_back(host.size() * sizeof(float));
+    cuda::check(cuda::driver().memcpy_htod_async(memory_.back().get(), host.data(), host.size() * sizeof(float), stream_),
+                "cuMemcpyHtoDAsync");
+    cuda::check(cuda::driver().stream_synchronize(stream_), "cuStreamSynchronize");
+    return memory_.back().get();
+  }
+  DevicePointer empty(std::int64_t elements) {
+    memory_.emplace_back(static_cast<std::size_t>(elements) * sizeof(float));
+    return memory_.back().get();
+  }
+
+ private:
+  CUstream stream_;
+  std::vector<cuda::DeviceMemory> memory_;
+};
+
+struct Result {
+  std::string id, spec, mode;
+  std::int64_t steps, batch;
+  double ms, compile_ms;
+};
+
+std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); }
+
+Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
+  Cell cell = cells::by_spec(w.cell);
+  const std::int64_t T = w.steps, B = w.batch;
+  auto compiled = compile_cuda(cell, B);
+  Buffers buf(stream);
+  DeviceSequenceArgs a;
+  a.steps = T;
+  std::uint64_t seed = 1;
+  for (ValueId x : cell.inputs) a.inputs.push_back(buf.random(T * B * features(cell, x), seed++));
+  for (ValueId s : cell.states) a.states.push_back(buf.random(B * features(cell, s), seed++));
+  // Parameters scaled like nn.Linear's init would not change the time; uniform [-1, 1) keeps
+  // every value away from zero.
+  for (ValueId p : cell.params) a.params.push_back(buf.random(cell.graph.node(p).shape.elements(B), seed++));
+  for (const auto& o : cell.outputs) a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
+  for (ValueId s : cell.states) a.final_states.push_back(buf.empty(B * features(cell, s)));
+  Timer timer(stream);
+  double ms = timer.median_ms([&] { compiled->run_device(a, stream); }, 5, runs);
+  return {w.id, w.cell, "forward", T, B, ms, compiled->compile_ms()};
+}
+
+Result time_train(const bench::Workload& w, CUstream stream, int runs) {
+  Cell cell = cells::by_spec(w.cell);
+  const std::int64_t T = w.steps, B = w.batch;
+  auto compiled = compile_cuda_bptt(cell, B);
+  Buffers buf(stream);
+  DeviceTrainingArgs a;
+  a.steps = T;
+  std::uint64_t seed = 100;
+  for (ValueId x : cell.inputs) {
+    a.inputs.push_back(buf.random(T * B * features(cell, x), seed++));
+    a.input_grads.push_back(buf.empty(T * B * features(cell, x)));
+  }
+  for (ValueId s : cell.states) {
+    a.states.push_back(buf.random(B * features(cell, s), seed++));
+    a.final_states.push_back(buf.empty(B * features(cell, s)));
+    a.final_state_grads.push_back(buf.random(B * features(cell, s), seed++));
+    a.state_grads.push_back(buf.empty(B * features(cell, s)));
+  }
+  for (ValueId p : cell.params) {
+    a.params.push_back(buf.random(cell.graph.node(p).shape.elements(B), seed++));
+    a.param_grads.push_back(buf.empty(cell.graph.node(p).shape.elements(B)));
+  }
+  for (const auto& o : cell.outputs) {
+    a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
+    a.output_grads.push_back(buf.random(T * B * features(cell, o.value), seed++));
+  }
+  for (std::int64_t width : compiled->tape_widths()) a.tape.push_back(buf.empty(T * B * width));
+  Timer timer(stream);
+  double ms = timer.median_ms(
+      [&] {
+        compiled->forward_device(a, stream);
+        compiled->backward_device(a, stream);
+      },
+      5, runs);
+  return {w.id, w.cell, "train", T, B, ms, compiled->compile_ms()};
+}
+
+}  // namespace
+}  // namespace cellfuse
+
+int main(int argc, char** argv) {
+  using namespace cellfuse;
+  int runs = 21;
+  bool json = false;
+  std::set<std::string> only;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--runs" && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--json") json = true;
+    else if (a == "--only" && i + 1 < argc) {
+      std::stringstream list(argv[++i]);
+      for (std::string id; std::getline(list, id, ',');) only.insert(id);
+    } else {
+      std::fprintf(stderr, "usage: bench_gpu [--runs N] [--only W1,W2] [--json]\n");
+      return 2;
+    }
+  }
+  // An empty kernel cache of our own, so that the first compile below is NVRTC's.
+  char dir[] = "/tmp/cellfuse_bench_gpu.XXXXXX";
+  if (!::mkdtemp(dir)) return 3;
+  ::setenv("CELLFUSE_CACHE_DIR", dir, 1);
+  ::unsetenv("CELLFUSE_CACHE");
+  std::string why;
+  if (!cuda::cuda_available(&why)) {
+    std::fprintf(stderr, "bench_gpu: %s\n", why.c_str());
+    return 2;
+  }
+  try {
+    const cuda::Device& dev = cuda::device(0);
+    cuda::make_current(dev);
+    CUstream stream = nullptr;
+    cuda::check(cuda::driver().stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+
+    // Compile times of an LSTM's training kernels (lstm:512 at batch 64, forward with saves and
+    // backward step), after the driver and cuBLAS are loaded by a small unrelated cell.
+    compile_cuda(cells::elman(3, 5), 64);
+    CudaBptt first(cells::lstm(512, 512), 64);
+    CudaBptt again(cells::lstm(512, 512), 64);
+    const double first_ms = first.compile_ms(), hit_ms = again.compile_ms();
+    const bool first_nvrtc = !first.cubins_from_cache(), hit_cached = again.cubins_from_cache();
+
+    std::vector<Result> results;
+    for (const auto& w : bench::workloads()) {
+      if (!only.empty() && !only.count(w.id)) continue;
+      results.push_back(time_forward(w, stream, runs));
+      results.push_back(time_train(w, stream, runs));
+      if (!json)
+        std::fprintf(stderr, "%s %s: forward %.3f ms, forward+backward %.3f ms\n", w.id.c_str(), w.cell.c_str(),
+                     results[results.size() - 2].ms, results.back().ms);
+    }
+    cuda::check(cuda::driver().stream_destroy(stream), "cuStreamDestroy");
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+
+    if (json) {
+      std::printf("{\"device\": \"%s\", \"runs\": %d, \"compile\": {\"cell\": \"lstm:512,512\", \"batch\": 64, "
+                  "\"first_ms\": %.3f, \"first_from_nvrtc\": %s, \"cache_hit_ms\": %.3f, \"hit_from_cache\": %s}, \"results\": [",
+                  dev.name.c_str(), runs, first_ms, first_nvrtc ? "true" : "false", hit_ms, hit_cached ? "true" : "false");
+      for (std::size_t i = 0; i < results.size(); ++i) {
+        const Result& r = results[i];
+        std::printf("%s{\"id\": \"%s\", \"cell\": \"%s\", \"mode\": \"%s\", \"steps\": %lld, \"batch\": %lld, \"ms\": %.4f, "
+                    "\"compile_ms\": %.3f}",
+                    i ? ", " : "", r.id.c_str(), r.spec.c_str(), r.mode.c_str(), static_cast<long long>(r.steps),
+                    static_cast<long long>(r.batch), r.ms, r.compile_ms);
+      }
+      std::printf("]}\n");
+    } else {
+      std::printf("device: %s; medians of %d runs (CUDA events)\n", dev.name.c_str(), runs);
+      std::printf("compile lstm:512,512 B=64 forward+backward: first %.1f ms (%s), cache hit %.1f ms (%s)\n", first_ms,
+                  first_nvrtc ? "NVRTC" : "cache?", hit_ms, hit_cached ? "disk cache" : "NVRTC?");
+      for (const Result& r : results)
+        std::printf("%-3s %-24s T=%-5lld B=%-3lld %-8s %9.3f ms  (compile %.0f ms)\n", r.id.c_str(), r.spec.c_str(),
+                    static_cast<long long>(r.steps), static_cast<long long>(r.batch), r.mode.c_str(), r.ms, r.compile_ms);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpu: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

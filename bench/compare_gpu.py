@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Side-by-side GPU benchmark: cellfuse's CUDA backend against PyTorch on the same workloads, in one run.
+
+    python3 bench/compare_gpu.py --build build-gpu [--runs 11] [--out bench/results/gpu_h100.md]
+
+Runs BUILD/bench/bench_gpu (CUDA events, medians of --runs runs after warm-up) and the same cells
+in PyTorch on the same GPU: the cell written with torch ops in a Python loop (eager), the same
+loop under TorchScript, the loop in Python over torch.compile of the cell, and cuDNN's nn.LSTM
+where the cell is an LSTM (for W3, the LayerNorm-LSTM, cuDNN's plain LSTM at the same shape, as
+the issue's targets compare). f32 everywhere, TF32 off. Forward runs under no_grad; forward +
+backward is loss = sum(outputs * seeds) + sum(final states * seeds), backward() into every
+gradient (inputs, initial states, parameters), as bench_gpu does. Prints a markdown table of
+medians (ms) and ratios, and writes it with --out.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_cpu import WORKLOADS, ElmanProj, Lstm, LnLstm, Sequence1, Sequence2, flatten, loss_of  # noqa: E402
+
+
+def median_ms(fn, runs, warmup=2):
+    """Median of `runs` calls of fn, each timed with CUDA events around it."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def runs_for(ms_guess, runs):
+    """Fewer repetitions for the slow baselines (W1 eager is ~1 s a run)."""
+    return max(3, min(runs, int(8000 / max(ms_guess, 1.0))))
+
+
+def torch_times(kind, i, h, o, steps, batch, runs, train, log):
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    xs = torch.randn(steps, batch, i, device=dev, requires_grad=train)
+    h0 = torch.randn(batch, h, device=dev, requires_grad=train)
+    c0 = torch.randn(batch, h, device=dev, requires_grad=train)
+    if kind == "elman_proj":
+        make, seq, args = (lambda: ElmanProj(i, h, o)), Sequence1, (xs, h0)
+    else:
+        make = (lambda: Lstm(i, h)) if kind == "lstm" else (lambda: LnLstm(i, h))
+        seq, args = Sequence2, (xs, h0, c0)
+    cell = make().to(dev)
+    out = {}
+
+    def measure(name, fn, params):
+        t0 = time.perf_counter()
+        if not train:
+            with torch.no_grad():
+                fn()  # first call: compiles where anything compiles
+                first = (time.perf_counter() - t0) * 1e3
+                guess = median_ms(fn, 1, warmup=1)
+                ms = median_ms(fn, runs_for(guess, runs))
+        else:
+            seeds = [torch.randn_like(r) for r in flatten(fn())]
+            first = (time.perf_counter() - t0) * 1e3
+
+            def step():
+                for p in params:
+                    p.grad = None
+                for a in args:
+                    a.grad = None
+                loss_of(fn(), seeds).backward()
+            guess = median_ms(step, 1, warmup=1)
+            ms = median_ms(step, runs_for(guess, runs))
+        log(f"  {name:12s} {'train' if train else 'forward':8s} {ms:10.3f} ms  (first call {first:.0f} ms)")
+        out[name] = ms
+
+    params = list(cell.parameters())
+    measure("eager", lambda: seq(cell)(*args), params)
+    scripted = torch.jit.script(seq(cell))
+    for _ in range(3):  # the profiling executor optimizes after a few calls
+        if train:
+            loss_of(scripted(*args), [torch.ones(1, device=dev)] * 4).backward()
+        else:
+            with torch.no_grad():
+                scripted(*args)
+    measure("torchscript", lambda: scripted(*args), params)
+    compiled_cell = torch.compile(cell)
+    measure("torch.compile", lambda: seq(compiled_cell)(*args), params)
+    if kind in ("lstm", "lnlstm"):
+        lstm = nn.LSTM(i, h).to(dev)
+        measure("cuDNN nn.LSTM", lambda: lstm(xs, (h0[None], c0[None])), list(lstm.parameters()))
+    return out
+
+
+def cellfuse_times(build, runs, only):
+    exe = os.path.join(build, "bench", "bench_gpu")
+    cmd = [exe, "--runs", str(runs), "--json"]
+    if only:
+        cmd += ["--only", ",".join(sorted(only))]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--build", default="build-gpu")
+    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--only", help="comma-separated workload ids")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
+    ours = cellfuse_times(args.build, args.runs, only)
+    times = {(r["mode"], r["id"]): r for r in ours["results"]}
+    log(f"cellfuse: {json.dumps(ours)}")
+    baselines = ["eager", "torchscript", "torch.compile", "cuDNN nn.LSTM"]
+    sections = []
+    for mode, title in (("forward", "Forward"), ("train", "Forward + backward (BPTT, every gradient)")):
+        lines = [
+            f"### {title}",
+            "",
+            "| workload | shape | cellfuse ms | eager ms | TorchScript ms | torch.compile ms | cuDNN nn.LSTM ms "
+            "| eager / cellfuse | TorchScript / cellfuse | torch.compile / cellfuse | cellfuse / cuDNN |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for wid, kind, i, h, o, steps, batch in WORKLOADS:
+            if only and wid not in only:
+                continue
+            log(f"{wid} {kind} T={steps} B={batch} ({mode})")
+            ms = times[(mode, wid)]["ms"]
+            t = torch_times(kind, i, h, o, steps, batch, args.runs, mode == "train", log)
+            cells = [f"{t[b]:.2f}" if b in t else "—" for b in baselines]
+            ratios = [f"{t[b] / ms:.1f}×" if b in t else "—" for b in baselines[:3]]
+            cudnn = t.get("cuDNN nn.LSTM")
+            ratios.append(f"{ms / cudnn:.2f}" if cudnn else "—")
+            shape = f"T={steps} B={batch} I={i} H={h}" + (f" O={o}" if o else "")
+            lines.append(f"| {wid} {kind} | {shape} | {ms:.2f} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        sections.append("\n".join(lines) + "\n")
+    c = ours["compile"]
+    header = [
+        f"Device: {ours['device']} (PyTorch sees {torch.cuda.get_device_name(0)}); PyTorch {torch.__version__}, "
+        f"cuDNN {torch.backends.cudnn.version()}; f32, TF32 off; medians of up to {args.runs} runs (CUDA events), "
+        "warm-up first; cellfuse with CUDA graphs.",
+        f"Command: python3 bench/compare_gpu.py --build {args.build} --runs {args.runs}"
+        + (f" --only {args.only}" if args.only else ""),
+        "",
+        f"Compile of an LSTM's forward+backward kernels ({c['cell']}, B={c['batch']}): first {c['first_ms']:.0f} ms "
+        f"({'NVRTC' if c['first_from_nvrtc'] else 'cache'}), cache hit {c['cache_hit_ms']:.1f} ms "
+        f"({'disk cache' if c['hit_from_cache'] else 'NVRTC'}).",
+        "",
+        "cellfuse / cuDNN below 1 means cellfuse is faster; the other ratios are how many times faster cellfuse is.",
+        "",
+    ]
+    text = "\n".join(header) + "\n" + "\n".join(sections)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
