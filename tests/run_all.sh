@@ -2,8 +2,11 @@
 # Every test of cellfuse, in one command:   bash tests/run_all.sh
 #
 #   1. Release build in build/      (CMake preset "default"), then its CTest suite
-#   2. ASan + UBSan Debug build in build-asan/ (preset "asan", benchmarks off), then its suite
-#   3. when clang with libFuzzer is installed: the fuzz build in build-fuzz/ (preset "fuzz"),
+#   2. the Python package: a fresh virtual environment in build-venv/ with PyTorch from PyPI,
+#      `pip install .` (scikit-build-core; its CMake tree is kept in build-pip/), then pytest on
+#      tests/python (run from there, so that the installed package is the one tested)
+#   3. ASan + UBSan Debug build in build-asan/ (preset "asan", benchmarks off), then its suite
+#   4. when clang with libFuzzer is installed: the fuzz build in build-fuzz/ (preset "fuzz"),
 #      replaying the checked-in corpus tests/fuzz/corpus once (a regression check, no new fuzzing)
 #
 # Exits non-zero when anything fails to configure, build or pass, and ends with each suite's CTest
@@ -23,7 +26,7 @@ summary() {
   echo "==================== summary ($((SECONDS - STARTED)) s) ===================="
   for suite in "${SUITES[@]}"; do
     echo "--- $suite"
-    grep -E 'tests passed|tests failed|Total Test time|The following tests FAILED|^\s+[0-9]+ - ' \
+    grep -E 'tests passed|tests failed|Total Test time|The following tests FAILED|^\s+[0-9]+ - |[0-9]+ (passed|failed)' \
       "$LOGS/$suite.log" || echo "(no CTest summary: see the output above)"
   done
 }
@@ -70,6 +73,23 @@ command -v cmake >/dev/null || fail "cmake is not installed"
 command -v ninja >/dev/null || fail "ninja is not installed"
 
 suite default build -DCELLFUSE_BUILD_TESTS=ON
+
+python_suite() {
+  local venv=build-venv python=${CELLFUSE_PYTHON:-python3}
+  step "python: fresh virtual environment ($venv), PyTorch from PyPI, pip install ."
+  command -v "$python" >/dev/null || fail "$python is not installed"
+  rm -rf "$venv"
+  "$python" -m venv "$venv" || fail "python -m venv (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install --quiet --upgrade pip || fail "pip upgrade"
+  "$venv/bin/pip" install --quiet torch pytest || fail "pip install torch pytest"
+  "$venv/bin/pip" install . || fail "pip install ."
+  step "test (python)"
+  SUITES+=(python)
+  (cd tests/python && "../../$venv/bin/python" -m pytest -q -p no:cacheprovider .) 2>&1 | tee "$LOGS/python.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || fail "tests (python)"
+}
+python_suite
+
 suite asan build-asan -DCELLFUSE_BUILD_TESTS=ON
 
 # libFuzzer needs clang and its runtime (Debian: clang, libclang-rt-14-dev).

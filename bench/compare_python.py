@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of the Python API: the workloads of the CPU and CUDA issues (W1, W2, W3,
+W5) through `cellfuse.compile`, against PyTorch in the same run.
+
+    python3 bench/compare_python.py [--device cpu|cuda] [--runs 7] [--build build] [--out FILE]
+                                    [--no-torch-compile] [--only W1,W5]
+
+For each workload, forward (no grad) and forward+backward (every gradient seeded, as
+compare_cpu.py does): the cell in a Python loop (eager), the loop under TorchScript, the loop
+around torch.compile(cell), nn.LSTM where the cell is an LSTM, and cellfuse through Python. On the
+CPU, when --build has bench/bench_cpu, also the C++ API on the same cell (Google Benchmark), so
+the table shows what the Python layer costs (the issue's bound: at most 10% on W1 and W5).
+Medians of --runs timed runs after a warm-up; CUDA timings synchronize the device.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_cpu import (WORKLOADS, ElmanProj, LnLstm, Lstm, Sequence1, Sequence2,  # noqa: E402
+                         cellfuse_times, flatten, loss_of)
+
+import cellfuse  # noqa: E402
+
+
+def median_ms(fn, runs, device):
+    def timed():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+    timed()  # warm up (and compile)
+    return statistics.median(timed() for _ in range(runs))
+
+
+def measure(fn, runs, device, train):
+    if not train:
+        with torch.no_grad():
+            return median_ms(fn, runs, device)
+    seeds = [torch.randn_like(r) for r in flatten(fn())]
+    return median_ms(lambda: loss_of(fn(), seeds).backward(), runs, device)
+
+
+def workload_times(kind, i, h, o, steps, batch, runs, train, device, use_torch_compile):
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    xs = torch.randn(steps, batch, i, device=dev, requires_grad=train)
+    h0 = torch.randn(batch, h, device=dev, requires_grad=train)
+    c0 = torch.randn(batch, h, device=dev, requires_grad=train)
+    if kind == "elman_proj":
+        cell, seq, args = ElmanProj(i, h, o).to(dev), Sequence1, (xs, h0)
+        example, state0 = (xs[0].detach(), h0.detach()), h0
+    else:
+        cell = (Lstm(i, h) if kind == "lstm" else LnLstm(i, h)).to(dev)
+        seq, args = Sequence2, (xs, h0, c0)
+        example, state0 = (xs[0].detach(), h0.detach(), c0.detach()), (h0, c0)
+    out = {}
+    rnn = cellfuse.compile(cell, example)
+    start = time.perf_counter()
+    with torch.no_grad():
+        rnn(xs, state0)  # first run compiles (forward; the training pair compiles on its first run)
+    out["compile"] = (time.perf_counter() - start) * 1e3
+    out["cellfuse"] = measure(lambda: rnn(xs, state0), runs, device, train)
+    out["eager"] = measure(lambda: seq(cell)(*args), runs, device, train)
+    scripted = torch.jit.script(seq(cell))
+    for _ in range(2):  # the profiling executor optimizes after a few calls
+        if train:
+            loss_of(scripted(*args), [torch.ones(1, device=dev)] * 4).backward()
+        else:
+            with torch.no_grad():
+                scripted(*args)
+    out["torchscript"] = measure(lambda: scripted(*args), runs, device, train)
+    if use_torch_compile:
+        torch._dynamo.reset()
+        compiled = seq(torch.compile(cell))
+        out["torch.compile"] = measure(lambda: compiled(*args), runs, device, train)
+    if kind == "lstm":
+        lstm = nn.LSTM(i, h).to(dev)
+        out["nn.LSTM"] = measure(lambda: lstm(xs, (h0[None], c0[None])), runs, device, train)
+    return out
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--build", default="build", help="CMake build with bench/bench_cpu (CPU only)")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--only", help="comma-separated workload ids")
+    parser.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    cxx = None
+    if args.device == "cpu" and os.path.exists(os.path.join(args.build, "bench", "bench_cpu")):
+        cxx, _ = cellfuse_times(args.build, args.runs)
+
+    sections = []
+    for mode, title in (("forward", "Forward"), ("train", "Forward + backward (every gradient)")):
+        lines = [f"### {title}", "",
+                 "| workload | shape | cellfuse (Python) ms | C++ API ms | Python / C++ | eager ms | TorchScript ms "
+                 "| torch.compile ms | nn.LSTM ms | eager / cellfuse | TorchScript / cellfuse "
+                 "| torch.compile / cellfuse | cellfuse / nn.LSTM |",
+                 "| --- " * 13 + "|"]
+        compiles = []
+        for wid, kind, i, h, o, steps, batch in WORKLOADS:
+            if only and wid not in only:
+                continue
+            t = workload_times(kind, i, h, o, steps, batch, args.runs, mode == "train", args.device,
+                               not args.no_torch_compile)
+            ours = t["cellfuse"]
+            c = cxx.get((mode, wid)) if cxx else None
+            tc, lstm = t.get("torch.compile"), t.get("nn.LSTM")
+            lines.append(
+                f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ours:.2f} | {fmt(c)} | "
+                f"{fmt(ours / c if c else None)} | {t['eager']:.2f} | {t['torchscript']:.2f} | {fmt(tc)} | "
+                f"{fmt(lstm)} | {t['eager'] / ours:.1f}× | {t['torchscript'] / ours:.1f}× | "
+                f"{(f'{tc / ours:.1f}×' if tc else '—')} | {fmt(ours / lstm if lstm else None)} |")
+            compiles.append(f"{wid} {t['compile']:.0f}")
+            print(lines[-1], file=sys.stderr, flush=True)
+        lines += ["", "First call (trace done, compiles the forward) ms: " + ", ".join(compiles), ""]
+        sections.append("\n".join(lines))
+    device = (torch.cuda.get_device_name() if args.device == "cuda"
+              else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    header = [f"Device: {device}; PyTorch {torch.__version__} ({torch.get_num_threads()} threads); "
+              f"medians of {args.runs} runs.",
+              "Command: python3 bench/compare_python.py " + " ".join(sys.argv[1:]), ""]
+    text = "\n".join(header) + "\n" + "\n".join(sections)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
