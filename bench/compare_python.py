@@ -7,10 +7,13 @@ W5) through `cellfuse.compile`, against PyTorch in the same run.
 
 For each workload, forward (no grad) and forward+backward (every gradient seeded, as
 compare_cpu.py does): the cell in a Python loop (eager), the loop under TorchScript, the loop
-around torch.compile(cell), nn.LSTM where the cell is an LSTM, and cellfuse through Python. On the
-CPU, when --build has bench/bench_cpu, also the C++ API on the same cell (Google Benchmark), so
-the table shows what the Python layer costs (the issue's bound: at most 10% on W1 and W5).
-Medians of --runs timed runs after a warm-up; CUDA timings synchronize the device.
+around torch.compile(cell), nn.LSTM where the cell is an LSTM, and cellfuse through Python. The
+same compiled cell is also called directly through the native module with buffers allocated once
+("native": the C++ API's cost on exactly the traced cell), so the table shows what the Python
+layer costs (the issue's bound: at most 10% on W1 and W5). On the CPU, when --build has
+bench/bench_cpu, its time for the built-in cell of the workload is shown as well.
+Medians of --runs timed runs after a warm-up (cellfuse and native: 2 * runs + 1, alternating);
+CUDA timings synchronize the device.
 """
 import argparse
 import os
@@ -30,24 +33,80 @@ import cellfuse  # noqa: E402
 
 
 def median_ms(fn, runs, device):
-    def timed():
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
-    timed()  # warm up (and compile)
-    return statistics.median(timed() for _ in range(runs))
+    timed_ms(fn, device)  # warm up (and compile)
+    return statistics.median(timed_ms(fn, device) for _ in range(runs))
+
+
+def timed_ms(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def step_of(fn, train):
+    """One timed unit: a forward without autograd, or a forward and a backward from fixed seeds."""
+    if not train:
+        def forward():
+            with torch.no_grad():
+                fn()
+        return forward
+    seeds = [torch.randn_like(r) for r in flatten(fn())]
+    return lambda: loss_of(fn(), seeds).backward()
 
 
 def measure(fn, runs, device, train):
+    return median_ms(step_of(fn, train), runs, device)
+
+
+def paired_ms(a, b, runs, device):
+    """Medians of two steps timed alternately, so that the machine's drift (large on a shared VM)
+    falls on both alike: the ratio of the two is what this is for."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(runs):
+        ta.append(timed_ms(a, device))
+        tb.append(timed_ms(b, device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def native_step(rnn, xs, state0, device, train):
+    """The same compiled cell called directly through the native module with buffers allocated
+    once: the C++ API's cost on exactly the traced cell, what the Python layer is measured against."""
+    program = rnn.programs[0]
+    steps, batch = xs.shape[0], xs.shape[1]
+    states = [s.detach().contiguous() for s in (state0 if isinstance(state0, tuple) else (state0,))]
+    params = [p.detach().reshape(1) if p.dim() == 0 else p.detach() for p in rnn._params(program, 0)]
+    x = xs.detach().contiguous()
+    out = [x.new_empty((steps, batch, program.output_width))]
+    fin = [s.new_empty(s.shape) for s in states]
+    ptr = lambda ts: [t.data_ptr() for t in ts]  # noqa: E731
+    compiled = program.compiled(x.device, batch, train)
+    extra = [torch.cuda.current_stream().cuda_stream] if device == "cuda" else []
     if not train:
-        with torch.no_grad():
-            return median_ms(fn, runs, device)
-    seeds = [torch.randn_like(r) for r in flatten(fn())]
-    return median_ms(lambda: loss_of(fn(), seeds).backward(), runs, device)
+        keep = (x, states, params, out, fin)  # the pointers passed must stay valid
+
+        def forward():
+            compiled.forward(steps, ptr([x]), ptr(states), ptr(params), ptr(out), ptr(fin), *extra)
+            return keep
+        return forward
+    tape = [x.new_empty((steps, batch, w)) for w in program.tape_widths]
+    seeds = [torch.randn_like(out[0])] + [torch.randn_like(f) for f in fin]
+    grads = [torch.empty_like(x)] + [torch.empty_like(s) for s in states] + [torch.empty_like(p) for p in params]
+    views = dict(inputs=ptr([x]), states=ptr(states), params=ptr(params), outputs=ptr(out), final_states=ptr(fin),
+                 tape=ptr(tape), output_grads=ptr(seeds[:1]), final_state_grads=ptr(seeds[1:]),
+                 input_grads=ptr(grads[:1]), state_grads=ptr(grads[1:1 + len(states)]),
+                 param_grads=ptr(grads[1 + len(states):]))
+    keep = (x, states, params, out, fin, tape, seeds, grads)  # the pointers above must stay valid
+
+    def step():
+        compiled.forward(steps, views, *extra)
+        compiled.backward(steps, views, *extra)
+        return keep
+    return step
 
 
 def workload_times(kind, i, h, o, steps, batch, runs, train, device, use_torch_compile):
@@ -69,7 +128,8 @@ def workload_times(kind, i, h, o, steps, batch, runs, train, device, use_torch_c
     with torch.no_grad():
         rnn(xs, state0)  # first run compiles (forward; the training pair compiles on its first run)
     out["compile"] = (time.perf_counter() - start) * 1e3
-    out["cellfuse"] = measure(lambda: rnn(xs, state0), runs, device, train)
+    out["cellfuse"], out["native"] = paired_ms(step_of(lambda: rnn(xs, state0), train),
+                                               native_step(rnn, xs, state0, device, train), 2 * runs + 1, device)
     out["eager"] = measure(lambda: seq(cell)(*args), runs, device, train)
     scripted = torch.jit.script(seq(cell))
     for _ in range(2):  # the profiling executor optimizes after a few calls
@@ -114,10 +174,10 @@ def main():
     sections = []
     for mode, title in (("forward", "Forward"), ("train", "Forward + backward (every gradient)")):
         lines = [f"### {title}", "",
-                 "| workload | shape | cellfuse (Python) ms | C++ API ms | Python / C++ | eager ms | TorchScript ms "
-                 "| torch.compile ms | nn.LSTM ms | eager / cellfuse | TorchScript / cellfuse "
-                 "| torch.compile / cellfuse | cellfuse / nn.LSTM |",
-                 "| --- " * 13 + "|"]
+                 "| workload | shape | cellfuse (Python) ms | native ms | Python / native | bench_cpu ms "
+                 "| eager ms | TorchScript ms | torch.compile ms | nn.LSTM ms | eager / cellfuse "
+                 "| TorchScript / cellfuse | torch.compile / cellfuse | cellfuse / nn.LSTM |",
+                 "| --- " * 14 + "|"]
         compiles = []
         for wid, kind, i, h, o, steps, batch in WORKLOADS:
             if only and wid not in only:
@@ -128,8 +188,8 @@ def main():
             c = cxx.get((mode, wid)) if cxx else None
             tc, lstm = t.get("torch.compile"), t.get("nn.LSTM")
             lines.append(
-                f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ours:.2f} | {fmt(c)} | "
-                f"{fmt(ours / c if c else None)} | {t['eager']:.2f} | {t['torchscript']:.2f} | {fmt(tc)} | "
+                f"| {wid} {kind} | T={steps} B={batch} I={i} H={h} | {ours:.2f} | {t['native']:.2f} | "
+                f"{ours / t['native']:.2f} | {fmt(c)} | {t['eager']:.2f} | {t['torchscript']:.2f} | {fmt(tc)} | "
                 f"{fmt(lstm)} | {t['eager'] / ours:.1f}× | {t['torchscript'] / ours:.1f}× | "
                 f"{(f'{tc / ours:.1f}×' if tc else '—')} | {fmt(ours / lstm if lstm else None)} |")
             compiles.append(f"{wid} {t['compile']:.0f}")

@@ -11,6 +11,7 @@
 #include "python/src/bindings.h"
 
 #if CELLFUSE_HAVE_CUDA
+#include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
 #endif
@@ -48,6 +49,44 @@ struct CudaProgram {
   }
 };
 
+// The training pair on the GPU: forward with its tape, then the backward, on the caller's stream.
+struct CudaTrainer {
+  std::shared_ptr<const CudaBptt> bptt;
+  CudaTrainer(const Cell& c, std::int64_t batch, int device_index) {
+    CudaOptions options;
+    options.device = device_index;
+    py::gil_scoped_release release;
+    bptt = compile_cuda_bptt(c, batch, options);
+  }
+  static DeviceTrainingArgs args(std::int64_t steps, const py::dict& a) {
+    auto get = [&](const char* key) { return a.contains(key) ? device(a[key].cast<Addresses>()) : std::vector<DevicePointer>{}; };
+    DeviceTrainingArgs d;
+    d.steps = steps;
+    d.inputs = get("inputs");
+    d.states = get("states");
+    d.params = get("params");
+    d.outputs = get("outputs");
+    d.final_states = get("final_states");
+    d.tape = get("tape");
+    d.output_grads = get("output_grads");
+    d.final_state_grads = get("final_state_grads");
+    d.input_grads = get("input_grads");
+    d.state_grads = get("state_grads");
+    d.param_grads = get("param_grads");
+    return d;
+  }
+  void forward(std::int64_t steps, const py::dict& a, std::uintptr_t stream) const {
+    DeviceTrainingArgs d = args(steps, a);
+    py::gil_scoped_release release;
+    bptt->forward_device(d, reinterpret_cast<CudaStream>(stream));
+  }
+  void backward(std::int64_t steps, const py::dict& a, std::uintptr_t stream) const {
+    DeviceTrainingArgs d = args(steps, a);
+    py::gil_scoped_release release;
+    bptt->backward_device(d, reinterpret_cast<CudaStream>(stream));
+  }
+};
+
 }  // namespace
 
 void bind_cuda(py::module_& m) {
@@ -63,6 +102,13 @@ void bind_cuda(py::module_& m) {
            py::arg("params"), py::arg("outputs"), py::arg("final_states"), py::arg("stream"))
       .def_property_readonly("compile_ms", [](const CudaProgram& p) { return p.cell->compile_ms(); })
       .def("describe", [](const CudaProgram& p) { return p.cell->describe(); });
+  py::class_<CudaTrainer>(m, "CudaTrainer")
+      .def(py::init<const Cell&, std::int64_t, int>(), py::arg("cell"), py::arg("batch"), py::arg("device"))
+      .def("tape_widths", [](const CudaTrainer& t) { return t.bptt->tape_widths(); })
+      .def("forward", &CudaTrainer::forward, py::arg("steps"), py::arg("views"), py::arg("stream"))
+      .def("backward", &CudaTrainer::backward, py::arg("steps"), py::arg("views"), py::arg("stream"))
+      .def_property_readonly("compile_ms", [](const CudaTrainer& t) { return t.bptt->compile_ms(); })
+      .def("describe", [](const CudaTrainer& t) { return t.bptt->describe(); });
 }
 #else
 void bind_cuda(py::module_& m) {
