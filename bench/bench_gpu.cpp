@@ -5,7 +5,10 @@
 // graph capture, a replay, two more), then the median of --runs timed runs. Also the compile
 // times of an LSTM's forward+backward kernels: first (NVRTC, an empty disk cache) and a cache hit.
 //
-//   bench_gpu [--runs N] [--only W1,W2] [--json]
+//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--json]
+//
+// --fuse overrides how small products of the loop stage run (cuda_program.h's FuseProducts), to
+// measure the rule Auto follows.
 //
 // A plain program (no Google Benchmark): the GPU machine need not have it. Prints a table, or
 // with --json one JSON object.
@@ -119,10 +122,12 @@ struct Result {
 
 std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); }
 
+CudaOptions g_options;  // --fuse
+
 Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
   Cell cell = cells::by_spec(w.cell);
   const std::int64_t T = w.steps, B = w.batch;
-  auto compiled = compile_cuda(cell, B);
+  auto compiled = compile_cuda(cell, B, g_options);
   Buffers buf(stream);
   DeviceSequenceArgs a;
   a.steps = T;
@@ -142,7 +147,7 @@ Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
 Result time_train(const bench::Workload& w, CUstream stream, int runs) {
   Cell cell = cells::by_spec(w.cell);
   const std::int64_t T = w.steps, B = w.batch;
-  auto compiled = compile_cuda_bptt(cell, B);
+  auto compiled = compile_cuda_bptt(cell, B, g_options);
   Buffers buf(stream);
   DeviceTrainingArgs a;
   a.steps = T;
@@ -188,11 +193,17 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--runs" && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
     else if (a == "--json") json = true;
+    else if (a == "--fuse" && i + 1 < argc) {
+      const std::string f = argv[++i];
+      g_options.program.fuse = f == "always" ? cuda_codegen::FuseProducts::Always
+                               : f == "never" ? cuda_codegen::FuseProducts::Never
+                                              : cuda_codegen::FuseProducts::Auto;
+    }
     else if (a == "--only" && i + 1 < argc) {
       std::stringstream list(argv[++i]);
       for (std::string id; std::getline(list, id, ',');) only.insert(id);
     } else {
-      std::fprintf(stderr, "usage: bench_gpu [--runs N] [--only W1,W2] [--json]\n");
+      std::fprintf(stderr, "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--json]\n");
       return 2;
     }
   }
