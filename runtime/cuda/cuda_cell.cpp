@@ -285,8 +285,16 @@ struct CudaCell::Impl {
   std::mutex mutex;
   Workspace ws;
   HostStaging staging;
-  GraphKey eager_key, graph_key;
-  CUgraphExec graph = nullptr;
+  // Captured graphs, most recently used last. Several, because a framework's caching allocator
+  // hands out a few recurring sets of buffers (a training loop alternates between them), and a
+  // single graph keyed by pointers would then never be replayed.
+  static constexpr std::size_t kMaxGraphs = 8;
+  struct CachedGraph {
+    GraphKey key;
+    CUgraphExec exec = nullptr;
+  };
+  std::vector<CachedGraph> graphs_cached;
+  std::vector<GraphKey> seen_once;  // keys run without a graph once; the second run captures
   std::size_t captures = 0;
 
   ~Impl() {
@@ -296,7 +304,7 @@ struct CudaCell::Impl {
     (void)d.ctx_set_current(dev->context);
     if (own_stream) (void)d.stream_synchronize(own_stream);
     if (last_stream && last_stream != own_stream) (void)d.stream_synchronize(last_stream);
-    if (graph) (void)d.graph_exec_destroy(graph);
+    for (auto& g : graphs_cached) (void)d.graph_exec_destroy(g.exec);
     if (done) (void)d.event_destroy(done);
     if (entry) (void)d.event_destroy(entry);
     if (shared.blas) (void)cuda::cublas().destroy(shared.blas);
@@ -308,10 +316,9 @@ struct CudaCell::Impl {
   const Cell& cell() const { return program.cell; }
 
   void drop_graph() {
-    if (graph) (void)cuda::driver().graph_exec_destroy(graph);
-    graph = nullptr;
-    graph_key = GraphKey{};
-    eager_key = GraphKey{};
+    for (auto& g : graphs_cached) (void)cuda::driver().graph_exec_destroy(g.exec);
+    graphs_cached.clear();
+    seen_once.clear();
   }
 
   void prepare_workspace(std::int64_t steps) {
@@ -422,9 +429,12 @@ struct CudaCell::Impl {
     run_batch_stage(2);
   }
 
-  void capture(const DeviceSequenceArgs& a, CUstream stream, const GraphKey& key) {
+  CUgraphExec capture(const DeviceSequenceArgs& a, CUstream stream, const GraphKey& key) {
     const cuda::Driver& d = cuda::driver();
-    drop_graph();
+    if (graphs_cached.size() >= kMaxGraphs) {  // evict the least recently used
+      (void)d.graph_exec_destroy(graphs_cached.front().exec);
+      graphs_cached.erase(graphs_cached.begin());
+    }
     cuda::check(d.stream_begin_capture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture");
     CUgraph g = nullptr;
     try {
@@ -439,9 +449,9 @@ struct CudaCell::Impl {
     CUresult r = d.graph_instantiate(&exec, g, 0);
     (void)d.graph_destroy(g);
     cuda::check(r, "cuGraphInstantiateWithFlags");
-    graph = exec;
-    graph_key = key;
+    graphs_cached.push_back({key, exec});
     ++captures;
+    return exec;
   }
 
   // With the mutex held and the context current.
@@ -454,15 +464,22 @@ struct CudaCell::Impl {
       for (const auto* list : {&a.inputs, &a.states, &a.params, &a.outputs, &a.final_states})
         key.pointers.insert(key.pointers.end(), list->begin(), list->end());
       key.pointers.push_back(reinterpret_cast<std::uintptr_t>(stream));
-      if (graph && key == graph_key) {
-        cuda::check(d.graph_launch(graph, stream), "cuGraphLaunch");
-      } else if (key == eager_key) {
-        // The second run of a shape: capture it once, replay it from now on.
-        capture(a, stream, key);
-        cuda::check(d.graph_launch(graph, stream), "cuGraphLaunch");
+      auto cached = std::find_if(graphs_cached.begin(), graphs_cached.end(),
+                                 [&](const CachedGraph& g) { return g.key == key; });
+      auto seen = std::find(seen_once.begin(), seen_once.end(), key);
+      if (cached != graphs_cached.end()) {
+        CachedGraph hit = *cached;
+        graphs_cached.erase(cached);
+        graphs_cached.push_back(hit);
+        cuda::check(d.graph_launch(hit.exec, stream), "cuGraphLaunch");
+      } else if (seen != seen_once.end()) {
+        // The second run of a shape and buffers: capture it once, replay it from now on.
+        seen_once.erase(seen);
+        cuda::check(d.graph_launch(capture(a, stream, key), stream), "cuGraphLaunch");
       } else {
         enqueue(a, stream);
-        eager_key = key;
+        if (seen_once.size() >= kMaxGraphs) seen_once.erase(seen_once.begin());
+        seen_once.push_back(key);
       }
     } else {
       enqueue(a, stream);

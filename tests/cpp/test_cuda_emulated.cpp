@@ -486,6 +486,26 @@ TEST(CudaEmulatedBptt, RandomCells) {
   }
 }
 
+// Reductions over concatenations (the backward step of random_cell(15, *, 12) sums a slice
+// straddling a cat): lowering splits them at the pieces, each piece reduced by a block reduction
+// of its own into a scratch row, then the row. tests/gpu/gpu_backward.cpp runs seed 15 on a GPU.
+TEST(CudaEmulatedBptt, ReductionsOverConcatenations) {
+  Cell cell = testing_support::random_cell(15, DType::f32, 12);
+  for (std::int64_t batch : {1, 17}) {
+    auto compiled = emulated_bptt(cell, batch);
+    check_bptt<float>(*compiled, cell, 5, batch, 15, "random seed 15 f32 B=" + std::to_string(batch));
+  }
+  CellBuilder b("sum_of_sliced_cat");
+  Val x = b.input("x", 3);
+  Val h = b.state("h", 4);
+  Val total = sum(slice(cat({x, h}), 1, 5));  // x[1..2], h[0..2]
+  b.output("y", total);
+  b.next(h, tanh(h - total));
+  Cell small = std::move(b).finish();
+  auto compiled = emulated_bptt(small, 3);
+  check_bptt<float>(*compiled, small, 4, 3, 7, "sum_of_sliced_cat f32 B=3");
+}
+
 // A weight used twice (and a bias broadcast twice): several parameter terms add into one
 // gradient, the first overwriting, the others accumulating.
 Cell tied_cell(DType dtype) {
@@ -601,6 +621,52 @@ TEST(CudaEmulatedBptt, RejectsMissingOrMisshapenArguments) {
   DeviceTrainingArgs missing;
   missing.steps = 2;
   EXPECT_THAT([&] { compiled->backward_device(missing); }, ::testing::ThrowsMessage<Error>(HasSubstr("input(s)")));
+}
+
+// Two sets of device buffers used in turn (what a caching allocator does to a training loop's
+// outputs) each get their own graph: two captures, then replays, the same bits every time.
+TEST(CudaEmulated, AlternatingBuffersEachKeepTheirGraph) {
+  const cuda::Driver& d = cuda::driver();
+  Cell cell = cells::gru(5, 7);
+  const std::int64_t B = 2, T = 4;
+  auto compiled = emulated_cell(cell, B);
+  auto args = random_sequence_args<float>(cell, T, B, 11);
+  auto host = compiled->run(args);
+  CUstream stream = nullptr;
+  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  std::vector<cuda::DeviceMemory> memory;
+  auto upload = [&](const HostTensor<float>& t) {
+    memory.emplace_back(t.data.size() * sizeof(float));
+    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
+    return static_cast<DevicePointer>(memory.back().get());
+  };
+  DeviceSequenceArgs sets[2];
+  for (auto& dev : sets) {
+    dev.steps = T;
+    for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
+    for (const auto& t : args.states) dev.states.push_back(upload(t));
+    for (const auto& t : args.params) dev.params.push_back(upload(t));
+    for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
+    for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
+  }
+  const auto captures_before = compiled->graph_captures();
+  const Counters before = fake_counters();
+  for (int r = 0; r < 6; ++r) {
+    const DeviceSequenceArgs& dev = sets[r % 2];
+    compiled->run_device(dev, stream);
+    SequenceResult<float> got = host;
+    for (std::size_t o = 0; o < got.outputs.size(); ++o)
+      cuda::check(d.memcpy_dtoh_async(got.outputs[o].data.data(), dev.outputs[o], got.outputs[o].data.size() * sizeof(float), stream),
+                  "DtoH");
+    cuda::check(d.stream_synchronize(stream), "sync");
+    EXPECT_TRUE(same_bits(got, host)) << "run " << r;
+  }
+  // Runs 0 and 1 launch directly, 2 and 3 capture, 4 and 5 replay.
+  EXPECT_EQ(compiled->graph_captures(), captures_before + 2);
+  EXPECT_EQ(fake_counters().graph_launches - before.graph_launches, 4u);
+  memory.clear();
+  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
+  EXPECT_EQ(fake_errors(), "");
 }
 
 }  // namespace

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The Python package on a GPU machine, in one command (no network needed: PyTorch, pybind11 and
-# scikit-build-core must already be installed for python3):
+# The Python package on a GPU machine, in one command (no network needed: PyTorch must be
+# installed for python3; pybind11 and pytest too, or their wheels in build-wheels/, made elsewhere
+# with `pip download pytest pybind11 -d build-wheels`, which are installed offline):
 #
 #   bash tests/gpu/run_python_gpu_tests.sh [--bench OUT.md]
 #
-#   1. builds and installs the package into a virtual environment that sees the system's
-#      packages (pip install --no-build-isolation; LLVM is optional, so on a machine without it
-#      the CPU backend is off and the CUDA one on);
+#   1. builds the native module with CMake (LLVM is optional: without it the CPU backend is off
+#      and the CUDA one on) and stages it with the package's sources in build-gpu-py/stage, which
+#      goes on PYTHONPATH (the python3 that has PyTorch runs everything; `pip install .` is what
+#      tests/run_all.sh checks);
 #   2. runs tests/python/test_cuda.py (forward, training and torch.compile on CUDA tensors);
 #   3. with --bench, runs bench/compare_python.py --device cuda and writes its table to OUT.md.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY=${PYTHON:-python3}
-VENV=${CELLFUSE_GPU_VENV:-build-gpu-venv}
+PY=$(command -v "${PYTHON:-python3}")
+DIR=build-gpu-py
 
 fail() {
   echo "run_python_gpu_tests.sh: FAILED: $*" >&2
@@ -20,13 +22,24 @@ fail() {
 }
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "(nvidia-smi not available)"
-"$PY" -m venv --system-site-packages "$VENV" || fail "python -m venv"
-"$VENV/bin/python" -m pip install --no-build-isolation --no-deps . >"$VENV.install.log" 2>&1 ||
-  { tail -40 "$VENV.install.log"; fail "pip install ."; }
-grep -E "CUDA backend|CPU backend|Python module" "$VENV.install.log" || true
-(cd tests/python && "../../$VENV/bin/python" -m pytest -q -p no:cacheprovider test_cuda.py) || fail "tests"
+"$PY" -c "import torch" || fail "PyTorch is not installed for $PY"
+if [[ -d build-wheels ]]; then
+  "$PY" -m pip install -q --no-index --find-links build-wheels --target "$DIR/deps" pytest pybind11 ||
+    fail "offline install of build-wheels/"
+  export PYTHONPATH=$PWD/$DIR/deps${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PY" -c "import pybind11, pytest" || fail "pybind11 or pytest is not installed for $PY"
+cmake -S . -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCELLFUSE_BUILD_TESTS=OFF \
+  -DCELLFUSE_BUILD_BENCH=OFF -DPython_EXECUTABLE="$PY" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
+  >"$DIR.configure.log" 2>&1 || { tail -30 "$DIR.configure.log"; fail "configure"; }
+grep -E "backend|Python module" "$DIR.configure.log"
+cmake --build "$DIR/build" --target cellfuse_python >"$DIR.build.log" 2>&1 || { tail -30 "$DIR.build.log"; fail "build"; }
+rm -rf "$DIR/stage" && mkdir -p "$DIR/stage/cellfuse"
+cp python/cellfuse/*.py "$DIR/stage/cellfuse/" && cp "$DIR"/build/python/cellfuse/_C*.so "$DIR/stage/cellfuse/" ||
+  fail "stage"
+export PYTHONPATH=$PWD/$DIR/stage:$PYTHONPATH
+(cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_cuda.py) || fail "tests"
 if [[ "${1:-}" == "--bench" ]]; then
-  "$VENV/bin/python" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" ||
-    fail "bench"
+  "$PY" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" || fail "bench"
 fi
 echo "run_python_gpu_tests.sh: all Python GPU checks passed"

@@ -60,23 +60,36 @@ def test_runs_on_the_current_stream():
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("name", ["lstm", "lnlstm", "elman_proj"])
-def test_training_on_gpu_matches_cpu(name):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["lstm", "lnlstm", "elman_proj", "gru"])
+def test_training_on_gpu_matches_eager_float64(name, dtype):
     make, states, has_output = CELLS[name]
-    cell = make().double()
-    gpu_cell = copy.deepcopy(cell).cuda()
-    s0 = to(states(5), "cpu", torch.float64)
-    width = 9 if name == "elman_proj" else next(p for p in cell.parameters() if p.dim() == 2).shape[1]
-    X = torch.randn(11, 5, width, dtype=torch.float64)
-    cpu_rnn = cellfuse.compile(cell, (X[0], *s0))
-    gpu_rnn = cellfuse.compile(gpu_cell, (X[0].cuda(), *to(s0, "cuda")))
-    Xc, Xg = X.clone().requires_grad_(), X.cuda().requires_grad_()
-    oc, _ = cpu_rnn(Xc, *s0)
-    og, _ = gpu_rnn(Xg, *to(s0, "cuda"))
-    w = torch.randn_like(oc)
-    (oc * w).sum().backward()
-    (og * w.cuda()).sum().backward()
-    assert rel(og.cpu(), oc) <= 1e-10
-    assert rel(Xg.grad.cpu(), Xc.grad) <= 1e-10
-    for (n, p), q in zip(cell.named_parameters(), gpu_cell.parameters()):
-        assert rel(q.grad.cpu(), p.grad) <= 1e-10, n
+    cell = make().to(dtype)
+    ref_cell = copy.deepcopy(cell).double()
+    gpu_cell = cell.cuda()
+    s0 = to(states(5), "cpu", dtype)
+    width = 9 if name == "elman_proj" else next(p for p in ref_cell.parameters() if p.dim() == 2).shape[1]
+    X = torch.randn(11, 5, width, dtype=dtype)
+    rnn = cellfuse.compile(gpu_cell, (X[0].cuda(), *to(s0, "cuda")))
+    Xr, Xg = X.double().clone().requires_grad_(), X.cuda().detach().requires_grad_()
+    og, fg = rnn(Xg, *to(s0, "cuda"))
+    orf, frf = eager_sequence(ref_cell, Xr, to(s0, "cpu", torch.float64), has_output)
+    w = torch.randn(og.shape, dtype=torch.float64)
+    (og.double() * w.cuda()).sum().backward()
+    (orf * w).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert rel(og.cpu(), orf) <= tol
+    assert rel(Xg.grad.cpu(), Xr.grad) <= 10 * tol
+    for (n, q), p in zip(ref_cell.named_parameters(), gpu_cell.parameters()):
+        assert rel(p.grad.cpu(), q.grad) <= 10 * tol, n
+
+
+def test_torch_compile_on_gpu_has_no_graph_break():
+    cell = LSTMCell(8, 16).cuda()
+    x0 = torch.randn(4, 8, device="cuda")
+    rnn = cellfuse.compile(cell, (x0, (torch.randn(4, 16, device="cuda"), torch.randn(4, 16, device="cuda"))))
+    X = torch.randn(20, 4, 8, device="cuda")
+    expected, _ = rnn(X)
+    compiled = torch.compile(lambda X: rnn(X)[0], fullgraph=True, backend="aot_eager")
+    got = compiled(X)
+    assert rel(got, expected) <= 1e-6
