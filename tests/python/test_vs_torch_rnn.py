@@ -119,3 +119,30 @@ def test_variable_lengths_match_packed_lstm():
     ((rout * w).sum() + rh.sum()).backward()
     check_grads([("X", Xa.grad, Xb.grad), ("W_ih", cells[0].ih.weight.grad, ref.weight_ih_l0.grad),
                  ("W_hh reverse", cells[1].hh.weight.grad, ref.weight_hh_l0_reverse.grad)])
+
+
+def test_dropout_between_layers():
+    I, H, T, B = 4, 6, 5, 3
+    cells = [GRUCell(I, H), GRUCell(H, H), GRUCell(H, H)]
+    x0, h0 = torch.randn(B, I), torch.randn(B, H)
+    rnn = cellfuse.compile(cells, (x0, h0), num_layers=3, dropout=0.5)
+    single = [cellfuse.compile(c, (x0 if k == 0 else h0, h0)) for k, c in enumerate(cells)]
+    X = torch.randn(T, B, I)
+
+    def by_hand(training):
+        y = X
+        for k, layer in enumerate(single):
+            y, _ = layer(y)
+            if k < 2:
+                y = nn.functional.dropout(y, 0.5, training=training)
+        return y
+
+    rnn.eval()
+    out, _ = rnn(X)
+    assert torch.equal(out, by_hand(False))  # no dropout in eval mode
+    rnn.train()
+    torch.manual_seed(7)
+    out_train, _ = rnn(X)
+    torch.manual_seed(7)
+    assert torch.equal(out_train, by_hand(True))  # the same masks, between layers only
+    assert rel(out_train, out) > 1e-3
