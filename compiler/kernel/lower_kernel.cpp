@@ -127,19 +127,47 @@ class Lowering {
     switch (op_info(n.op).op_class) {
       case OpClass::Contraction: define_product(v, n); break;
       case OpClass::Reduction: {
-        Loop loop{g_.node(n.inputs[0]).shape.features(), {}, {}, {}};
-        Memo memo;
-        int value = emit(loop, memo, n.inputs[0], 0, false);
-        double scale = n.op == OpKind::mean ? 1.0 / static_cast<double>(loop.extent) : 1.0;
-        loop.reductions.push_back({buffer_of(v), 0, value, scale});
-        push(std::move(loop));
+        ValueId in = n.inputs[0];
+        std::int64_t extent = g_.node(in).shape.features();
+        double scale = n.op == OpKind::mean ? 1.0 / static_cast<double>(extent) : 1.0;
+        // An element loop reads every column j of one concatenation piece at offset + j (emit
+        // picks the piece holding the loop's first column), so a reduction over an inline
+        // expression that changes pieces part-way (a cat, or a slice straddling one) must be
+        // split at the piece boundaries like any other loop: each piece is summed by a loop of
+        // its own into one column of a scratch row, and a last loop sums that row. Without the
+        // split the loop ran past its first piece: out of bounds, or silently the wrong columns.
+        std::vector<std::int64_t> points = loop_pieces(in, extent, false);
+        int target = buffer_of(v);
+        if (points.size() > 2) {
+          Buffer partial = out_.kernel.buffers[static_cast<std::size_t>(target)];
+          partial.name = "partial sums of " + g_.ref(v);
+          partial.role = BufferRole::Scratch;
+          partial.cols = static_cast<std::int64_t>(points.size()) - 1;
+          out_.kernel.buffers.push_back(partial);
+          out_.values.push_back(ValueId{});
+          target = static_cast<int>(out_.kernel.buffers.size()) - 1;
+          out_.notes.push_back("scratch: partial sums of " + g_.describe(v) + ", one per concatenation piece (" +
+                               std::to_string(partial.cols) + ") its input reads");
+        }
+        for (std::size_t s = 0; s + 1 < points.size(); ++s) {
+          Loop loop{points[s + 1] - points[s], {}, {}, {}};
+          Memo memo;
+          int value = emit(loop, memo, in, points[s], false);
+          loop.reductions.push_back({target, static_cast<std::int64_t>(s), value, scale});
+          push(std::move(loop));
+        }
+        if (points.size() > 2) {
+          Loop loop{static_cast<std::int64_t>(points.size()) - 1, {}, {}, {}};
+          Inst load;
+          load.kind = Inst::Kind::Load;
+          load.buffer = target;
+          loop.reductions.push_back({buffer_of(v), 0, add_inst(loop, load), 1.0});
+          push(std::move(loop));
+        }
         break;
       }
       default: {
-        std::int64_t extent = n.shape.features();
-        std::set<std::int64_t> cuts{0, extent};
-        find_cuts(v, 0, extent, cuts, true);
-        std::vector<std::int64_t> points(cuts.begin(), cuts.end());
+        std::vector<std::int64_t> points = loop_pieces(v, n.shape.features(), true);
         for (std::size_t s = 0; s + 1 < points.size(); ++s) {
           Loop loop{points[s + 1] - points[s], {}, {}, {}};
           Memo memo;
@@ -178,6 +206,13 @@ class Lowering {
 
   bool inline_here(ValueId v, bool top) const {
     return top || !in_memory(v);
+  }
+
+  // Where the loops computing `v`'s columns [0, extent) start and end: 0, every cut, extent.
+  std::vector<std::int64_t> loop_pieces(ValueId v, std::int64_t extent, bool top) {
+    std::set<std::int64_t> cuts{0, extent};
+    find_cuts(v, 0, extent, cuts, top);
+    return {cuts.begin(), cuts.end()};
   }
 
   // Loop positions where a concatenation inside `v`'s inline expression switches from one piece

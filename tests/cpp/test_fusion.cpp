@@ -123,3 +123,35 @@ TEST(Fusion, ConstantResultsAreWritten) {
 
 }  // namespace
 }  // namespace cellfuse
+
+namespace cellfuse {
+namespace {
+
+// A reduction over a concatenation is split at the pieces like an element loop: one loop per
+// piece sums into a column of a scratch row, one more sums that row (a single loop read the
+// first piece past its end: "load out of bounds", or the wrong columns of a wider buffer).
+TEST(Fusion, ReductionOverAConcatenationSplitsAtItsPieces) {
+  CellBuilder b("sum_cat");
+  Val x = b.input("x", 3);
+  Val h = b.state("h", 4);
+  Val total = sum(slice(cat({x, h}), 1, 5));  // x[1..2], h[0..2]
+  b.output("y", total);
+  b.next(h, tanh(h - total));
+  StageProgram p = compile_stage(*hoist(std::move(b).finish()).loop.cell, false, "t");
+  ASSERT_EQ(p.steps.size(), 1u);
+  const auto& k = p.steps[0].kernel.kernel;
+  std::vector<std::int64_t> reduced;  // the extents of the reduction loops, in order
+  for (const auto& st : k.body)
+    if (!st.loop.reductions.empty()) reduced.push_back(st.loop.extent);
+  EXPECT_EQ(reduced, (std::vector<std::int64_t>{2, 3, 2})) << kernel::print_kernel(k);
+  ASSERT_GE(k.body.size(), 3u);
+  const auto& combine = k.body[2].loop;  // sums the partial sums of the two pieces
+  ASSERT_EQ(combine.reductions.size(), 1u);
+  EXPECT_EQ(k.buffers[combine.insts[0].buffer].role, kernel::BufferRole::Scratch);
+  EXPECT_EQ(k.buffers[combine.insts[0].buffer].cols, 2);
+  EXPECT_EQ(k.buffers[combine.reductions[0].buffer].role, kernel::BufferRole::Output);
+  EXPECT_THAT(::testing::PrintToString(p.notes), HasSubstr("partial sums of"));
+}
+
+}  // namespace
+}  // namespace cellfuse
