@@ -5,10 +5,14 @@
 // graph capture, a replay, two more), then the median of --runs timed runs. Also the compile
 // times of an LSTM's forward+backward kernels: first (NVRTC, an empty disk cache) and a cache hit.
 //
-//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--json]
+//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph] [--json]
+//   bench_gpu --sweep [--runs N]
 //
 // --fuse overrides how small products of the loop stage run (cuda_program.h's FuseProducts), to
-// measure the rule Auto follows.
+// measure the rule Auto follows. --strategy overrides how the loop stage runs (CudaOptions::loop:
+// one persistent cooperative kernel, or CUDA graphs of its steps). --sweep times the forward of
+// LSTM/GRU/Elman cells at B = 1..8 and H up to 1024 both ways, and the persistent kernel's grid on
+// W5, the measurements behind choose_loop_strategy's rule (bench/results/gpu_persistent.md).
 //
 // A plain program (no Google Benchmark): the GPU machine need not have it. Prints a table, or
 // with --json one JSON object.
@@ -181,18 +185,75 @@ Result time_train(const bench::Workload& w, CUstream stream, int runs) {
   return {w.id, w.cell, "train", T, B, ms, compiled->compile_ms()};
 }
 
+// Forward of `spec` at (T, B) with `options`, on a CudaCell of its own (so that the environment's
+// CELLFUSE_CUDA_PERSISTENT_BLOCKS is read afresh); `blocks` gets the persistent grid (0: graph).
+double time_forward_spec(const std::string& spec, std::int64_t T, std::int64_t B, const CudaOptions& options, CUstream stream,
+                         int runs, int* blocks) {
+  Cell cell = cells::by_spec(spec);
+  CudaCell compiled(cell, B, options);
+  *blocks = compiled.persistent_blocks();
+  Buffers buf(stream);
+  DeviceSequenceArgs a;
+  a.steps = T;
+  std::uint64_t seed = 1;
+  for (ValueId x : cell.inputs) a.inputs.push_back(buf.random(T * B * features(cell, x), seed++));
+  for (ValueId s : cell.states) a.states.push_back(buf.random(B * features(cell, s), seed++));
+  for (ValueId p : cell.params) a.params.push_back(buf.random(cell.graph.node(p).shape.elements(B), seed++));
+  for (const auto& o : cell.outputs) a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
+  for (ValueId s : cell.states) a.final_states.push_back(buf.empty(B * features(cell, s)));
+  Timer timer(stream);
+  return timer.median_ms([&] { compiled.run_device(a, stream); }, 5, runs);
+}
+
+void sweep(CUstream stream, int runs) {
+  CudaOptions graph, persistent;
+  graph.loop = LoopStrategy::Graph;
+  persistent.loop = LoopStrategy::Persistent;
+  std::printf("forward ms, medians of %d runs: graph path vs persistent kernel (ratio < 1: persistent faster)\n", runs);
+  for (const char* kind : {"lstm", "gru", "elman"})
+    for (int H : {64, 256, 512, 1024})
+      for (std::int64_t B : {1, 4, 8}) {
+        const std::string spec = std::string(kind) + ":" + std::to_string(H) + "," + std::to_string(H);
+        const std::int64_t T = 1000;
+        int gb = 0, pb = 0;
+        try {
+          const double g = time_forward_spec(spec, T, B, graph, stream, runs, &gb);
+          const double p = time_forward_spec(spec, T, B, persistent, stream, runs, &pb);
+          std::printf("%-16s T=%lld B=%lld  graph %8.3f ms  persistent %8.3f ms (%3d blocks)  ratio %.2f\n", spec.c_str(),
+                      static_cast<long long>(T), static_cast<long long>(B), g, p, pb, p / g);
+        } catch (const std::exception& e) {
+          std::printf("%-16s B=%lld: %s\n", spec.c_str(), static_cast<long long>(B), e.what());
+        }
+        std::fflush(stdout);
+      }
+  std::printf("W5 lstm:256,256 T=1000 B=1, persistent grid (CELLFUSE_CUDA_PERSISTENT_BLOCKS):\n");
+  for (int blocks : {8, 16, 32, 48, 66, 132}) {
+    ::setenv("CELLFUSE_CUDA_PERSISTENT_BLOCKS", std::to_string(blocks).c_str(), 1);
+    int got = 0;
+    const double p = time_forward_spec("lstm:256,256", 1000, 1, persistent, stream, runs, &got);
+    std::printf("  %3d blocks asked, %3d run: %8.3f ms\n", blocks, got, p);
+    std::fflush(stdout);
+  }
+  ::unsetenv("CELLFUSE_CUDA_PERSISTENT_BLOCKS");
+}
+
 }  // namespace
 }  // namespace cellfuse
 
 int main(int argc, char** argv) {
   using namespace cellfuse;
   int runs = 21;
-  bool json = false;
+  bool json = false, do_sweep = false;
   std::set<std::string> only;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--runs" && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
     else if (a == "--json") json = true;
+    else if (a == "--sweep") do_sweep = true;
+    else if (a == "--strategy" && i + 1 < argc) {
+      const std::string f = argv[++i];
+      g_options.loop = f == "persistent" ? LoopStrategy::Persistent : f == "graph" ? LoopStrategy::Graph : LoopStrategy::Auto;
+    }
     else if (a == "--fuse" && i + 1 < argc) {
       const std::string f = argv[++i];
       g_options.program.fuse = f == "always" ? cuda_codegen::FuseProducts::Always
@@ -203,7 +264,9 @@ int main(int argc, char** argv) {
       std::stringstream list(argv[++i]);
       for (std::string id; std::getline(list, id, ',');) only.insert(id);
     } else {
-      std::fprintf(stderr, "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--json]\n");
+      std::fprintf(stderr,
+                   "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph] "
+                   "[--json] | --sweep [--runs N]\n");
       return 2;
     }
   }
@@ -222,6 +285,10 @@ int main(int argc, char** argv) {
     cuda::make_current(dev);
     CUstream stream = nullptr;
     cuda::check(cuda::driver().stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+    if (do_sweep) {
+      sweep(stream, runs);
+      return 0;
+    }
 
     // Compile times of an LSTM's training kernels (lstm:512 at batch 64, forward with saves and
     // backward step), after the driver and cuBLAS are loaded by a small unrelated cell.

@@ -240,7 +240,11 @@ struct CudaBptt::Impl {
   }
 };
 
-CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& options) : impl_(std::make_unique<Impl>()) {
+CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& asked) : impl_(std::make_unique<Impl>()) {
+  // Training keeps the graph path unless the persistent loop kernel is asked for by name: its
+  // forward (with the tape) and reversed step are not measured with it yet.
+  CudaOptions options = asked;
+  if (options.loop == LoopStrategy::Auto) options.loop = LoopStrategy::Graph;
   auto start = std::chrono::steady_clock::now();
   Impl& m = *impl_;
   m.batch = batch;
@@ -424,9 +428,10 @@ std::shared_ptr<const CudaBptt> compile_cuda_bptt(const Cell& cell, std::int64_t
   static std::mutex mutex;
   // Never destroyed, like compile_cuda's cache: the driver may be gone at exit.
   static auto& cache =
-      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool>, std::shared_ptr<const CudaBptt>>();
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int>, std::shared_ptr<const CudaBptt>>();
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
-                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs);
+                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs,
+                             static_cast<int>(options.loop));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   auto compiled = std::make_shared<const CudaBptt>(cell, batch, options);

@@ -35,6 +35,19 @@ namespace {
 
 std::atomic<std::size_t> g_compile_count{0};
 
+// The rule Auto follows (choose_loop_strategy): the persistent loop kernel at batch 1 when the
+// fused weights have at least kAutoPersistentMinWeight elements, else the graph path. Measured on
+// an H200 (bench_gpu --sweep, forward ms at T=1000, graph vs persistent; gpu_persistent.md):
+//   B=1: lstm:512 6.95 vs 6.45, lstm:1024 10.94 vs 9.59, gru:512 8.66 vs 6.11,
+//        gru:1024 10.98 vs 8.95, elman:1024 5.67 vs 5.62 (weights >= 1M elements: persistent);
+//        lstm:256 (W5) 5.43 vs 5.60 at its best grid, gru:256 5.30 vs 5.70, elman:256 4.34 vs
+//        4.53, lstm:64 4.63 vs 6.19 (smaller weights: the grid barriers cost more than the
+//        graph's launches);
+//   B=4 and 8: the graph path wins everywhere (1.07x to 7.6x), the per-block products of the
+//        persistent kernel are latency-bound for more than one row.
+constexpr std::int64_t kAutoPersistentRows = 1;
+constexpr std::int64_t kAutoPersistentMinWeight = 512 * 1024;
+
 // cuBLAS's recommended workspace on Hopper; set explicitly so that graph capture never has
 // cuBLAS allocate.
 constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
@@ -258,6 +271,24 @@ struct GraphKey {
   friend bool operator==(const GraphKey&, const GraphKey&) = default;
 };
 
+LoopStrategy strategy_from_environment(LoopStrategy asked) {
+  if (asked != LoopStrategy::Auto) return asked;
+  const char* v = std::getenv("CELLFUSE_CUDA_LOOP");
+  if (!v || !*v || std::string(v) == "auto") return LoopStrategy::Auto;
+  if (std::string(v) == "persistent") return LoopStrategy::Persistent;
+  if (std::string(v) == "graph") return LoopStrategy::Graph;
+  throw Error("CELLFUSE_CUDA_LOOP: '" + std::string(v) + "' is none of auto, persistent, graph");
+}
+
+// Blocks of the persistent kernel's grid before the co-residency limit: one a multiprocessor.
+// On W5 (lstm:256 B=1 T=1000, H200) 8 blocks took 13.7 ms, 16 7.3, 32 6.05, 66 5.72, 132 5.60:
+// spreading the product wins over the cheaper barrier of a small grid.
+// $CELLFUSE_CUDA_PERSISTENT_BLOCKS overrides (bench_gpu --sweep).
+std::int64_t wanted_persistent_blocks(int multiprocessors) {
+  if (const char* v = std::getenv("CELLFUSE_CUDA_PERSISTENT_BLOCKS"); v && std::atoi(v) > 0) return std::atoi(v);
+  return std::max(multiprocessors, 1);
+}
+
 bool graphs_allowed_by_environment() {
   const char* v = std::getenv("CELLFUSE_CUDA_GRAPHS");
   return !(v && std::string(v) == "0");
@@ -282,6 +313,11 @@ struct CudaCell::Impl {
   double compile_ms = 0;
   bool from_cache = false;
   bool graphs = true;
+  // The persistent loop kernel, when chosen.
+  CUfunction persistent_fn = nullptr;
+  unsigned persistent_grid = 0, persistent_shared = 0;
+  cuda::DeviceMemory persistent_ws, persistent_bar;
+  std::string loop_reason;
   std::mutex mutex;
   Workspace ws;
   HostStaging staging;
@@ -382,6 +418,29 @@ struct CudaCell::Impl {
     };
 
     run_batch_stage(0);
+    if (persistent_fn) {
+      const auto& pl = program.plan.loop;
+      const Cell& c = *pl.cell;
+      std::vector<CUdeviceptr> pointers;
+      for (const auto& in : pl.inputs) pointers.push_back(source(in));
+      for (std::size_t s = 0; s < c.states.size(); ++s) pointers.push_back(a.states[s]);
+      for (int p : pl.params) pointers.push_back(a.params[static_cast<std::size_t>(p)]);
+      for (auto o : output_memory[1]) pointers.push_back(o);
+      for (std::size_t s = 0; s < c.states.size(); ++s) pointers.push_back(a.final_states[s]);
+      pointers.push_back(persistent_ws.get());
+      pointers.push_back(persistent_bar.get());
+      long long n = steps, reverse = a.reverse ? 1 : 0;
+      std::vector<void*> args;
+      for (auto& p : pointers) args.push_back(&p);
+      args.push_back(&n);
+      args.push_back(&reverse);
+      cuda::check(shared.d->launch_cooperative_kernel(persistent_fn, persistent_grid, 1, 1,
+                                                      static_cast<unsigned>(program.persistent.threads), 1, 1, persistent_shared,
+                                                      stream, args.data()),
+                  ("cuLaunchCooperativeKernel(" + program.persistent.name + ")").c_str());
+      run_batch_stage(2);
+      return;
+    }
     // Where each state is read from by the next step: the caller's initial state first.
     std::vector<CUdeviceptr> state_at(a.states.begin(), a.states.end());
     if (ws.stages[1]) {
@@ -454,12 +513,82 @@ struct CudaCell::Impl {
     return exec;
   }
 
+  // Which way the loop stage runs (after the module is loaded and own_stream made).
+  void choose_loop_strategy(LoopStrategy asked) {
+    const cuda_codegen::PersistentLoop& p = program.persistent;
+    if (asked == LoopStrategy::Graph) {
+      loop_reason = "graph: asked for";
+      return;
+    }
+    if (!p.ok()) {
+      loop_reason = "graph: no persistent kernel: " + p.reason;
+      return;
+    }
+    // The rule, from measurements: see kAutoPersistentRows.
+    if (asked == LoopStrategy::Auto && batch > kAutoPersistentRows) {
+      loop_reason = "graph: batch " + std::to_string(batch) + " > " + std::to_string(kAutoPersistentRows) +
+                    " (the persistent kernel was measured slower there)";
+      return;
+    }
+    if (asked == LoopStrategy::Auto && p.weight_elements < kAutoPersistentMinWeight) {
+      loop_reason = "graph: fused weights of " + std::to_string(p.weight_elements) + " elements < " +
+                    std::to_string(kAutoPersistentMinWeight) + " (the persistent kernel was measured slower there)";
+      return;
+    }
+    const cuda::Driver& d = cuda::driver();
+    int cooperative = 0, optin = 0;
+    cuda::check(d.device_get_attribute(&cooperative, CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, dev->device), "cuDeviceGetAttribute");
+    cuda::check(d.device_get_attribute(&optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev->device),
+                "cuDeviceGetAttribute");
+    if (!cooperative) {
+      loop_reason = "graph: the device cannot launch cooperative kernels";
+      return;
+    }
+    CUfunction fn = nullptr;
+    cuda::check(d.module_get_function(&fn, module, p.name.c_str()), ("cuModuleGetFunction(" + p.name + ")").c_str());
+    // The grid: as wanted, but never more blocks than can be co-resident with the shared memory
+    // each then needs (which grows as the grid shrinks).
+    std::int64_t grid = std::min<std::int64_t>(wanted_persistent_blocks(dev->multiprocessors), std::int64_t{1} << 16);
+    for (;;) {
+      const std::int64_t bytes = p.shared_bytes(grid);
+      if (bytes > optin) {
+        loop_reason = "graph: the persistent kernel needs " + std::to_string(bytes) + " bytes of shared memory a block on " +
+                      std::to_string(grid) + " blocks; the device allows " + std::to_string(optin);
+        return;
+      }
+      cuda::check(d.func_set_attribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, static_cast<int>(bytes)),
+                  "cuFuncSetAttribute");
+      int per_sm = 0;
+      cuda::check(d.occupancy_max_active_blocks(&per_sm, fn, p.threads, static_cast<std::size_t>(bytes)),
+                  "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+      const std::int64_t resident = static_cast<std::int64_t>(per_sm) * dev->multiprocessors;
+      if (resident >= grid) {
+        persistent_shared = static_cast<unsigned>(bytes);
+        break;
+      }
+      if (resident == 0) {
+        loop_reason = "graph: no block of the persistent kernel fits a multiprocessor";
+        return;
+      }
+      grid = resident;
+    }
+    persistent_fn = fn;
+    persistent_grid = static_cast<unsigned>(grid);
+    persistent_ws = cuda::DeviceMemory(static_cast<std::size_t>(std::max<std::int64_t>(p.workspace_elements, 1)) * shared.elem);
+    persistent_bar = cuda::DeviceMemory(2 * sizeof(unsigned));
+    cuda::check(d.memset_d8_async(persistent_bar.get(), 0, 2 * sizeof(unsigned), own_stream), "cuMemsetD8Async");
+    cuda::check(d.stream_synchronize(own_stream), "cuStreamSynchronize");
+    loop_reason = std::string("persistent") + (asked == LoopStrategy::Auto ? "" : " (asked for)") + ": " +
+                  std::to_string(grid) + " blocks of " + std::to_string(p.threads) + " threads, " + std::to_string(persistent_shared) +
+                  " bytes of shared memory each, " + std::to_string(p.barriers_per_step) + " grid barrier(s) a step";
+  }
+
   // With the mutex held and the context current.
   void run_locked(const DeviceSequenceArgs& a, CUstream stream) {
     const cuda::Driver& d = cuda::driver();
     prepare_workspace(a.steps);
     if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
-    if (graphs && a.steps > 0) {
+    if (graphs && a.steps > 0 && !persistent_fn) {
       GraphKey key{a.steps, a.reverse, {}};
       for (const auto* list : {&a.inputs, &a.states, &a.params, &a.outputs, &a.final_states})
         key.pointers.insert(key.pointers.end(), list->begin(), list->end());
@@ -574,6 +703,7 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
     cuda::check(b.set_workspace(m.shared.blas, as_pointer<void>(m.blas_workspace.get()), kCublasWorkspaceBytes), "cublasSetWorkspace");
   }
   cuda::check(d.stream_create(&m.own_stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  m.choose_loop_strategy(strategy_from_environment(options.loop));
   cuda::check(d.event_create(&m.done, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
   cuda::check(d.event_create(&m.entry, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
   m.graphs = options.graphs && graphs_allowed_by_environment();
@@ -592,6 +722,10 @@ std::string CudaCell::device_name() const { return impl_->dev->name; }
 bool CudaCell::graphs() const { return impl_->graphs; }
 const std::string& CudaCell::source() const { return impl_->program.source; }
 
+bool CudaCell::persistent() const { return impl_->persistent_fn != nullptr; }
+int CudaCell::persistent_blocks() const { return static_cast<int>(impl_->persistent_grid); }
+std::string CudaCell::loop_strategy_reason() const { return impl_->loop_reason; }
+
 std::size_t CudaCell::graph_captures() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->captures;
@@ -599,7 +733,7 @@ std::size_t CudaCell::graph_captures() const {
 
 std::string CudaCell::describe() const {
   const Impl& m = *impl_;
-  std::string out = print_plan(m.program.plan);
+  std::string out = print_plan(m.program.plan) + "# loop strategy: " + m.loop_reason + "\n";
   const char* names[3] = {"pre", "loop", "post"};
   for (int s = 0; s < 3; ++s) {
     if (!m.stages[s].stage->cell) continue;
@@ -692,9 +826,10 @@ std::shared_ptr<const CudaCell> compile_cuda(const Cell& cell, std::int64_t batc
   static std::mutex mutex;
   // Never destroyed: a cached cell freed at exit would call the driver after it shut down.
   static auto& cache =
-      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool>, std::shared_ptr<const CudaCell>>();
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int>, std::shared_ptr<const CudaCell>>();
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
-                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs);
+                             static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs,
+                             static_cast<int>(strategy_from_environment(options.loop)));
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;

@@ -35,10 +35,20 @@ class KernelCache;
 using CudaStream = CUstream_st*;
 using DevicePointer = unsigned long long;
 
+// How the loop stage runs.
+enum class LoopStrategy : std::uint8_t {
+  Auto,        // the rule in cuda_cell.cpp (choose_loop_strategy), from measurements
+  Persistent,  // one cooperative kernel for all steps (cuda_persistent.h), where the stage fits
+  Graph,       // its GEMMs and kernels once per step, captured as a CUDA graph
+};
+
 struct CudaOptions {
   int device = 0;
   cuda_codegen::ProgramOptions program;  // fusion of small products, threads a block
   bool graphs = true;                    // CELLFUSE_CUDA_GRAPHS=0 in the environment turns them off
+  // Auto reads $CELLFUSE_CUDA_LOOP (auto, persistent or graph) first. Persistent where the stage
+  // does not fit (loop_strategy_reason() says why) runs the graph path.
+  LoopStrategy loop = LoopStrategy::Auto;
 };
 
 // A sequence in device memory, laid out like SequenceArgs / SequenceResult (row-major, dense).
@@ -95,6 +105,9 @@ class CudaCell {
   std::string device_name() const;
   bool graphs() const;
   std::size_t graph_captures() const;  // how many CUDA graphs runs have captured so far
+  bool persistent() const;             // the loop stage runs as one persistent kernel
+  int persistent_blocks() const;       // its grid (0 when not persistent)
+  std::string loop_strategy_reason() const;  // why this strategy
   // The stages, GEMMs, kernels and the CUDA source.
   std::string describe() const;
   const std::string& source() const;

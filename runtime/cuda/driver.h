@@ -29,6 +29,10 @@ namespace cellfuse::cuda {
   X(module_unload, cuModuleUnload, "cuModuleUnload")                               \
   X(module_get_function, cuModuleGetFunction, "cuModuleGetFunction")               \
   X(launch_kernel, cuLaunchKernel, "cuLaunchKernel")                               \
+  X(launch_cooperative_kernel, cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel") \
+  X(func_set_attribute, cuFuncSetAttribute, "cuFuncSetAttribute")                  \
+  X(occupancy_max_active_blocks, cuOccupancyMaxActiveBlocksPerMultiprocessor,      \
+    "cuOccupancyMaxActiveBlocksPerMultiprocessor")                                 \
   X(mem_alloc, cuMemAlloc, "cuMemAlloc_v2")                                        \
   X(mem_free, cuMemFree, "cuMemFree_v2")                                           \
   X(memcpy_htod_async, cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2")                  \

@@ -176,6 +176,16 @@ TEST_P(StandardCellsCompile, ToCubinsForSm90WithTheExpectedSource) {
             EXPECT_NE(cubin.find(k.name), std::string::npos) << what << " " << k.name;
           }
       EXPECT_NE(cubin.find(dtype == DType::f32 ? "cf_transpose_f32" : "cf_transpose_f64"), std::string::npos);
+      // The persistent loop kernel (cuda_persistent.h) for small batches, in the same cubin.
+      if (batch <= cuda_codegen::kMaxPersistentRows) {
+        ASSERT_TRUE(bin.program.persistent.ok()) << what << ": " << bin.program.persistent.reason;
+        EXPECT_NE(cubin.find(bin.program.persistent.name), std::string::npos) << what;
+        EXPECT_GE(bin.program.persistent.barriers_per_step, 1) << what;
+        EXPECT_GT(bin.program.persistent.shared_bytes(132), 0) << what;
+      } else {
+        EXPECT_FALSE(bin.program.persistent.ok()) << what;
+        EXPECT_THAT(bin.program.source, HasSubstr("// persistent loop: not available: batch 64 > 8")) << what;
+      }
     }
   EXPECT_EQ(cache.stats().misses, 6u);
 }
@@ -338,6 +348,28 @@ TEST(CudaEmitter, LargeScratchGoesToGlobalMemory) {
   EXPECT_THAT(k.source, HasSubstr("cf_scratch + static_cast<long long>(blockIdx.x) * "));
   EXPECT_THAT(k.notes.front(), HasSubstr("global scratch"));
   EXPECT_TRUE(is_elf(bin.cubin));
+}
+
+// The persistent loop kernel: one grid barrier after the product and one at the end of an LSTM
+// step; the weight slices in dynamic shared memory; wide cells' kernels compile too.
+TEST(CudaPersistent, LstmStepHasTwoGridBarriersAndCompiles) {
+  TempDir dir;
+  cuda::KernelCache cache(dir.path(), true);
+  for (const char* spec : {"lstm:256,256", "gru:64,1024", "elman:64,1024", "lnlstm:64,512"}) {
+    CudaBinary bin = build_cuda_binary(cells::by_spec(spec), 8, "sm_90", {}, &cache);
+    const auto& p = bin.program.persistent;
+    ASSERT_TRUE(p.ok()) << spec << ": " << p.reason;
+    EXPECT_THAT(p.source, HasSubstr("cf_grid_sync(cf_bar);")) << spec;
+    EXPECT_THAT(p.source, HasSubstr("CF_DYNAMIC_SHARED(")) << spec;
+    if (std::string(spec) == "lstm:256,256") {
+      EXPECT_EQ(p.barriers_per_step, 2);
+      EXPECT_EQ(p.weight_elements, 256 * 1024);
+      // 32 blocks: 32 columns of W_hh (256 k) each, the operand rows, partial sums, a tree.
+      EXPECT_EQ(p.shared_bytes(32), (32 * 256 + 8 * 256 + 256 + 256) * 4);
+    }
+    const std::string cubin(bin.cubin.begin(), bin.cubin.end());
+    EXPECT_NE(cubin.find(p.name), std::string::npos) << spec;
+  }
 }
 
 TEST(CudaEmitter, TheSameCellGivesTheSameSource) {

@@ -114,6 +114,26 @@ std::string host_source(const cuda_codegen::CudaProgram& p) {
       types.push_back(T + "*");
       trampoline(k.name, types);
     }
+  if (p.persistent.ok()) {  // cuda_persistent.h's parameters, launched cooperatively
+    const auto& c = *p.plan.loop.cell;
+    std::vector<std::string> types;
+    for (std::size_t i = 0; i < c.inputs.size() + c.states.size() + c.params.size(); ++i) types.push_back("const " + T + "*");
+    for (std::size_t i = 0; i < c.outputs.size() + c.states.size() + 1; ++i) types.push_back(T + "*");
+    types.push_back("unsigned*");
+    types.push_back("long long");
+    types.push_back("long long");
+    const std::string& name = p.persistent.name;
+    out += "extern \"C\" const int " + name + "__cf_nparams = " + std::to_string(types.size()) + ";\n";
+    out += "extern \"C\" void " + name +
+           "__cf_cooperative(unsigned grid, unsigned block, unsigned shared, const unsigned long long* a) {\n";
+    out += "  cf_emu::launch_cooperative(grid, block, shared, [&] { " + name + "(";
+    for (std::size_t i = 0; i < types.size(); ++i) {
+      out += i ? ", " : "";
+      out += types[i] == "long long" ? "static_cast<long long>(a[" + std::to_string(i) + "])"
+                                     : "reinterpret_cast<" + types[i] + ">(a[" + std::to_string(i) + "])";
+    }
+    out += "); });\n}\n";
+  }
   for (const char* t : {"float", "double"}) {
     const std::string ty = t, suffix = ty == "float" ? "f32" : "f64";
     trampoline("cf_transpose_" + suffix, {"const " + ty + "*", ty + "*", "long long", "long long"});
@@ -174,7 +194,7 @@ void check_runs(CudaCell& compiled, const Cell& cell, std::int64_t steps, std::i
   }
   EXPECT_TRUE(same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2])) << what << ": a graph replay differs";
   const Counters after = fake_counters();
-  if (compiled.graphs() && steps > 0) {
+  if (compiled.graphs() && !compiled.persistent() && steps > 0) {
     EXPECT_EQ(compiled.graph_captures(), captures_before + 1) << what;
     EXPECT_EQ(after.graph_launches - before.graph_launches, 2u) << what;
   } else {
@@ -207,12 +227,24 @@ TEST_P(StandardCellsEmulated, MatchTheInterpreter) {
   Cell cell = cells::by_spec(c.spec, c.dtype);
   CudaOptions options;
   options.program.fuse = c.fuse;
+  options.loop = LoopStrategy::Graph;
   auto compiled = emulated_cell(cell, c.batch, options);
   EXPECT_EQ(compiled->device_name(), "cellfuse fake GPU (host emulation)");
   EXPECT_EQ(compiled->architecture(), "sm_90");
+  EXPECT_FALSE(compiled->persistent());
   const std::string what = case_name(c);
-  if (c.dtype == DType::f32) check_runs<float>(*compiled, cell, c.steps, c.batch, 3 + static_cast<std::uint64_t>(c.steps), what);
-  else check_runs<double>(*compiled, cell, c.steps, c.batch, 3 + static_cast<std::uint64_t>(c.steps), what);
+  const auto seed = 3 + static_cast<std::uint64_t>(c.steps);
+  if (c.dtype == DType::f32) check_runs<float>(*compiled, cell, c.steps, c.batch, seed, what);
+  else check_runs<double>(*compiled, cell, c.steps, c.batch, seed, what);
+  // The persistent loop kernel (one cooperative launch for all steps), from the same module.
+  if (c.batch <= cuda_codegen::kMaxPersistentRows) {
+    options.loop = LoopStrategy::Persistent;
+    CudaCell persistent(cell, c.batch, options);
+    ASSERT_TRUE(persistent.persistent()) << what << ": " << persistent.loop_strategy_reason();
+    EXPECT_THAT(persistent.describe(), HasSubstr("# loop strategy: persistent"));
+    if (c.dtype == DType::f32) check_runs<float>(persistent, cell, c.steps, c.batch, seed, what + " persistent");
+    else check_runs<double>(persistent, cell, c.steps, c.batch, seed, what + " persistent");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

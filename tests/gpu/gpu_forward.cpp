@@ -154,11 +154,13 @@ void check_runs(const Cell& cell, std::int64_t steps, std::int64_t batch, std::u
       worst = std::max(worst, e);
     }
     const bool agree = same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2]);
-    char detail[160];
-    std::snprintf(detail, sizeof detail, "rel err %.2e (tol %.0e)%s%s", worst, tolerance,
-                  agree ? "" : ", graph replay differs from direct launch",
-                  compiled->graphs() && steps > 0 && compiled->graph_captures() == 0 ? ", no graph captured" : "");
-    report(worst <= tolerance && agree && !(compiled->graphs() && steps > 0 && compiled->graph_captures() == 0), what, detail);
+    const bool no_graph = compiled->graphs() && !compiled->persistent() && steps > 0 && compiled->graph_captures() == 0;
+    const bool not_persistent = options.loop == LoopStrategy::Persistent && !compiled->persistent();
+    char detail[400];
+    std::snprintf(detail, sizeof detail, "rel err %.2e (tol %.0e)%s%s%s%s", worst, tolerance,
+                  agree ? "" : ", graph replay differs from direct launch", no_graph ? ", no graph captured" : "",
+                  not_persistent ? ", not persistent: " : "", not_persistent ? compiled->loop_strategy_reason().c_str() : "");
+    report(worst <= tolerance && agree && !no_graph && !not_persistent, what, detail);
   } catch (const std::exception& e) {
     report(false, what, std::string("threw: ") + e.what());
   }
@@ -176,16 +178,24 @@ void standard_cells() {
     for (DType dtype : {DType::f32, DType::f64}) {
       const std::string spec = std::string(c.name) + ":" + std::to_string(c.input) + "," + std::to_string(c.hidden);
       Cell cell = cells::by_spec(spec, dtype);
-      for (std::int64_t batch : {1, 3, 64}) {
-        std::vector<cuda_codegen::FuseProducts> modes = {cuda_codegen::FuseProducts::Auto};
-        if (batch <= cuda_codegen::kMaxFusedProductRows)
-          modes = {cuda_codegen::FuseProducts::Always, cuda_codegen::FuseProducts::Never};
-        for (auto mode : modes)
+      for (std::int64_t batch : {1, 3, 8, 64}) {
+        // The graph path with products fused and through cuBLAS (B = 1, 3), the persistent loop
+        // kernel forced (B = 1, 3, 8), Auto at B = 64.
+        std::vector<std::pair<cuda_codegen::FuseProducts, LoopStrategy>> modes = {{cuda_codegen::FuseProducts::Auto, LoopStrategy::Auto}};
+        if (batch <= cuda_codegen::kMaxFusedProductRows) {
+          modes = {{cuda_codegen::FuseProducts::Auto, LoopStrategy::Persistent}};
+          if (batch != 8)
+            modes.insert(modes.begin(), {{cuda_codegen::FuseProducts::Always, LoopStrategy::Graph},
+                                         {cuda_codegen::FuseProducts::Never, LoopStrategy::Graph}});
+        }
+        for (auto [mode, loop] : modes)
           for (std::int64_t steps : {1, 2, 37}) {
             CudaOptions options;
             options.program.fuse = mode;
+            options.loop = loop;
             const std::string what = spec + " " + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch) +
-                                     " T=" + std::to_string(steps) + " " + fuse_name(mode);
+                                     " T=" + std::to_string(steps) + " " +
+                                     (loop == LoopStrategy::Persistent ? "persistent" : fuse_name(mode));
             const auto seed = 7 * static_cast<std::uint64_t>(batch + steps);
             if (dtype == DType::f32) check_runs<float>(cell, steps, batch, seed, options, what);
             else check_runs<double>(cell, steps, batch, seed, options, what);
@@ -210,6 +220,17 @@ void wide_cells() {
   CudaOptions no_graphs;
   no_graphs.graphs = false;
   check_runs<float>(cells::lstm(33, 65), 37, 5, 9, no_graphs, "lstm:33,65 f32 B=5 T=37 no graphs");
+  // The persistent loop kernel at the widths that matter (weights spread over many blocks).
+  CudaOptions persistent;
+  persistent.loop = LoopStrategy::Persistent;
+  for (std::int64_t batch : {1, 8}) {
+    const std::string b = " f32 B=" + std::to_string(batch) + " T=20 persistent";
+    check_runs<float>(cells::lstm(256, 256), 20, batch, 3, persistent, "lstm:256,256" + b);
+    check_runs<float>(cells::lstm(64, 1024), 20, batch, 3, persistent, "lstm:64,1024" + b);
+    check_runs<float>(cells::gru(64, 1024), 20, batch, 3, persistent, "gru:64,1024" + b);
+    check_runs<float>(cells::elman(64, 1024), 20, batch, 3, persistent, "elman:64,1024" + b);
+    check_runs<float>(cells::lnlstm(64, 512), 20, batch, 3, persistent, "lnlstm:64,512" + b);
+  }
 }
 
 void random_cells() {

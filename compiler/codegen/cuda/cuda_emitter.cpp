@@ -270,33 +270,7 @@ class Emitter {
 
   // ---- statements --------------------------------------------------------------------------
 
-  std::string compute(OpKind op, const std::vector<std::string>& a) const {
-    const std::string zero = lit(0), one = lit(1);
-    switch (op) {
-      case OpKind::neg: return "-" + a[0];
-      case OpKind::abs: return std::string(n_.fabs) + "(" + a[0] + ")";
-      case OpKind::sigmoid: return "cf_sigmoid(" + a[0] + ")";
-      case OpKind::tanh: return std::string(n_.tanh) + "(" + a[0] + ")";
-      case OpKind::relu: return "cf_relu(" + a[0] + ")";
-      case OpKind::exp: return std::string(n_.exp) + "(" + a[0] + ")";
-      case OpKind::log: return std::string(n_.log) + "(" + a[0] + ")";
-      case OpKind::sqrt: return std::string(n_.sqrt) + "(" + a[0] + ")";
-      case OpKind::rsqrt: return "cf_rsqrt(" + a[0] + ")";
-      case OpKind::softplus: return "cf_softplus(" + a[0] + ")";
-      case OpKind::add: return a[0] + " + " + a[1];
-      case OpKind::sub: return a[0] + " - " + a[1];
-      case OpKind::mul: return a[0] + " * " + a[1];
-      case OpKind::div: return a[0] + " / " + a[1];
-      case OpKind::min: return "cf_min(" + a[0] + ", " + a[1] + ")";
-      case OpKind::max: return "cf_max(" + a[0] + ", " + a[1] + ")";
-      case OpKind::gt: return a[0] + " > " + a[1] + " ? " + one + " : " + zero;
-      case OpKind::ge: return a[0] + " >= " + a[1] + " ? " + one + " : " + zero;
-      case OpKind::lt: return a[0] + " < " + a[1] + " ? " + one + " : " + zero;
-      case OpKind::le: return a[0] + " <= " + a[1] + " ? " + one + " : " + zero;
-      case OpKind::where: return a[0] + " != " + zero + " ? " + a[1] + " : " + a[2];
-      default: throw InternalError("no CUDA lowering for " + std::string(op_name(op)));
-    }
-  }
+  std::string compute(OpKind op, const std::vector<std::string>& a) const { return cuda_pointwise(op, a, k_.dtype); }
 
   // The instructions and stores of one element at column j; returns each instruction's name.
   std::vector<std::string> emit_body(const kernel::Loop& loop) {
@@ -445,6 +419,37 @@ class Emitter {
 };
 
 }  // namespace
+
+std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType dtype) {
+  const Names n_ = names_of(dtype);
+  auto lit = [&](double v) { return cuda_literal(v, dtype); };
+  const std::string zero = lit(0), one = lit(1);
+  switch (op) {
+    case OpKind::neg: return "-" + a[0];
+    case OpKind::abs: return std::string(n_.fabs) + "(" + a[0] + ")";
+    case OpKind::sigmoid: return "cf_sigmoid(" + a[0] + ")";
+    case OpKind::tanh: return std::string(n_.tanh) + "(" + a[0] + ")";
+    case OpKind::relu: return "cf_relu(" + a[0] + ")";
+    case OpKind::exp: return std::string(n_.exp) + "(" + a[0] + ")";
+    case OpKind::log: return std::string(n_.log) + "(" + a[0] + ")";
+    case OpKind::sqrt: return std::string(n_.sqrt) + "(" + a[0] + ")";
+    case OpKind::rsqrt: return "cf_rsqrt(" + a[0] + ")";
+    case OpKind::softplus: return "cf_softplus(" + a[0] + ")";
+    case OpKind::add: return a[0] + " + " + a[1];
+    case OpKind::sub: return a[0] + " - " + a[1];
+    case OpKind::mul: return a[0] + " * " + a[1];
+    case OpKind::div: return a[0] + " / " + a[1];
+    case OpKind::min: return "cf_min(" + a[0] + ", " + a[1] + ")";
+    case OpKind::max: return "cf_max(" + a[0] + ", " + a[1] + ")";
+    case OpKind::gt: return a[0] + " > " + a[1] + " ? " + one + " : " + zero;
+    case OpKind::ge: return a[0] + " >= " + a[1] + " ? " + one + " : " + zero;
+    case OpKind::lt: return a[0] + " < " + a[1] + " ? " + one + " : " + zero;
+    case OpKind::le: return a[0] + " <= " + a[1] + " ? " + one + " : " + zero;
+    case OpKind::where: return a[0] + " != " + zero + " ? " + a[1] + " : " + a[2];
+    default: throw InternalError("no CUDA lowering for " + std::string(op_name(op)));
+  }
+}
+
 
 std::string cuda_literal(double value, DType dtype) {
   char buf[64];

@@ -75,6 +75,9 @@ std::string cuda_support_kernels();
 // the first comment line.
 std::string cuda_translation_unit(const std::vector<const CudaKernel*>& kernels, const std::string& title);
 
+// The expression of pointwise op `op` over argument expressions `a` (pointwise_math.h's meaning).
+std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType dtype);
+
 // A C literal of `value` in `dtype` that reads back exactly (infinities and NaN included).
 std::string cuda_literal(double value, DType dtype);
 

@@ -99,6 +99,19 @@ CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std
       for (const auto& note : k.notes) p.source += "// note: " + note + "\n";
     }
   }
+  if (!p.plan.loop.cell) {
+    p.persistent.reason = "no loop stage";
+  } else if (batch > kMaxPersistentRows) {
+    p.persistent.reason = "batch " + std::to_string(batch) + " > " + std::to_string(kMaxPersistentRows);
+  } else {
+    p.persistent = compile_persistent_loop(*p.plan.loop.cell, batch, prefix + "_persistent");
+  }
+  if (p.persistent.ok()) {
+    p.source += "\n// ===== persistent loop (every step in one cooperative launch; " +
+                std::to_string(p.persistent.barriers_per_step) + " grid barrier(s) a step) =====\n" + p.persistent.source;
+  } else {
+    p.source += "\n// persistent loop: not available: " + p.persistent.reason + "\n";
+  }
   p.source += "\n" + cuda_support_kernels();
   return p;
 }

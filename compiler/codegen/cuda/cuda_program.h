@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compiler/codegen/cuda/cuda_emitter.h"
+#include "compiler/codegen/cuda/cuda_persistent.h"
 #include "compiler/ir/graph.h"
 #include "compiler/kernel/stage_program.h"
 #include "compiler/passes/hoist.h"
@@ -37,8 +38,16 @@ struct CudaProgram {
   Cell cell;            // the optimized cell
   SequencePlan plan;    // its stages
   CudaStage stages[3];  // pre, loop, post (no steps where the plan's stage has no cell)
+  // The loop stage as one persistent cooperative kernel (cuda_persistent.h), when the batch is at
+  // most kMaxPersistentRows and the stage fits; else persistent.reason says why not.
+  PersistentLoop persistent;
   std::string source;   // the translation unit: prelude, every kernel, support kernels
 };
+
+// Largest batch for which the persistent loop kernel is generated: a step's products are
+// matrix-vector products of a few rows, so each block's weight slice is read from shared memory
+// once per row; beyond a few rows cuBLAS's GEMM (weights reused across rows in registers) wins.
+constexpr std::int64_t kMaxPersistentRows = 8;
 
 // Largest batch whose loop-stage products may be fused.
 constexpr std::int64_t kMaxFusedProductRows = 8;

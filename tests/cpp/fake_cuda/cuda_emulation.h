@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstddef>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -19,12 +21,13 @@ namespace cf_emu {
 
 inline thread_local cf_dim3 thread_idx, block_idx;
 inline cf_dim3 block_dim, grid_dim;
-inline std::barrier<>* block_barrier = nullptr;
+inline thread_local std::barrier<>* block_barrier = nullptr;
+inline thread_local unsigned char* dynamic_shared = nullptr;
+inline std::barrier<>* grid_barrier = nullptr;
 
 template <class F>
 void launch(unsigned grid, unsigned block, F&& body) {
   std::barrier<> barrier(static_cast<std::ptrdiff_t>(block));
-  block_barrier = &barrier;
   grid_dim = {grid, 1, 1};
   block_dim = {block, 1, 1};
   std::vector<std::thread> threads;
@@ -32,6 +35,7 @@ void launch(unsigned grid, unsigned block, F&& body) {
   for (unsigned t = 0; t < block; ++t)
     threads.emplace_back([&, t] {
       thread_idx = {t, 0, 0};
+      block_barrier = &barrier;
       for (unsigned b = 0; b < grid; ++b) {
         block_idx = {b, 0, 0};
         body();
@@ -39,7 +43,32 @@ void launch(unsigned grid, unsigned block, F&& body) {
       }
     });
   for (auto& th : threads) th.join();
-  block_barrier = nullptr;
+}
+
+// A cooperative launch: every block at once (grid * block real threads), each block with its
+// own barrier and `shared` bytes of dynamic shared memory; cf_grid_sync meets all of them.
+template <class F>
+void launch_cooperative(unsigned grid, unsigned block, unsigned shared, F&& body) {
+  std::vector<std::unique_ptr<std::barrier<>>> barriers;
+  std::vector<std::vector<std::max_align_t>> memory(grid, std::vector<std::max_align_t>(shared / sizeof(std::max_align_t) + 1));
+  for (unsigned b = 0; b < grid; ++b) barriers.push_back(std::make_unique<std::barrier<>>(static_cast<std::ptrdiff_t>(block)));
+  std::barrier<> all(static_cast<std::ptrdiff_t>(grid) * block);
+  grid_barrier = &all;
+  grid_dim = {grid, 1, 1};
+  block_dim = {block, 1, 1};
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(grid) * block);
+  for (unsigned b = 0; b < grid; ++b)
+    for (unsigned t = 0; t < block; ++t)
+      threads.emplace_back([&, b, t] {
+        thread_idx = {t, 0, 0};
+        block_idx = {b, 0, 0};
+        block_barrier = barriers[b].get();
+        dynamic_shared = reinterpret_cast<unsigned char*>(memory[b].data());
+        body();
+      });
+  for (auto& th : threads) th.join();
+  grid_barrier = nullptr;
 }
 
 }  // namespace cf_emu
@@ -55,6 +84,15 @@ void launch(unsigned grid, unsigned block, F&& body) {
 #define __shared__ static
 
 inline void __syncthreads() { cf_emu::block_barrier->arrive_and_wait(); }
+
+// The persistent loop kernel's primitives (compiler/codegen/cuda/cuda_persistent.cpp).
+#define CF_EMULATION 1
+#define CF_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(cf_emu::dynamic_shared)
+inline void cf_grid_sync(unsigned*) { cf_emu::grid_barrier->arrive_and_wait(); }
+template <class T>
+T __ldcg(const T* p) {
+  return *p;
+}
 
 inline float __int_as_float(int i) {
   float f;

@@ -41,6 +41,8 @@ struct Allocation {
 
 struct Function {
   void (*launch)(unsigned, unsigned, const unsigned long long*) = nullptr;
+  // NAME__cf_cooperative(grid, block, dynamic shared bytes, args): every block at once.
+  void (*cooperative)(unsigned, unsigned, unsigned, const unsigned long long*) = nullptr;
   int nparams = 0;
   std::string name;
 };
@@ -202,6 +204,8 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute attribute, CUdevice) {
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 4; break;
+    case CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH: *v = 1; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = 227 * 1024; break;
     default: *v = 0;
   }
   return CUDA_SUCCESS;
@@ -264,10 +268,12 @@ CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* 
   for (void* library : m->libraries) {
     f.launch = reinterpret_cast<void (*)(unsigned, unsigned, const unsigned long long*)>(
         ::dlsym(library, (f.name + "__cf_launch").c_str()));
+    f.cooperative = reinterpret_cast<void (*)(unsigned, unsigned, unsigned, const unsigned long long*)>(
+        ::dlsym(library, (f.name + "__cf_cooperative").c_str()));
     nparams = static_cast<const int*>(::dlsym(library, (f.name + "__cf_nparams").c_str()));
-    if (f.launch && nparams) break;
+    if ((f.launch || f.cooperative) && nparams) break;
   }
-  if (!f.launch || !nparams) return CUDA_ERROR_NOT_FOUND;
+  if ((!f.launch && !f.cooperative) || !nparams) return CUDA_ERROR_NOT_FOUND;
   f.nparams = *nparams;
   auto& slot = m->functions[f.name];
   slot = f;
@@ -289,6 +295,39 @@ CUresult cuLaunchKernel(CUfunction function, unsigned int gx, unsigned int gy, u
     ++g_counters[0];
     launch(gx, bx, args.data());
   });
+  return CUDA_SUCCESS;
+}
+
+// Every block of a cooperative launch runs at once (cuda_emulation.h's launch_cooperative); the
+// fake device holds one block a multiprocessor (4), whatever its shared memory.
+CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                                   unsigned int by, unsigned int bz, unsigned int shared, CUstream stream, void** params) {
+  const auto* f = reinterpret_cast<const Function*>(function);
+  if (!f->cooperative) {
+    error("cuLaunchCooperativeKernel(" + f->name + "): the host build has no cooperative entry point");
+    return CUDA_ERROR_NOT_SUPPORTED;
+  }
+  if (gx == 0 || gx > 4 || gy != 1 || gz != 1 || bx == 0 || bx > 1024 || by != 1 || bz != 1 || shared > 227 * 1024 || !params) {
+    error("cuLaunchCooperativeKernel(" + f->name + "): an unexpected launch configuration (or more blocks than co-resident)");
+    return CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
+  }
+  std::vector<unsigned long long> args(static_cast<std::size_t>(f->nparams));
+  for (std::size_t i = 0; i < args.size(); ++i) std::memcpy(&args[i], params[i], sizeof(unsigned long long));
+  auto launch = f->cooperative;
+  submit(stream, [launch, gx, bx, shared, args] {
+    ++g_counters[0];
+    launch(gx, bx, shared, args.data());
+  });
+  return CUDA_SUCCESS;
+}
+
+CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute attribute, int value) {
+  if (attribute == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES && value > 227 * 1024) return CUDA_ERROR_INVALID_VALUE;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, CUfunction, int block_size, size_t shared) {
+  *blocks = block_size <= 1024 && shared <= 227 * 1024 ? 1 : 0;
   return CUDA_SUCCESS;
 }
 
