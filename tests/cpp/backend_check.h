@@ -6,8 +6,10 @@
 #include <cmath>
 #include <string>
 
+#include "cell_conversion.h"
 #include "compiler/ir/graph.h"
 #include "runtime/random_args.h"
+#include "runtime/reference/bptt.h"
 #include "runtime/reference/interpreter.h"
 
 namespace cellfuse::testing_support {
@@ -19,39 +21,6 @@ inline constexpr bool kSanitized = true;
 #else
 inline constexpr bool kSanitized = false;
 #endif
-
-// The same cell in f64: what the interpreter uses as the oracle for an f32 cell.
-inline Cell as_f64(const Cell& cell) {
-  Cell out(DType::f64);
-  out.name = cell.name;
-  for (const Node& n : cell.graph.nodes()) {
-    ValueId id = out.graph.add_distinct(n.op, n.inputs, n.attrs, n.shape);
-    if (n.op == OpKind::input) out.inputs.push_back(id);
-    if (n.op == OpKind::param) out.params.push_back(id);
-    if (n.op == OpKind::state) out.states.push_back(id);
-  }
-  out.outputs = cell.outputs;
-  out.next_states = cell.next_states;
-  return out;
-}
-
-template <class From, class To>
-HostTensor<To> convert(const HostTensor<From>& t) {
-  HostTensor<To> out;
-  out.shape = t.shape;
-  for (From v : t.data) out.data.push_back(static_cast<To>(v));
-  return out;
-}
-
-template <class From, class To>
-SequenceArgs<To> convert(const SequenceArgs<From>& a) {
-  SequenceArgs<To> out;
-  out.steps = a.steps;
-  for (const auto& t : a.inputs) out.inputs.push_back(convert<From, To>(t));
-  for (const auto& t : a.states) out.states.push_back(convert<From, To>(t));
-  for (const auto& t : a.params) out.params.push_back(convert<From, To>(t));
-  return out;
-}
 
 // ||got - want|| / ||want|| (or the absolute norm when `want` is all but zero), and every
 // element finite where the reference is.
@@ -80,6 +49,18 @@ void expect_matches(const SequenceResult<T>& got, const SequenceResult<double>& 
     expect_close(got.outputs[o], want.outputs[o], tolerance, what + " output " + std::to_string(o));
   for (std::size_t s = 0; s < want.final_states.size(); ++s)
     expect_close(got.final_states[s], want.final_states[s], tolerance, what + " state " + std::to_string(s));
+}
+
+// Every gradient of a BPTT run (inputs, initial states, parameters) against the reference's.
+template <class T>
+void expect_grads(const SequenceGradients<T>& got, const SequenceGradients<double>& want, double tol,
+                  const std::string& what) {
+  ASSERT_EQ(got.inputs.size(), want.inputs.size()) << what;
+  ASSERT_EQ(got.states.size(), want.states.size()) << what;
+  ASSERT_EQ(got.params.size(), want.params.size()) << what;
+  for (std::size_t i = 0; i < want.inputs.size(); ++i) expect_close(got.inputs[i], want.inputs[i], tol, what + " d input " + std::to_string(i));
+  for (std::size_t i = 0; i < want.states.size(); ++i) expect_close(got.states[i], want.states[i], tol, what + " d state " + std::to_string(i));
+  for (std::size_t i = 0; i < want.params.size(); ++i) expect_close(got.params[i], want.params[i], tol, what + " d param " + std::to_string(i));
 }
 
 }  // namespace cellfuse::testing_support

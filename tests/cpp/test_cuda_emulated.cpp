@@ -41,6 +41,8 @@ namespace fs = std::filesystem;
 using cuda_codegen::FuseProducts;
 using testing_support::as_f64;
 using testing_support::convert;
+using testing_support::convert_seeds;
+using testing_support::expect_grads;
 using testing_support::expect_matches;
 using ::testing::HasSubstr;
 
@@ -428,25 +430,6 @@ std::unique_ptr<CudaBptt> emulated_bptt(const Cell& cell, std::int64_t batch, co
   EXPECT_EQ(compiled->forward_cell().source(), fwd.source) << "the host build is of another source";
   EXPECT_EQ(compiled->backward_step().source(), step.source) << "the host build is of another source";
   return compiled;
-}
-
-template <class From, class To>
-LossGradients<To> convert_seeds(const LossGradients<From>& s) {
-  LossGradients<To> out;
-  for (const auto& t : s.outputs) out.outputs.push_back(convert<From, To>(t));
-  for (const auto& t : s.final_states) out.final_states.push_back(convert<From, To>(t));
-  return out;
-}
-
-template <class T>
-void expect_grads(const SequenceGradients<T>& got, const SequenceGradients<double>& want, double tol, const std::string& what) {
-  ASSERT_EQ(got.inputs.size(), want.inputs.size()) << what;
-  ASSERT_EQ(got.states.size(), want.states.size()) << what;
-  ASSERT_EQ(got.params.size(), want.params.size()) << what;
-  using testing_support::expect_close;
-  for (std::size_t i = 0; i < want.inputs.size(); ++i) expect_close(got.inputs[i], want.inputs[i], tol, what + " d input " + std::to_string(i));
-  for (std::size_t i = 0; i < want.states.size(); ++i) expect_close(got.states[i], want.states[i], tol, what + " d state " + std::to_string(i));
-  for (std::size_t i = 0; i < want.params.size(); ++i) expect_close(got.params[i], want.params[i], tol, what + " d param " + std::to_string(i));
 }
 
 template <class T>

@@ -25,25 +25,6 @@ namespace {
 
 using namespace testing_support;
 
-template <class From, class To>
-LossGradients<To> convert_seeds(const LossGradients<From>& s) {
-  LossGradients<To> out;
-  for (const auto& t : s.outputs) out.outputs.push_back(convert<From, To>(t));
-  for (const auto& t : s.final_states) out.final_states.push_back(convert<From, To>(t));
-  return out;
-}
-
-template <class T>
-void expect_grads(const SequenceGradients<T>& got, const SequenceGradients<double>& want, double tol,
-                  const std::string& what) {
-  ASSERT_EQ(got.inputs.size(), want.inputs.size()) << what;
-  ASSERT_EQ(got.states.size(), want.states.size()) << what;
-  ASSERT_EQ(got.params.size(), want.params.size()) << what;
-  for (std::size_t i = 0; i < want.inputs.size(); ++i) expect_close(got.inputs[i], want.inputs[i], tol, what + " d input " + std::to_string(i));
-  for (std::size_t i = 0; i < want.states.size(); ++i) expect_close(got.states[i], want.states[i], tol, what + " d state " + std::to_string(i));
-  for (std::size_t i = 0; i < want.params.size(); ++i) expect_close(got.params[i], want.params[i], tol, what + " d param " + std::to_string(i));
-}
-
 // The forward on compile_cpu against the interpreter, then forward + backward on CpuBptt against
 // reference_bptt: 1e-5 relative in f32, 1e-11 in f64.
 void check(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed) {

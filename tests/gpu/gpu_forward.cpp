@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../cpp/cell_conversion.h"
 #include "../cpp/random_cells.h"
 #include "compiler/ir/error.h"
 #include "frontend/builder.h"
@@ -40,40 +41,8 @@ void report(bool ok, const std::string& what, const std::string& detail) {
   std::fflush(stdout);
 }
 
-// The same cell in f64 (the oracle for an f32 cell).
-Cell as_f64(const Cell& cell) {
-  Cell out(DType::f64);
-  out.name = cell.name;
-  for (const Node& n : cell.graph.nodes()) {
-    ValueId id = out.graph.add_distinct(n.op, n.inputs, n.attrs, n.shape);
-    if (n.op == OpKind::input) out.inputs.push_back(id);
-    if (n.op == OpKind::param) out.params.push_back(id);
-    if (n.op == OpKind::state) out.states.push_back(id);
-  }
-  out.outputs = cell.outputs;
-  out.next_states = cell.next_states;
-  return out;
-}
-
-template <class From, class To>
-SequenceArgs<To> convert(const SequenceArgs<From>& a) {
-  auto tensors = [](const std::vector<HostTensor<From>>& in) {
-    std::vector<HostTensor<To>> out;
-    for (const auto& t : in) {
-      HostTensor<To> c;
-      c.shape = t.shape;
-      for (From v : t.data) c.data.push_back(static_cast<To>(v));
-      out.push_back(std::move(c));
-    }
-    return out;
-  };
-  SequenceArgs<To> out;
-  out.steps = a.steps;
-  out.inputs = tensors(a.inputs);
-  out.states = tensors(a.states);
-  out.params = tensors(a.params);
-  return out;
-}
+using testing_support::as_f64;
+using testing_support::convert;
 
 // Worst relative error ||got - want|| / ||want|| over every output and final state; -1 when a
 // shape differs or NaNs are not where the reference has them.
