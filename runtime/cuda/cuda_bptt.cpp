@@ -80,6 +80,14 @@ struct CudaBptt::Impl {
     std::vector<cuda::DeviceMemory> memory;
     DeviceTrainingArgs args;
   } staging;
+  // 16-bit storage: the f32 buffers the caller's tensors are widened into and the results are
+  // computed in, one set for the forward and one for the backward, kept for one sequence length
+  // (so that the inner cells' graphs replay).
+  Storage storage = Storage::Native;
+  struct Wide {
+    std::int64_t steps = -1;
+    std::vector<cuda::DeviceMemory> memory;
+  } wide_forward, wide_backward;
   std::mutex mutex;
 
   ~Impl() {
@@ -175,6 +183,127 @@ struct CudaBptt::Impl {
     }
   }
 
+  std::int64_t numel(ValueId v, std::int64_t steps) const {
+    const Shape& s = forward.graph.node(v).shape;
+    return s.is_batched() ? steps * batch * s.features() : s.elements(batch);
+  }
+  std::int64_t state_numel(ValueId v) const { return batch * forward.graph.node(v).shape.features(); }
+
+  // f32 buffers of `sizes` elements in `w`, kept while `steps` stays (else reallocated after the
+  // previous run is done with them); the caller's stream then waits for any run on another one.
+  std::vector<CUdeviceptr> wide_buffers(Wide& w, std::int64_t steps, const std::vector<std::int64_t>& sizes, CudaStream stream) {
+    const cuda::Driver& d = cuda::driver();
+    if (w.steps != steps) {
+      if (has_run) cuda::check(d.event_synchronize(done), "cuEventSynchronize");
+      w.memory.clear();
+      for (std::int64_t n : sizes) w.memory.emplace_back(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)) * sizeof(float));
+      w.steps = steps;
+    }
+    if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
+    std::vector<CUdeviceptr> out;
+    for (const auto& mem : w.memory) out.push_back(mem.get());
+    return out;
+  }
+
+  void convert(bool to_f32, CUdeviceptr from, CUdeviceptr to, std::int64_t n, CudaStream stream) const {
+    forward_cell->convert_storage(storage, to_f32, from, to, n, stream);
+  }
+
+  void finished(CudaStream stream) {
+    cuda::check(cuda::driver().event_record(done, stream), "cuEventRecord");
+    last_stream = stream;
+    has_run = true;
+  }
+
+  // With the mutex held and the context current.
+  void forward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
+    DeviceSequenceArgs s;
+    s.steps = a.steps;
+    if (storage == Storage::Native) {
+      s.inputs = a.inputs;
+      s.states = a.states;
+      s.params = a.params;
+      s.outputs = a.outputs;
+      s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
+      s.final_states = a.final_states;
+      forward_cell->run_device(s, stream);
+      return;
+    }
+    // 16-bit storage: widen the arguments, run in f32 (the tape is the caller's, f32), narrow.
+    std::vector<std::int64_t> sizes;
+    for (ValueId v : forward.inputs) sizes.push_back(numel(v, a.steps));
+    for (ValueId v : forward.states) sizes.push_back(state_numel(v));
+    for (ValueId v : forward.params) sizes.push_back(numel(v, a.steps));
+    for (std::size_t o = 0; o < user_outputs; ++o) sizes.push_back(numel(forward.outputs[o].value, a.steps));
+    for (ValueId v : forward.states) sizes.push_back(state_numel(v));
+    const std::vector<CUdeviceptr> wide = wide_buffers(wide_forward, a.steps, sizes, stream);
+    std::size_t slot = 0;
+    auto widen = [&](const std::vector<DevicePointer>& from, std::vector<DevicePointer>& into) {
+      for (DevicePointer p : from) {
+        convert(true, p, wide[slot], sizes[slot], stream);
+        into.push_back(wide[slot++]);
+      }
+    };
+    widen(a.inputs, s.inputs);
+    widen(a.states, s.states);
+    widen(a.params, s.params);
+    const std::size_t first_output = slot;
+    for (std::size_t o = 0; o < user_outputs; ++o) s.outputs.push_back(wide[slot++]);
+    s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
+    for (std::size_t st = 0; st < forward.states.size(); ++st) s.final_states.push_back(wide[slot++]);
+    forward_cell->run_device(s, stream);
+    for (std::size_t o = 0; o < user_outputs; ++o)
+      convert(false, wide[first_output + o], a.outputs[o], sizes[first_output + o], stream);
+    for (std::size_t st = 0; st < forward.states.size(); ++st)
+      convert(false, wide[first_output + user_outputs + st], a.final_states[st], sizes[first_output + user_outputs + st], stream);
+    finished(stream);
+  }
+
+  // The backward with 16-bit storage: widens what it reads, runs backward_locked in f32, narrows
+  // the gradients. With the mutex held and the context current.
+  void backward_stored(const DeviceTrainingArgs& a, CudaStream stream) {
+    std::vector<std::int64_t> sizes;
+    for (ValueId v : forward.inputs) sizes.push_back(numel(v, a.steps));
+    for (ValueId v : forward.params) sizes.push_back(numel(v, a.steps));
+    for (std::size_t o = 0; o < user_outputs; ++o) sizes.push_back(numel(forward.outputs[o].value, a.steps));
+    for (ValueId v : forward.states) sizes.push_back(state_numel(v));
+    const std::size_t reads = sizes.size();
+    for (ValueId v : forward.inputs) sizes.push_back(numel(v, a.steps));
+    for (ValueId v : forward.states) sizes.push_back(state_numel(v));
+    for (ValueId v : forward.params) sizes.push_back(numel(v, a.steps));
+    const std::vector<CUdeviceptr> wide = wide_buffers(wide_backward, a.steps, sizes, stream);
+    DeviceTrainingArgs f;
+    f.steps = a.steps;
+    f.tape = a.tape;
+    std::size_t slot = 0;
+    auto widen = [&](const std::vector<DevicePointer>& from, std::vector<DevicePointer>& into) {
+      for (DevicePointer p : from) {
+        // A sequence of length 0 reads no [T,B,n] tensor; its pointers may be null.
+        if (sizes[slot] > 0) convert(true, p, wide[slot], sizes[slot], stream);
+        into.push_back(wide[slot++]);
+      }
+    };
+    widen(a.inputs, f.inputs);
+    widen(a.params, f.params);
+    widen(a.output_grads, f.output_grads);
+    widen(a.final_state_grads, f.final_state_grads);
+    for (std::size_t i = 0; i < forward.inputs.size(); ++i) f.input_grads.push_back(wide[slot++]);
+    for (std::size_t i = 0; i < forward.states.size(); ++i) f.state_grads.push_back(wide[slot++]);
+    for (std::size_t i = 0; i < forward.params.size(); ++i) f.param_grads.push_back(wide[slot++]);
+    backward_locked(f, stream);
+    slot = reads;
+    auto narrow = [&](const std::vector<DevicePointer>& to) {
+      for (DevicePointer p : to) {
+        if (sizes[slot] > 0) convert(false, wide[slot], p, sizes[slot], stream);
+        ++slot;
+      }
+    };
+    narrow(a.input_grads);
+    narrow(a.state_grads);
+    narrow(a.param_grads);
+    finished(stream);
+  }
+
   // With the mutex held and the context current.
   void backward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
     const cuda::Driver& d = cuda::driver();
@@ -234,9 +363,7 @@ struct CudaBptt::Impl {
         accumulate = true;
       }
     }
-    cuda::check(d.event_record(done, stream), "cuEventRecord");
-    last_stream = stream;
-    has_run = true;
+    finished(stream);
   }
 };
 
@@ -245,9 +372,14 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
   // forward (with the tape) and reversed step are not measured with it yet.
   CudaOptions options = asked;
   if (options.loop == LoopStrategy::Auto) options.loop = LoopStrategy::Graph;
+  if (asked.storage != Storage::Native && cell.graph.dtype() != DType::f32)
+    throw Error("CUDA backward: " + std::string(storage_name(asked.storage)) + " storage needs an f32 cell; '" + cell.name +
+                "' is " + std::string(dtype_name(cell.graph.dtype())));
+  options.storage = Storage::Native;  // the cells compute in f32; this object converts at its edges
   auto start = std::chrono::steady_clock::now();
   Impl& m = *impl_;
   m.batch = batch;
+  m.storage = asked.storage;
   m.backward = differentiate(cell);
   m.forward = forward_with_tape(m.backward);
   m.user_outputs = static_cast<std::size_t>(m.backward.user_outputs);
@@ -308,17 +440,11 @@ std::string CudaBptt::describe() const {
 }
 
 void CudaBptt::forward_device(const DeviceTrainingArgs& a, CudaStream stream) const {
-  const Impl& m = *impl_;
+  Impl& m = *impl_;
   m.check(a, false);
-  DeviceSequenceArgs s;
-  s.steps = a.steps;
-  s.inputs = a.inputs;
-  s.states = a.states;
-  s.params = a.params;
-  s.outputs = a.outputs;
-  s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
-  s.final_states = a.final_states;
-  m.forward_cell->run_device(s, stream);
+  std::lock_guard<std::mutex> lock(m.mutex);
+  cuda::make_current(*m.dev);
+  m.forward_locked(a, stream);
 }
 
 void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) const {
@@ -326,8 +452,11 @@ void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) c
   m.check(a, true);
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
-  m.backward_locked(a, stream);
+  if (m.storage == Storage::Native) m.backward_locked(a, stream);
+  else m.backward_stored(a, stream);
 }
+
+Storage CudaBptt::storage() const { return impl_->storage; }
 
 template <class T>
 BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds, CudaStream stream) const {
@@ -356,10 +485,12 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
   std::vector<HostTensor<T>> tape;
   for (std::int64_t w : tape_widths()) tape.emplace_back(std::vector<std::int64_t>{steps, B, w});
 
-  // Every host tensor of the call in one list, in the order of the device buffers below.
+  // Every host tensor of the call in one list, in the order of the device buffers below. The
+  // tape is f32 whatever the storage; the rest is stored as the caller would (16-bit or T).
   struct Slot {
     std::vector<DevicePointer>* list;
     const HostTensor<T>* tensor;
+    bool tape = false;
   };
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
@@ -367,7 +498,7 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
   auto slots = [&] {
     std::vector<Slot> out;
     auto add = [&](std::vector<DevicePointer>& list, const std::vector<HostTensor<T>>& tensors) {
-      for (const auto& t : tensors) out.push_back({&list, &t});
+      for (const auto& t : tensors) out.push_back({&list, &t, &list == &d.tape});
     };
     add(d.inputs, args.inputs);
     add(d.states, args.states);
@@ -382,42 +513,65 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
     add(d.param_grads, result.grads.params);
     return out;
   }();
+  const bool stored = m.storage != Storage::Native;
+  auto bytes_of = [&](const Slot& s) { return stored && !s.tape ? sizeof(std::uint16_t) : sizeof(T); };
   if (m.staging.steps != steps) {
     if (m.has_run) cuda::check(cuda::driver().event_synchronize(m.done), "cuEventSynchronize");
     m.staging = Impl::Staging{};
     m.staging.steps = steps;
     for (const Slot& s : slots) {
       // An empty tensor (a sequence of length 0) still gets a byte: the pointers are never null.
-      m.staging.memory.emplace_back(std::max<std::size_t>(1, s.tensor->data.size() * sizeof(T)));
+      m.staging.memory.emplace_back(std::max<std::size_t>(1, s.tensor->data.size() * bytes_of(s)));
       s.list->push_back(m.staging.memory.back().get());
     }
   }
   d.steps = steps;
   const cuda::Driver& drv = cuda::driver();
+  auto to_16 = [&](float v) { return m.storage == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v); };
+  auto from_16 = [&](std::uint16_t v) { return m.storage == Storage::BF16 ? bf16_to_f32(v) : f16_to_f32(v); };
+  // Pageable host memory: an upload has taken the data when the call returns.
   auto upload = [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i)
-      if (!slots[i].tensor->data.empty())
-        cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), slots[i].tensor->data.data(), slots[i].tensor->data.size() * sizeof(T),
-                                          stream),
-                    "cuMemcpyHtoDAsync");
+    for (std::size_t i = first; i < first + count; ++i) {
+      const auto& data = slots[i].tensor->data;
+      if (data.empty()) continue;
+      if (bytes_of(slots[i]) == sizeof(T)) {
+        cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), data.data(), data.size() * sizeof(T), stream), "cuMemcpyHtoDAsync");
+        continue;
+      }
+      std::vector<std::uint16_t> bits(data.size());
+      for (std::size_t e = 0; e < data.size(); ++e) bits[e] = to_16(static_cast<float>(data[e]));
+      cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), bits.data(), bits.size() * 2, stream), "cuMemcpyHtoDAsync");
+    }
   };
+  std::vector<std::vector<std::uint16_t>> downloaded(slots.size());
   auto download = [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i)
-      if (!slots[i].tensor->data.empty())
-        cuda::check(drv.memcpy_dtoh_async(const_cast<T*>(slots[i].tensor->data.data()), m.staging.memory[i].get(),
-                                          slots[i].tensor->data.size() * sizeof(T), stream),
-                    "cuMemcpyDtoHAsync");
+    for (std::size_t i = first; i < first + count; ++i) {
+      auto& data = const_cast<HostTensor<T>*>(slots[i].tensor)->data;
+      if (data.empty()) continue;
+      void* host = data.data();
+      if (bytes_of(slots[i]) != sizeof(T)) {
+        downloaded[i].resize(data.size());
+        host = downloaded[i].data();
+      }
+      cuda::check(drv.memcpy_dtoh_async(host, m.staging.memory[i].get(), data.size() * bytes_of(slots[i]), stream), "cuMemcpyDtoHAsync");
+    }
   };
   const std::size_t n_in = args.inputs.size() + args.states.size() + args.params.size();
   const std::size_t n_fwd = result.forward.outputs.size() + result.forward.final_states.size() + tape.size();
   const std::size_t n_seed = seeds.outputs.size() + seeds.final_states.size();
   upload(0, n_in);
   upload(n_in + n_fwd, n_seed);
-  forward_device(d, stream);
-  m.backward_locked(d, stream);
+  m.check(d, false);
+  m.check(d, true);
+  m.forward_locked(d, stream);
+  if (stored) m.backward_stored(d, stream);
+  else m.backward_locked(d, stream);
   download(n_in, result.forward.outputs.size() + result.forward.final_states.size());
   download(n_in + n_fwd + n_seed, slots.size() - (n_in + n_fwd + n_seed));
   cuda::check(drv.stream_synchronize(stream), "cuStreamSynchronize");
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    for (std::size_t e = 0; e < downloaded[i].size(); ++e)
+      const_cast<HostTensor<T>*>(slots[i].tensor)->data[e] = static_cast<T>(from_16(downloaded[i][e]));
   return result;
 }
 
@@ -428,10 +582,10 @@ std::shared_ptr<const CudaBptt> compile_cuda_bptt(const Cell& cell, std::int64_t
   static std::mutex mutex;
   // Never destroyed, like compile_cuda's cache: the driver may be gone at exit.
   static auto& cache =
-      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int>, std::shared_ptr<const CudaBptt>>();
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int, int>, std::shared_ptr<const CudaBptt>>();
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
                              static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs,
-                             static_cast<int>(options.loop));
+                             static_cast<int>(options.loop), static_cast<int>(options.storage));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   auto compiled = std::make_shared<const CudaBptt>(cell, batch, options);

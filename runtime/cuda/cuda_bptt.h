@@ -18,6 +18,12 @@
 // each; a vector of ones) lives in a workspace of the CudaBptt, grown to the longest sequence
 // seen: backward runs of one CudaBptt are therefore serialized on the GPU (a run on another
 // stream waits for the previous one), and growing the workspace waits for the previous run.
+//
+// With 16-bit storage (CudaOptions::storage, f32 cells), every tensor of DeviceTrainingArgs but
+// the tape holds bf16 or f16 elements: the arguments are widened into f32 buffers of the
+// CudaBptt, both cells and the parameter-gradient products compute in f32, and the results are
+// rounded to the format as they are written back. The tape stays f32 (the backward reads it at
+// full precision; it is the caller's memory, [T,B,w] floats).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -68,6 +74,7 @@ class CudaBptt {
   const BackwardCell& backward_cell() const;
   std::int64_t batch() const;
   DType dtype() const;
+  Storage storage() const;
   double compile_ms() const;      // both cells, wall time
   bool cubins_from_cache() const;  // both cubins came from the disk cache
   const CudaCell& forward_cell() const;   // the forward with the tape as extra outputs

@@ -257,7 +257,9 @@ struct Workspace {
   std::vector<cuda::DeviceMemory> current, next;
 };
 
-// The host API's device copies of its arguments and results, kept between runs of a length.
+// The host API's device copies of its arguments and results, kept between runs of a length;
+// with 16-bit storage, also the f32 buffers a run widens its arguments into and computes its
+// results in.
 struct HostStaging {
   std::int64_t steps = -1;
   std::vector<cuda::DeviceMemory> inputs, states, params, outputs, final_states;
@@ -321,6 +323,10 @@ struct CudaCell::Impl {
   std::mutex mutex;
   Workspace ws;
   HostStaging staging;
+  // 16-bit storage: the conversion kernels and the f32 side of the caller's tensors.
+  Storage storage = Storage::Native;
+  CUfunction widen[3] = {}, narrow[3] = {};  // indexed by Storage
+  HostStaging wide;
   // Captured graphs, most recently used last. Several, because a framework's caching allocator
   // hands out a few recurring sets of buffers (a training loop alternates between them), and a
   // single graph keyed by pointers would then never be replayed.
@@ -583,6 +589,74 @@ struct CudaCell::Impl {
                   " bytes of shared memory each, " + std::to_string(p.barriers_per_step) + " grid barrier(s) a step";
   }
 
+  // Elements of each argument of a sequence of `steps` steps, in DeviceSequenceArgs's order.
+  struct Sizes {
+    std::vector<std::int64_t> inputs, states, params, outputs;
+  };
+  Sizes sizes(std::int64_t steps) const {
+    const Cell& c = cell();
+    Sizes z;
+    for (ValueId v : c.inputs) z.inputs.push_back(steps * batch * c.graph.node(v).shape.features());
+    for (ValueId v : c.states) z.states.push_back(batch * c.graph.node(v).shape.features());
+    for (ValueId v : c.params) z.params.push_back(c.graph.node(v).shape.elements(batch));
+    for (const auto& o : c.outputs) z.outputs.push_back(steps * batch * c.graph.node(o.value).shape.features());
+    return z;
+  }
+
+  void convert(Storage format, bool to_f32, CUdeviceptr from, CUdeviceptr to, std::int64_t n, CUstream stream) const {
+    const int f = static_cast<int>(format);
+    CUfunction fn = to_f32 ? widen[f] : narrow[f];
+    if (!fn) throw InternalError("CUDA backend: no conversion kernel for " + std::string(storage_name(format)));
+    shared.launch_support(fn, from, to, n, 1, stream, to_f32 ? "cuLaunchKernel(widen)" : "cuLaunchKernel(narrow)");
+  }
+
+  // 16-bit storage: widens the arguments into f32 buffers, runs, rounds the results back. The
+  // f32 buffers stay the same between runs of a length, so the inner run's graphs replay.
+  void run_stored(const DeviceSequenceArgs& a, CUstream stream) {
+    const cuda::Driver& d = cuda::driver();
+    const Sizes z = sizes(a.steps);
+    if (wide.steps != a.steps) {
+      if (has_run) cuda::check(d.event_synchronize(done), "cuEventSynchronize");  // a run may still read them
+      drop_graph();
+      wide = HostStaging{};
+      wide.steps = a.steps;
+      auto alloc = [&](const std::vector<std::int64_t>& n, std::vector<cuda::DeviceMemory>& to) {
+        for (std::int64_t e : n) to.emplace_back(static_cast<std::size_t>(e) * sizeof(float));
+      };
+      alloc(z.inputs, wide.inputs);
+      alloc(z.states, wide.states);
+      alloc(z.params, wide.params);
+      alloc(z.outputs, wide.outputs);
+      alloc(z.states, wide.final_states);
+    }
+    if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
+    DeviceSequenceArgs f;
+    f.steps = a.steps;
+    f.reverse = a.reverse;
+    auto widen_all = [&](const std::vector<DevicePointer>& from, const std::vector<cuda::DeviceMemory>& to,
+                         const std::vector<std::int64_t>& n, std::vector<DevicePointer>& into) {
+      for (std::size_t i = 0; i < from.size(); ++i) {
+        convert(storage, true, from[i], to[i].get(), n[i], stream);
+        into.push_back(to[i].get());
+      }
+    };
+    widen_all(a.inputs, wide.inputs, z.inputs, f.inputs);
+    widen_all(a.states, wide.states, z.states, f.states);
+    widen_all(a.params, wide.params, z.params, f.params);
+    for (const auto& m : wide.outputs) f.outputs.push_back(m.get());
+    for (const auto& m : wide.final_states) f.final_states.push_back(m.get());
+    run_locked(f, stream);
+    for (std::size_t o = 0; o < a.outputs.size(); ++o) convert(storage, false, f.outputs[o], a.outputs[o], z.outputs[o], stream);
+    for (std::size_t s = 0; s < a.final_states.size(); ++s)
+      convert(storage, false, f.final_states[s], a.final_states[s], z.states[s], stream);
+    cuda::check(d.event_record(done, stream), "cuEventRecord");
+  }
+
+  void run_any(const DeviceSequenceArgs& a, CUstream stream) {
+    if (storage == Storage::Native) run_locked(a, stream);
+    else run_stored(a, stream);
+  }
+
   // With the mutex held and the context current.
   void run_locked(const DeviceSequenceArgs& a, CUstream stream) {
     const cuda::Driver& d = cuda::driver();
@@ -662,7 +736,11 @@ struct CudaCell::Impl {
 CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& options) : impl_(std::make_unique<Impl>()) {
   auto start = std::chrono::steady_clock::now();
   if (batch < 1) throw Error("CUDA backend: batch size must be at least 1, got " + std::to_string(batch));
+  if (options.storage != Storage::Native && cell.graph.dtype() != DType::f32)
+    throw Error("CUDA backend: " + std::string(storage_name(options.storage)) + " storage needs an f32 cell; '" + cell.name +
+                "' is " + std::string(dtype_name(cell.graph.dtype())));
   Impl& m = *impl_;
+  m.storage = options.storage;
   const cuda::Driver& d = cuda::driver();  // throws "no CUDA driver ..." on a machine without one
   m.dev = &cuda::device(options.device);
   cuda::make_current(*m.dev);
@@ -678,6 +756,12 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
   const std::string suffix = m.shared.dtype == DType::f32 ? "f32" : "f64";
   cuda::check(d.module_get_function(&m.shared.transpose, m.module, ("cf_transpose_" + suffix).c_str()), "cuModuleGetFunction(transpose)");
   cuda::check(d.module_get_function(&m.shared.fill_rows, m.module, ("cf_fill_rows_" + suffix).c_str()), "cuModuleGetFunction(fill_rows)");
+  for (Storage format : {Storage::BF16, Storage::F16}) {
+    const std::string f(storage_name(format));
+    const int i = static_cast<int>(format);
+    cuda::check(d.module_get_function(&m.widen[i], m.module, ("cf_widen_" + f).c_str()), "cuModuleGetFunction(widen)");
+    cuda::check(d.module_get_function(&m.narrow[i], m.module, ("cf_narrow_" + f).c_str()), "cuModuleGetFunction(narrow)");
+  }
   const SequenceStage* stages[3] = {&m.program.plan.pre, &m.program.plan.loop, &m.program.plan.post};
   bool any_gemm = false;
   for (int s = 0; s < 3; ++s) {
@@ -715,6 +799,12 @@ CudaCell::~CudaCell() = default;
 
 std::int64_t CudaCell::batch() const { return impl_->batch; }
 DType CudaCell::dtype() const { return impl_->program.cell.graph.dtype(); }
+Storage CudaCell::storage() const { return impl_->storage; }
+
+void CudaCell::convert_storage(Storage storage, bool widen, DevicePointer from, DevicePointer to, std::int64_t n,
+                               CudaStream stream) const {
+  impl_->convert(storage, widen, from, to, n, stream);
+}
 double CudaCell::compile_ms() const { return impl_->compile_ms; }
 bool CudaCell::cubin_from_cache() const { return impl_->from_cache; }
 std::string CudaCell::architecture() const { return impl_->architecture; }
@@ -747,26 +837,56 @@ void CudaCell::run_device(const DeviceSequenceArgs& args, CudaStream stream) con
   m.check_device_args(args);
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
-  m.run_locked(args, m.start(stream));
+  m.run_any(args, m.start(stream));
   m.finish(stream);
 }
 
 namespace {
 
+// Bytes of one element as the caller's device tensors hold it.
 template <class T>
-void upload(const std::vector<HostTensor<T>>& from, std::vector<cuda::DeviceMemory>& to, CUstream stream) {
-  for (std::size_t i = 0; i < from.size(); ++i)
-    if (!from[i].data.empty())
-      cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), from[i].data.data(), from[i].data.size() * sizeof(T), stream),
-                  "cuMemcpyHtoDAsync");
+std::size_t stored_size(Storage storage) {
+  return storage == Storage::Native ? sizeof(T) : sizeof(std::uint16_t);
 }
 
+std::uint16_t to_16(float v, Storage storage) { return storage == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v); }
+float from_16(std::uint16_t v, Storage storage) { return storage == Storage::BF16 ? bf16_to_f32(v) : f16_to_f32(v); }
+
+// Copies from pageable host memory: the data has been taken when the call returns, so a
+// converted temporary may go right after.
 template <class T>
-void download(const std::vector<cuda::DeviceMemory>& from, std::vector<HostTensor<T>>& to, CUstream stream) {
+void upload(const std::vector<HostTensor<T>>& from, std::vector<cuda::DeviceMemory>& to, Storage storage, CUstream stream) {
+  for (std::size_t i = 0; i < from.size(); ++i) {
+    const auto& data = from[i].data;
+    if (data.empty()) continue;
+    if (storage == Storage::Native) {
+      cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), data.data(), data.size() * sizeof(T), stream), "cuMemcpyHtoDAsync");
+      continue;
+    }
+    std::vector<std::uint16_t> bits(data.size());
+    for (std::size_t e = 0; e < data.size(); ++e) bits[e] = to_16(static_cast<float>(data[e]), storage);
+    cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), bits.data(), bits.size() * 2, stream), "cuMemcpyHtoDAsync");
+  }
+}
+
+// Waits for the stream.
+template <class T>
+void download(const std::vector<cuda::DeviceMemory>& from, std::vector<HostTensor<T>>& to, Storage storage, CUstream stream) {
+  std::vector<std::vector<std::uint16_t>> bits(to.size());
+  for (std::size_t i = 0; i < to.size(); ++i) {
+    auto& data = to[i].data;
+    if (data.empty()) continue;
+    void* host = data.data();
+    if (storage != Storage::Native) {
+      bits[i].resize(data.size());
+      host = bits[i].data();
+    }
+    cuda::check(cuda::driver().memcpy_dtoh_async(host, from[i].get(), data.size() * stored_size<T>(storage), stream),
+                "cuMemcpyDtoHAsync");
+  }
+  cuda::check(cuda::driver().stream_synchronize(stream), "cuStreamSynchronize");
   for (std::size_t i = 0; i < to.size(); ++i)
-    if (!to[i].data.empty())
-      cuda::check(cuda::driver().memcpy_dtoh_async(to[i].data.data(), from[i].get(), to[i].data.size() * sizeof(T), stream),
-                  "cuMemcpyDtoHAsync");
+    for (std::size_t e = 0; e < bits[i].size(); ++e) to[i].data[e] = static_cast<T>(from_16(bits[i][e], storage));
 }
 
 }  // namespace
@@ -789,8 +909,8 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
     m.drop_graph();  // graphs point at the old staging buffers
     io = HostStaging{};
     io.steps = steps;
-    auto alloc = [](const auto& tensors, std::vector<cuda::DeviceMemory>& to) {
-      for (const auto& t : tensors) to.emplace_back(t.data.size() * sizeof(T));
+    auto alloc = [&](const auto& tensors, std::vector<cuda::DeviceMemory>& to) {
+      for (const auto& t : tensors) to.emplace_back(t.data.size() * stored_size<T>(m.storage));
     };
     alloc(args.inputs, io.inputs);
     alloc(args.states, io.states);
@@ -798,9 +918,9 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
     alloc(result.outputs, io.outputs);
     alloc(result.final_states, io.final_states);
   }
-  upload(args.inputs, io.inputs, s);
-  upload(args.states, io.states, s);
-  upload(args.params, io.params, s);
+  upload(args.inputs, io.inputs, m.storage, s);
+  upload(args.states, io.states, m.storage, s);
+  upload(args.params, io.params, m.storage, s);
   DeviceSequenceArgs d;
   d.steps = steps;
   auto pointers = [](const std::vector<cuda::DeviceMemory>& from, std::vector<DevicePointer>& to) {
@@ -812,10 +932,9 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
   pointers(io.outputs, d.outputs);
   pointers(io.final_states, d.final_states);
   m.check_device_args(d);
-  m.run_locked(d, s);
-  download(io.outputs, result.outputs, s);
-  download(io.final_states, result.final_states, s);
-  cuda::check(cuda::driver().stream_synchronize(s), "cuStreamSynchronize");
+  m.run_any(d, s);
+  download(io.outputs, result.outputs, m.storage, s);
+  download(io.final_states, result.final_states, m.storage, s);
   return result;
 }
 
@@ -826,10 +945,10 @@ std::shared_ptr<const CudaCell> compile_cuda(const Cell& cell, std::int64_t batc
   static std::mutex mutex;
   // Never destroyed: a cached cell freed at exit would call the driver after it shut down.
   static auto& cache =
-      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int>, std::shared_ptr<const CudaCell>>();
+      *new std::map<std::tuple<std::uint64_t, std::int64_t, int, int, int, int, bool, int, int>, std::shared_ptr<const CudaCell>>();
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()), options.device,
                              static_cast<int>(options.program.fuse), options.program.emit.max_threads, options.graphs,
-                             static_cast<int>(strategy_from_environment(options.loop)));
+                             static_cast<int>(strategy_from_environment(options.loop)), static_cast<int>(options.storage));
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;

@@ -22,6 +22,7 @@
 
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/graph.h"
+#include "runtime/cuda/storage.h"
 #include "runtime/reference/interpreter.h"
 
 struct CUstream_st;
@@ -49,6 +50,10 @@ struct CudaOptions {
   // Auto reads $CELLFUSE_CUDA_LOOP (auto, persistent or graph) first. Persistent where the stage
   // does not fit (loop_strategy_reason() says why) runs the graph path.
   LoopStrategy loop = LoopStrategy::Auto;
+  // BF16 or F16 (f32 cells only): the caller's device tensors hold 16-bit elements. The cell
+  // widens inputs, states and params into f32 buffers of its own, computes in f32, and rounds
+  // outputs and final states to the 16-bit format as it writes them back (storage.h's rule).
+  Storage storage = Storage::Native;
 };
 
 // A sequence in device memory, laid out like SequenceArgs / SequenceResult (row-major, dense).
@@ -86,7 +91,8 @@ class CudaCell {
   CudaCell& operator=(const CudaCell&) = delete;
 
   // Runs a whole sequence from host memory: copies in, runs on `stream` (null: as run_device
-  // does), copies out, waits. Arguments are checked like CpuCell's.
+  // does), copies out, waits. Arguments are checked like CpuCell's. With 16-bit storage T is
+  // float: the arguments are rounded to the format on the way in, the results widened back.
   template <class T>
   SequenceResult<T> run(const SequenceArgs<T>& args, CudaStream stream = nullptr) const;
 
@@ -97,8 +103,15 @@ class CudaCell {
   // each other on the GPU even when given different streams.
   void run_device(const DeviceSequenceArgs& args, CudaStream stream = nullptr) const;
 
+  // Converts n elements between the 16-bit `storage` format and f32 on `stream` (widen: 16-bit
+  // `from`, f32 `to`; else the reverse), with this cell's support kernels; the caller makes the
+  // cell's device current (cuda::make_current). For CudaBptt's 16-bit storage.
+  void convert_storage(Storage storage, bool widen, DevicePointer from, DevicePointer to, std::int64_t n,
+                       CudaStream stream) const;
+
   std::int64_t batch() const;
   DType dtype() const;
+  Storage storage() const;
   double compile_ms() const;
   bool cubin_from_cache() const;  // the cubin came from the disk cache
   std::string architecture() const;
@@ -117,7 +130,7 @@ class CudaCell {
   std::unique_ptr<Impl> impl_;
 };
 
-// The in-memory cache: one compiled cell per (graph hash, batch, dtype, options).
+// The in-memory cache: one compiled cell per (graph hash, batch, dtype, options, storage).
 std::shared_ptr<const CudaCell> compile_cuda(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
 
 // How many CudaCells compile_cuda has built (for tests of the cache).

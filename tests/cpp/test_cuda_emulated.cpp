@@ -20,7 +20,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <bit>
+#include <limits>
 #include <map>
+#include <random>
 #include <optional>
 
 #include "backend_check.h"
@@ -140,6 +143,10 @@ std::string host_source(const cuda_codegen::CudaProgram& p) {
     const std::string ty = t, suffix = ty == "float" ? "f32" : "f64";
     trampoline("cf_transpose_" + suffix, {"const " + ty + "*", ty + "*", "long long", "long long"});
     trampoline("cf_fill_rows_" + suffix, {ty + "*", "const " + ty + "*", "long long", "long long"});
+  }
+  for (const char* format : {"bf16", "f16"}) {
+    trampoline(std::string("cf_widen_") + format, {"const unsigned short*", "float*", "long long", "long long"});
+    trampoline(std::string("cf_narrow_") + format, {"const float*", "unsigned short*", "long long", "long long"});
   }
   return out;
 }
@@ -682,6 +689,168 @@ TEST(CudaEmulated, AlternatingBuffersEachKeepTheirGraph) {
   memory.clear();
   cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
   EXPECT_EQ(fake_errors(), "");
+}
+
+
+// ---- 16-bit storage (CudaOptions::storage): bf16/f16 tensors, f32 math ----
+
+// `args` as the caller's 16-bit tensors hold them: each element rounded through the format.
+template <class Tensors>
+Tensors rounded(Tensors t, Storage storage) {
+  auto round_list = [&](std::vector<HostTensor<float>>& list) {
+    for (auto& x : list)
+      for (float& v : x.data) v = round_to_storage(v, storage);
+  };
+  if constexpr (std::is_same_v<Tensors, SequenceArgs<float>>) {
+    round_list(t.inputs);
+    round_list(t.states);
+    round_list(t.params);
+  } else {
+    round_list(t.outputs);
+    round_list(t.final_states);
+  }
+  return t;
+}
+
+// The conversion kernels, bit for bit against storage.h's host functions (which
+// test_cuda_storage.cpp checks against independent oracles).
+TEST(CudaEmulatedStorage, ConversionKernelsMatchTheHostRule) {
+  const cuda::Driver& d = cuda::driver();
+  auto compiled = emulated_cell(cells::elman(3, 4), 1);
+  std::vector<float> values = {0.0f, -0.0f, 1.0f, 1.00390625f, 1.01171875f, 65504.0f, 65520.0f, -70000.0f, 3e-8f,
+                               6.1e-5f, std::numeric_limits<float>::max(), std::numeric_limits<float>::infinity(),
+                               std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min()};
+  std::mt19937 rng(9);
+  for (int i = 0; i < 3000; ++i) values.push_back(std::bit_cast<float>(static_cast<std::uint32_t>(rng())));
+  const auto n = static_cast<std::int64_t>(values.size());
+  cuda::DeviceMemory wide(values.size() * 4), narrow(values.size() * 2), back(values.size() * 4);
+  for (Storage format : {Storage::BF16, Storage::F16}) {
+    const std::string what(storage_name(format));
+    cuda::check(d.memcpy_htod_async(wide.get(), values.data(), values.size() * 4, nullptr), "HtoD");
+    compiled->convert_storage(format, false, wide.get(), narrow.get(), n, nullptr);
+    compiled->convert_storage(format, true, narrow.get(), back.get(), n, nullptr);
+    std::vector<std::uint16_t> bits(values.size());
+    std::vector<float> widened(values.size());
+    cuda::check(d.memcpy_dtoh_async(bits.data(), narrow.get(), bits.size() * 2, nullptr), "DtoH");
+    cuda::check(d.memcpy_dtoh_async(widened.data(), back.get(), widened.size() * 4, nullptr), "DtoH");
+    cuda::check(d.stream_synchronize(nullptr), "sync");
+    int bad = 0;
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      const std::uint16_t want = format == Storage::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+      const float want_back = format == Storage::BF16 ? bf16_to_f32(want) : f16_to_f32(want);
+      const bool same = bits[i] == want && (std::bit_cast<std::uint32_t>(widened[i]) == std::bit_cast<std::uint32_t>(want_back) ||
+                                           (std::isnan(widened[i]) && std::isnan(want_back)));
+      if (!same && ++bad < 5) ADD_FAILURE() << what << " of " << values[i] << ": bits " << bits[i] << " want " << want;
+    }
+    EXPECT_EQ(bad, 0) << what;
+  }
+  EXPECT_EQ(fake_errors(), "");
+}
+
+struct StorageCase {
+  const char* spec;
+  Storage storage;
+  std::int64_t batch, steps;
+};
+
+class StandardCellsStorageEmulated : public ::testing::TestWithParam<StorageCase> {};
+
+// Forward and backward of a standard cell with 16-bit tensors against the f64 reference on the
+// same (rounded) arguments: within 1e-2, the bound for bf16 (the outputs themselves are
+// rounded to 8 or 11 significant bits; the math in between is f32).
+TEST_P(StandardCellsStorageEmulated, MatchTheReferenceWithinTheFormat) {
+  const StorageCase& c = GetParam();
+  const std::string what = std::string(c.spec) + " " + std::string(storage_name(c.storage)) + " B" + std::to_string(c.batch) +
+                           " T" + std::to_string(c.steps);
+  Cell cell = cells::by_spec(c.spec, DType::f32);
+  CudaOptions options;
+  options.storage = c.storage;
+  auto args = rounded(random_sequence_args<float>(cell, c.steps, c.batch, 17), c.storage);
+  auto seeds = rounded(random_loss_gradients<float>(cell, c.steps, c.batch, 18), c.storage);
+  const Cell cell64 = as_f64(cell);
+  const auto want = interpret_sequence(cell64, convert<float, double>(args));
+  {
+    auto compiled = emulated_cell(cell, c.batch, options);
+    EXPECT_EQ(compiled->storage(), c.storage);
+    for (int r = 0; r < 3; ++r) expect_matches(compiled->run(args), want, 1e-2, what + " forward run " + std::to_string(r));
+    // The results are 16-bit values: rounding them again changes nothing.
+    auto got = compiled->run(args);
+    EXPECT_TRUE(same_bits(got, rounded(got, c.storage))) << what;
+  }
+  auto bptt = emulated_bptt(cell, c.batch, options);
+  const auto want_grads =
+      reference_bptt(differentiate(cell64), convert<float, double>(args), convert_seeds<float, double>(seeds));
+  for (int r = 0; r < 2; ++r) {
+    auto got = bptt->run(args, seeds);
+    expect_matches(got.forward, want_grads.forward, 1e-2, what + " training forward");
+    expect_grads(got.grads, want_grads.grads, 1e-2, what + " run " + std::to_string(r));
+  }
+  EXPECT_EQ(fake_errors(), "") << what;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OddSizes, StandardCellsStorageEmulated,
+    ::testing::Values(StorageCase{"lstm:5,7", Storage::BF16, 3, 37}, StorageCase{"lstm:5,7", Storage::F16, 1, 2},
+                      StorageCase{"gru:4,33", Storage::BF16, 1, 5}, StorageCase{"lnlstm:6,9", Storage::BF16, 3, 4},
+                      StorageCase{"elman_proj:5,7,3", Storage::F16, 3, 6}, StorageCase{"peephole:4,5", Storage::BF16, 2, 3}),
+    [](const ::testing::TestParamInfo<StorageCase>& info) {
+      std::string name = std::string(info.param.spec) + "_" + std::string(storage_name(info.param.storage));
+      for (char& ch : name)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      return name;
+    });
+
+// The device API with 16-bit buffers on a caller's stream, run twice so that the inner f32 run is
+// captured and replayed: the same bits as the host API.
+TEST(CudaEmulatedStorage, DeviceApiTakes16BitBuffers) {
+  const cuda::Driver& d = cuda::driver();
+  Cell cell = cells::lstm(4, 6);
+  const std::int64_t B = 2, T = 5;
+  CudaOptions options;
+  options.storage = Storage::BF16;
+  auto compiled = emulated_cell(cell, B, options);
+  auto args = rounded(random_sequence_args<float>(cell, T, B, 21), Storage::BF16);
+  auto host = compiled->run(args);
+  std::vector<cuda::DeviceMemory> memory;
+  auto upload = [&](const HostTensor<float>& t) {
+    std::vector<std::uint16_t> bits;
+    for (float v : t.data) bits.push_back(f32_to_bf16(v));
+    memory.emplace_back(bits.size() * 2);
+    cuda::check(d.memcpy_htod_async(memory.back().get(), bits.data(), bits.size() * 2, nullptr), "HtoD");
+    return static_cast<DevicePointer>(memory.back().get());
+  };
+  DeviceSequenceArgs dev;
+  dev.steps = T;
+  for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
+  for (const auto& t : args.states) dev.states.push_back(upload(t));
+  for (const auto& t : args.params) dev.params.push_back(upload(t));
+  for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
+  for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
+  CUstream stream = nullptr;
+  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+  for (int r = 0; r < 3; ++r) {
+    compiled->run_device(dev, stream);
+    std::vector<std::uint16_t> bits(host.outputs[0].data.size());
+    cuda::check(d.memcpy_dtoh_async(bits.data(), dev.outputs[0], bits.size() * 2, stream), "DtoH");
+    cuda::check(d.stream_synchronize(stream), "sync");
+    for (std::size_t i = 0; i < bits.size(); ++i) ASSERT_EQ(bf16_to_f32(bits[i]), host.outputs[0].data[i]) << "run " << r << " element " << i;
+  }
+  EXPECT_GE(compiled->graph_captures(), 1u);
+  memory.clear();
+  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
+  EXPECT_EQ(fake_errors(), "");
+}
+
+TEST(CudaEmulatedStorage, RejectsWhatItCannotStore) {
+  CudaOptions options;
+  options.storage = Storage::F16;
+  Cell f64 = cells::lstm(3, 4, DType::f64);
+  EXPECT_THAT([&] { CudaCell cell(f64, 2, options); },
+              ::testing::ThrowsMessage<Error>(::testing::AllOf(HasSubstr("f16 storage needs an f32 cell"), HasSubstr("f64"))));
+  EXPECT_THAT([&] { CudaBptt bptt(f64, 2, options); }, ::testing::ThrowsMessage<Error>(HasSubstr("f16 storage needs an f32 cell")));
+  auto compiled = emulated_cell(cells::lstm(3, 4), 2, options);
+  auto args = random_sequence_args<double>(cells::lstm(3, 4, DType::f64), 2, 2, 1);
+  EXPECT_THAT([&] { compiled->run(args); }, ::testing::ThrowsMessage<Error>(HasSubstr("the cell is f32 but the arguments are f64")));
 }
 
 }  // namespace

@@ -509,6 +509,49 @@ CF_DEVICE double cf_max(double a, double b) { return a != a ? a : b != b ? b : (
 
 std::string cuda_support_kernels() {
   std::string out = "// Support kernels the runtime launches around the generated ones.\n";
+  // 16-bit storage (runtime/cuda/storage.h, whose host functions do the same integer arithmetic):
+  // to 16 bits rounds to nearest even, overflows to inf, keeps NaN quiet; from 16 bits is exact.
+  out += R"(CF_DEVICE float cf_bf16_to_f32(unsigned short h) { return __uint_as_float(static_cast<unsigned>(h) << 16); }
+CF_DEVICE unsigned short cf_f32_to_bf16(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<unsigned short>((u >> 16) | 0x0040u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<unsigned short>(u >> 16);
+}
+CF_DEVICE float cf_f16_to_f32(unsigned short h) {
+  const unsigned sign = static_cast<unsigned>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+  if (e == 0u) {
+    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+CF_DEVICE unsigned short cf_f32_to_f16(float f) {
+  const unsigned u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<unsigned short>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return static_cast<unsigned short>(sign | 0x7c00u);
+  if (a < 0x38800000u) return static_cast<unsigned short>(sign | static_cast<unsigned>(rintf(__uint_as_float(a) * 16777216.0f)));
+  unsigned r = a - 0x38000000u;
+  r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+  return static_cast<unsigned short>(sign | r);
+}
+)";
+  for (const char* format : {"bf16", "f16"}) {
+    const std::string f = format;
+    out += "extern \"C\" __global__ void cf_widen_" + f +
+           "(const unsigned short* src, float* dst, long long rows, long long cols) {\n"
+           "  const long long n = rows * cols, stride = static_cast<long long>(gridDim.x) * blockDim.x;\n"
+           "  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)\n"
+           "    dst[i] = cf_" + f + "_to_f32(src[i]);\n"
+           "}\n"
+           "extern \"C\" __global__ void cf_narrow_" + f +
+           "(const float* src, unsigned short* dst, long long rows, long long cols) {\n"
+           "  const long long n = rows * cols, stride = static_cast<long long>(gridDim.x) * blockDim.x;\n"
+           "  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)\n"
+           "    dst[i] = cf_f32_to_" + f + "(src[i]);\n"
+           "}\n";
+  }
   for (const char* t : {"float", "double"}) {
     const std::string T = t, suffix = T == "float" ? "f32" : "f64";
     out += "extern \"C\" __global__ void cf_transpose_" + suffix + "(const " + T + "* src, " + T +

@@ -68,6 +68,9 @@ std::string cuda_prelude();
 // Small kernels the runtime launches around the generated ones, for T in {f32, f64}:
 //   cf_transpose_T(const T* src, T* dst, long long rows, long long cols)   dst = src^T
 //   cf_fill_rows_T(T* dst, const T* row, long long rows, long long cols)   every row of dst = row
+// and, for S in {bf16, f16} (16-bit storage, runtime/cuda/storage.h; n = rows * cols elements):
+//   cf_widen_S(const unsigned short* src, float* dst, long long rows, long long cols)
+//   cf_narrow_S(const float* src, unsigned short* dst, long long rows, long long cols)
 // launched with any grid of any block size (grid-stride loops).
 std::string cuda_support_kernels();
 
