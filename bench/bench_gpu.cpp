@@ -5,12 +5,14 @@
 // graph capture, a replay, two more), then the median of --runs timed runs. Also the compile
 // times of an LSTM's forward+backward kernels: first (NVRTC, an empty disk cache) and a cache hit.
 //
-//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph] [--json]
+//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph]
+//             [--storage native|bf16|f16] [--json]
 //   bench_gpu --sweep [--runs N]
 //
 // --fuse overrides how small products of the loop stage run (cuda_program.h's FuseProducts), to
 // measure the rule Auto follows. --strategy overrides how the loop stage runs (CudaOptions::loop:
-// one persistent cooperative kernel, or CUDA graphs of its steps). --sweep times the forward of
+// one persistent cooperative kernel, or CUDA graphs of its steps). --storage bf16|f16 gives the
+// cells 16-bit tensors (CudaOptions::storage; the tape stays f32). --sweep times the forward of
 // LSTM/GRU/Elman cells at B = 1..8 and H up to 1024 both ways, and the persistent kernel's grid on
 // W5, the measurements behind choose_loop_strategy's rule (bench/results/gpu_persistent.md).
 //
@@ -92,9 +94,11 @@ class Timer {
 };
 
 // Device buffers of random values (uniform in [-1, 1): never zeros), freed at the end.
+// Device tensors of random values, in the storage the options ask for (--storage: 16-bit
+// elements; the tape is always f32).
 class Buffers {
  public:
-  explicit Buffers(CUstream stream) : stream_(stream) {}
+  Buffers(CUstream stream, Storage storage) : stream_(stream), storage_(storage) {}
   DevicePointer random(std::int64_t elements, std::uint64_t seed) {
     std::vector<float> host(static_cast<std::size_t>(elements));
     std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -102,19 +106,27 @@ class Buffers {
       x ^= x << 13, x ^= x >> 7, x ^= x << 17;
       v = static_cast<float>(static_cast<double>(x >> 11) / 9007199254740992.0 * 2 - 1);
     }
-    memory_.emplace_back(host.size() * sizeof(float));
-    cuda::check(cuda::driver().memcpy_htod_async(memory_.back().get(), host.data(), host.size() * sizeof(float), stream_),
-                "cuMemcpyHtoDAsync");
+    std::vector<std::uint16_t> bits;
+    const void* data = host.data();
+    if (storage_ != Storage::Native) {
+      for (float v : host) bits.push_back(storage_ == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v));
+      data = bits.data();
+    }
+    const std::size_t bytes = host.size() * element_size(false);
+    memory_.emplace_back(bytes);
+    cuda::check(cuda::driver().memcpy_htod_async(memory_.back().get(), data, bytes, stream_), "cuMemcpyHtoDAsync");
     cuda::check(cuda::driver().stream_synchronize(stream_), "cuStreamSynchronize");
     return memory_.back().get();
   }
-  DevicePointer empty(std::int64_t elements) {
-    memory_.emplace_back(static_cast<std::size_t>(elements) * sizeof(float));
+  DevicePointer empty(std::int64_t elements, bool f32 = false) {
+    memory_.emplace_back(static_cast<std::size_t>(elements) * element_size(f32));
     return memory_.back().get();
   }
 
  private:
+  std::size_t element_size(bool f32) const { return f32 || storage_ == Storage::Native ? sizeof(float) : 2; }
   CUstream stream_;
+  Storage storage_;
   std::vector<cuda::DeviceMemory> memory_;
 };
 
@@ -126,13 +138,13 @@ struct Result {
 
 std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); }
 
-CudaOptions g_options;  // --fuse
+CudaOptions g_options;  // --fuse, --strategy, --storage
 
 Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
   Cell cell = cells::by_spec(w.cell);
   const std::int64_t T = w.steps, B = w.batch;
   auto compiled = compile_cuda(cell, B, g_options);
-  Buffers buf(stream);
+  Buffers buf(stream, g_options.storage);
   DeviceSequenceArgs a;
   a.steps = T;
   std::uint64_t seed = 1;
@@ -152,7 +164,7 @@ Result time_train(const bench::Workload& w, CUstream stream, int runs) {
   Cell cell = cells::by_spec(w.cell);
   const std::int64_t T = w.steps, B = w.batch;
   auto compiled = compile_cuda_bptt(cell, B, g_options);
-  Buffers buf(stream);
+  Buffers buf(stream, g_options.storage);
   DeviceTrainingArgs a;
   a.steps = T;
   std::uint64_t seed = 100;
@@ -174,7 +186,7 @@ Result time_train(const bench::Workload& w, CUstream stream, int runs) {
     a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
     a.output_grads.push_back(buf.random(T * B * features(cell, o.value), seed++));
   }
-  for (std::int64_t width : compiled->tape_widths()) a.tape.push_back(buf.empty(T * B * width));
+  for (std::int64_t width : compiled->tape_widths()) a.tape.push_back(buf.empty(T * B * width, /*f32=*/true));
   Timer timer(stream);
   double ms = timer.median_ms(
       [&] {
@@ -192,7 +204,7 @@ double time_forward_spec(const std::string& spec, std::int64_t T, std::int64_t B
   Cell cell = cells::by_spec(spec);
   CudaCell compiled(cell, B, options);
   *blocks = compiled.persistent_blocks();
-  Buffers buf(stream);
+  Buffers buf(stream, g_options.storage);
   DeviceSequenceArgs a;
   a.steps = T;
   std::uint64_t seed = 1;
@@ -254,6 +266,14 @@ int main(int argc, char** argv) {
       const std::string f = argv[++i];
       g_options.loop = f == "persistent" ? LoopStrategy::Persistent : f == "graph" ? LoopStrategy::Graph : LoopStrategy::Auto;
     }
+    else if (a == "--storage" && i + 1 < argc) {
+      auto storage = parse_storage(argv[++i]);
+      if (!storage) {
+        std::fprintf(stderr, "bench_gpu: --storage takes native, bf16 or f16\n");
+        return 2;
+      }
+      g_options.storage = *storage;
+    }
     else if (a == "--fuse" && i + 1 < argc) {
       const std::string f = argv[++i];
       g_options.program.fuse = f == "always" ? cuda_codegen::FuseProducts::Always
@@ -266,7 +286,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph] "
-                   "[--json] | --sweep [--runs N]\n");
+                   "[--storage native|bf16|f16] [--json] | --sweep [--runs N]\n");
       return 2;
     }
   }
@@ -312,9 +332,9 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(dir, ec);
 
     if (json) {
-      std::printf("{\"device\": \"%s\", \"runs\": %d, \"compile\": {\"cell\": \"lstm:512,512\", \"batch\": 64, "
+      std::printf("{\"device\": \"%s\", \"storage\": \"%s\", \"runs\": %d, \"compile\": {\"cell\": \"lstm:512,512\", \"batch\": 64, "
                   "\"first_ms\": %.3f, \"first_from_nvrtc\": %s, \"cache_hit_ms\": %.3f, \"hit_from_cache\": %s}, \"results\": [",
-                  dev.name.c_str(), runs, first_ms, first_nvrtc ? "true" : "false", hit_ms, hit_cached ? "true" : "false");
+                  dev.name.c_str(), std::string(storage_name(g_options.storage)).c_str(), runs, first_ms, first_nvrtc ? "true" : "false", hit_ms, hit_cached ? "true" : "false");
       for (std::size_t i = 0; i < results.size(); ++i) {
         const Result& r = results[i];
         std::printf("%s{\"id\": \"%s\", \"cell\": \"%s\", \"mode\": \"%s\", \"steps\": %lld, \"batch\": %lld, \"ms\": %.4f, "
@@ -324,7 +344,8 @@ int main(int argc, char** argv) {
       }
       std::printf("]}\n");
     } else {
-      std::printf("device: %s; medians of %d runs (CUDA events)\n", dev.name.c_str(), runs);
+      std::printf("device: %s; storage %s; medians of %d runs (CUDA events)\n", dev.name.c_str(),
+                  std::string(storage_name(g_options.storage)).c_str(), runs);
       std::printf("compile lstm:512,512 B=64 forward+backward: first %.1f ms (%s), cache hit %.1f ms (%s)\n", first_ms,
                   first_nvrtc ? "NVRTC" : "cache?", hit_ms, hit_cached ? "disk cache" : "NVRTC?");
       for (const Result& r : results)

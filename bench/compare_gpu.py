@@ -2,6 +2,7 @@
 """Side-by-side GPU benchmark: cellfuse's CUDA backend against PyTorch on the same workloads, in one run.
 
     python3 bench/compare_gpu.py --build build-gpu [--runs 11] [--out bench/results/gpu_h100.md]
+                                 [--storage bf16|f16] [--no-torch-compile]
 
 Runs BUILD/bench/bench_gpu (CUDA events, medians of --runs runs after warm-up) and the same cells
 in PyTorch on the same GPU: the cell written with torch ops in a Python loop (eager), the same
@@ -11,6 +12,9 @@ the issue's targets compare). f32 everywhere, TF32 off. Forward runs under no_gr
 backward is loss = sum(outputs * seeds) + sum(final states * seeds), backward() into every
 gradient (inputs, initial states, parameters), as bench_gpu does. Prints a markdown table of
 medians (ms) and ratios, and writes it with --out.
+
+--storage bf16|f16: every tensor of both sides in that dtype (cellfuse: CudaOptions::storage,
+16-bit tensors with f32 math inside; PyTorch: the module and tensors converted with .to()).
 """
 import argparse
 import json
@@ -48,18 +52,21 @@ def runs_for(ms_guess, runs):
     return max(3, min(runs, int(8000 / max(ms_guess, 1.0))))
 
 
-def torch_times(kind, i, h, o, steps, batch, runs, train, log):
+DTYPES = {"native": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def torch_times(kind, i, h, o, steps, batch, runs, train, log, dtype=torch.float32, with_compile=True):
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    xs = torch.randn(steps, batch, i, device=dev, requires_grad=train)
-    h0 = torch.randn(batch, h, device=dev, requires_grad=train)
-    c0 = torch.randn(batch, h, device=dev, requires_grad=train)
+    xs = torch.randn(steps, batch, i, device=dev, dtype=dtype, requires_grad=train)
+    h0 = torch.randn(batch, h, device=dev, dtype=dtype, requires_grad=train)
+    c0 = torch.randn(batch, h, device=dev, dtype=dtype, requires_grad=train)
     if kind == "elman_proj":
         make, seq, args = (lambda: ElmanProj(i, h, o)), Sequence1, (xs, h0)
     else:
         make = (lambda: Lstm(i, h)) if kind == "lstm" else (lambda: LnLstm(i, h))
         seq, args = Sequence2, (xs, h0, c0)
-    cell = make().to(dev)
+    cell = make().to(dev, dtype)
     out = {}
 
     def measure(name, fn, params):
@@ -90,22 +97,23 @@ def torch_times(kind, i, h, o, steps, batch, runs, train, log):
     scripted = torch.jit.script(seq(cell))
     for _ in range(3):  # the profiling executor optimizes after a few calls
         if train:
-            loss_of(scripted(*args), [torch.ones(1, device=dev)] * 4).backward()
+            loss_of(scripted(*args), [torch.ones(1, device=dev, dtype=dtype)] * 4).backward()
         else:
             with torch.no_grad():
                 scripted(*args)
     measure("torchscript", lambda: scripted(*args), params)
-    compiled_cell = torch.compile(cell)
-    measure("torch.compile", lambda: seq(compiled_cell)(*args), params)
+    if with_compile:
+        compiled_cell = torch.compile(cell)
+        measure("torch.compile", lambda: seq(compiled_cell)(*args), params)
     if kind in ("lstm", "lnlstm"):
-        lstm = nn.LSTM(i, h).to(dev)
+        lstm = nn.LSTM(i, h).to(dev, dtype)
         measure("cuDNN nn.LSTM", lambda: lstm(xs, (h0[None], c0[None])), list(lstm.parameters()))
     return out
 
 
-def cellfuse_times(build, runs, only):
+def cellfuse_times(build, runs, only, storage):
     exe = os.path.join(build, "bench", "bench_gpu")
-    cmd = [exe, "--runs", str(runs), "--json"]
+    cmd = [exe, "--runs", str(runs), "--json", "--storage", storage]
     if only:
         cmd += ["--only", ",".join(sorted(only))]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -117,6 +125,9 @@ def main():
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--only", help="comma-separated workload ids")
+    parser.add_argument("--storage", choices=sorted(DTYPES), default="native",
+                        help="tensor dtype of both sides: native (f32), bf16 or f16")
+    parser.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -125,7 +136,7 @@ def main():
     def log(line):
         print(line, file=sys.stderr, flush=True)
 
-    ours = cellfuse_times(args.build, args.runs, only)
+    ours = cellfuse_times(args.build, args.runs, only, args.storage)
     times = {(r["mode"], r["id"]): r for r in ours["results"]}
     log(f"cellfuse: {json.dumps(ours)}")
     baselines = ["eager", "torchscript", "torch.compile", "cuDNN nn.LSTM"]
@@ -143,7 +154,8 @@ def main():
                 continue
             log(f"{wid} {kind} T={steps} B={batch} ({mode})")
             ms = times[(mode, wid)]["ms"]
-            t = torch_times(kind, i, h, o, steps, batch, args.runs, mode == "train", log)
+            t = torch_times(kind, i, h, o, steps, batch, args.runs, mode == "train", log, DTYPES[args.storage],
+                            not args.no_torch_compile)
             cells = [f"{t[b]:.2f}" if b in t else "—" for b in baselines]
             ratios = [f"{t[b] / ms:.1f}×" if b in t else "—" for b in baselines[:3]]
             cudnn = t.get("cuDNN nn.LSTM")
@@ -154,10 +166,13 @@ def main():
     c = ours["compile"]
     header = [
         f"Device: {ours['device']} (PyTorch sees {torch.cuda.get_device_name(0)}); PyTorch {torch.__version__}, "
-        f"cuDNN {torch.backends.cudnn.version()}; f32, TF32 off; medians of up to {args.runs} runs (CUDA events), "
-        "warm-up first; cellfuse with CUDA graphs.",
+        f"cuDNN {torch.backends.cudnn.version()}; "
+        + ("f32" if args.storage == "native" else f"{args.storage} tensors (cellfuse: f32 math inside)")
+        + f", TF32 off; medians of up to {args.runs} runs (CUDA events), warm-up first; cellfuse with CUDA graphs.",
         f"Command: python3 bench/compare_gpu.py --build {args.build} --runs {args.runs}"
-        + (f" --only {args.only}" if args.only else ""),
+        + (f" --only {args.only}" if args.only else "")
+        + (f" --storage {args.storage}" if args.storage != "native" else "")
+        + (" --no-torch-compile" if args.no_torch_compile else ""),
         "",
         f"Compile of an LSTM's forward+backward kernels ({c['cell']}, B={c['batch']}): first {c['first_ms']:.0f} ms "
         f"({'NVRTC' if c['first_from_nvrtc'] else 'cache'}), cache hit {c['cache_hit_ms']:.1f} ms "

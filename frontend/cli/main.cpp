@@ -50,6 +50,9 @@ constexpr const char* kUsage = R"(usage:
       gives the same inputs on every target, so the checksums compare
       --backward: forward and backward (BPTT), the loss gradients seeded from the same seed;
       adds `grad checksum: <sum of every gradient: inputs, initial states, parameters>`
+      --storage bf16|f16 (--target cuda, f32 cells): the GPU tensors hold 16-bit values, the
+      math stays f32; arguments are rounded to the format, so the checksums agree with
+      --target ref only to the format's precision (~1e-2 relative for bf16)
 
 CELL is a .cell file or a built-in cell with optional sizes:
   elman, elman_proj, lstm, gru, lnlstm, peephole
@@ -81,7 +84,7 @@ Options parse_args(int argc, char** argv) {
     } else if (a == "--backward") {
       o.backward = true;
     } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" ||
-               a == "--dtype") {
+               a == "--dtype" || a == "--storage") {
       if (i + 1 >= argc) throw Error(a + " needs a value");
       o.values[a.substr(2)] = argv[++i];
     } else if (a.rfind("--", 0) == 0) {
@@ -190,9 +193,35 @@ double checksum(const SequenceResult<T>& r) {
   return sum;
 }
 
+#if CELLFUSE_HAVE_CUDA
+Storage storage_option(const Options& o, const std::string& target) {
+  auto it = o.values.find("storage");
+  if (it == o.values.end()) return Storage::Native;
+  auto parsed = parse_storage(it->second);
+  if (!parsed) throw Error("--storage: '" + it->second + "' is none of native, bf16, f16");
+  if (*parsed != Storage::Native && target != "cuda")
+    throw Error("--storage " + it->second + ": 16-bit storage is for --target cuda only (the target is " + target + ")");
+  return *parsed;
+}
+
+CudaOptions cuda_options(Storage storage) {
+  CudaOptions options;
+  options.storage = storage;
+  if (storage != Storage::Native) std::printf("storage: %s (f32 math)\n", std::string(storage_name(storage)).c_str());
+  return options;
+}
+#else
+enum class Storage { Native };
+Storage storage_option(const Options& o, const std::string&) {
+  if (o.values.count("storage")) throw Error("--storage: this build has no CUDA backend, the only one with 16-bit storage");
+  return Storage::Native;
+}
+#endif
+
 template <class T>
 int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
-              const std::string& target) {
+              const std::string& target, Storage storage) {
+  (void)storage;  // used by the CUDA target only
   SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
   std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=%s\n", cell.name.c_str(),
               std::string(dtype_name(cell.graph.dtype())).c_str(), static_cast<long long>(steps),
@@ -208,7 +237,7 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
 #endif
   } else if (target == "cuda") {
 #if CELLFUSE_HAVE_CUDA
-    auto compiled = compile_cuda(cell, batch);
+    auto compiled = compile_cuda(cell, batch, cuda_options(storage));
     std::printf("device: %s (%s)\n", compiled->device_name().c_str(), compiled->architecture().c_str());
     std::printf("compile: %.3f ms%s\n", compiled->compile_ms(), compiled->cubin_from_cache() ? " (cubin from the disk cache)" : "");
     start = std::chrono::steady_clock::now();
@@ -228,7 +257,9 @@ int run_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uin
 // come from the same seed, so the gradient checksums of every target compare.
 template <class T>
 int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch, std::uint64_t seed,
-                       const std::string& target) {
+                       const std::string& target, Storage storage) {
+  (void)storage;  // used by the CUDA target only
+  (void)storage;  // used by the CUDA target only
   SequenceArgs<T> args = random_sequence_args<T>(cell, steps, batch, seed);
   LossGradients<T> seeds = random_loss_gradients<T>(cell, steps, batch, seed);
   std::printf("cell: %s %s, T=%lld, B=%lld, seed=%llu, target=%s, forward+backward\n", cell.name.c_str(),
@@ -245,7 +276,7 @@ int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch,
 #endif
   } else if (target == "cuda") {
 #if CELLFUSE_HAVE_CUDA
-    auto compiled = compile_cuda_bptt(cell, batch);
+    auto compiled = compile_cuda_bptt(cell, batch, cuda_options(storage));
     std::printf("device: %s (%s)\n", compiled->forward_cell().device_name().c_str(),
                 compiled->forward_cell().architecture().c_str());
     std::printf("compile: %.3f ms%s\n", compiled->compile_ms(),
@@ -279,12 +310,13 @@ int run_command(const Options& o) {
   std::int64_t batch = int_option(o, "batch", std::nullopt);
   auto seed = static_cast<std::uint64_t>(int_option(o, "seed", 0));
   Cell cell = optimize(load(o));
+  const Storage storage = storage_option(o, target);
   if (o.backward) {
-    if (cell.graph.dtype() == DType::f64) return run_backward_typed<double>(cell, steps, batch, seed, target);
-    return run_backward_typed<float>(cell, steps, batch, seed, target);
+    if (cell.graph.dtype() == DType::f64) return run_backward_typed<double>(cell, steps, batch, seed, target, storage);
+    return run_backward_typed<float>(cell, steps, batch, seed, target, storage);
   }
-  if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed, target);
-  return run_typed<float>(cell, steps, batch, seed, target);
+  if (cell.graph.dtype() == DType::f64) return run_typed<double>(cell, steps, batch, seed, target, storage);
+  return run_typed<float>(cell, steps, batch, seed, target, storage);
 }
 
 int main_checked(int argc, char** argv) {

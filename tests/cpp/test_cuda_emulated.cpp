@@ -27,6 +27,7 @@
 #include <optional>
 
 #include "backend_check.h"
+#include "storage_rounding.h"
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/error.h"
 #include "compiler/lower.h"
@@ -47,6 +48,7 @@ using testing_support::convert;
 using testing_support::convert_seeds;
 using testing_support::expect_grads;
 using testing_support::expect_matches;
+using testing_support::rounded;
 using ::testing::HasSubstr;
 
 // The process's scratch directory: the kernel cache and the host builds of the kernels.
@@ -693,24 +695,6 @@ TEST(CudaEmulated, AlternatingBuffersEachKeepTheirGraph) {
 
 
 // ---- 16-bit storage (CudaOptions::storage): bf16/f16 tensors, f32 math ----
-
-// `args` as the caller's 16-bit tensors hold them: each element rounded through the format.
-template <class Tensors>
-Tensors rounded(Tensors t, Storage storage) {
-  auto round_list = [&](std::vector<HostTensor<float>>& list) {
-    for (auto& x : list)
-      for (float& v : x.data) v = round_to_storage(v, storage);
-  };
-  if constexpr (std::is_same_v<Tensors, SequenceArgs<float>>) {
-    round_list(t.inputs);
-    round_list(t.states);
-    round_list(t.params);
-  } else {
-    round_list(t.outputs);
-    round_list(t.final_states);
-  }
-  return t;
-}
 
 // The conversion kernels, bit for bit against storage.h's host functions (which
 // test_cuda_storage.cpp checks against independent oracles).
