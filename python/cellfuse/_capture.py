@@ -3,7 +3,8 @@
 The step is `step(x, *states)`, where a state argument may be one tensor or a tuple of tensors
 (`forward(x, (h, c))` as nn.LSTMCell). When it returns as many tensors as it takes states, they
 are the new states and the first is the per-step output; when it returns one more, the first is
-the output and the rest the new states. `has_output` overrides the guess.
+the output and the rest the new states. `has_output` overrides the guess. Examples of
+torch.bfloat16 / torch.float16 give an f32 cell (16-bit storage, see _program.py).
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def capture(fn, example_inputs, *, has_output=None, masked=False):
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise CellfuseError(f"example_inputs: x must be a tensor of shape (B, I), got "
                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise CellfuseError(f"example_inputs: cellfuse cells are float32 or float64, x is {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise CellfuseError(f"example_inputs: cellfuse cells are float32 or float64 (or bfloat16/float16 "
+                            f"tensors around a float32 cell, on CUDA), x is {x.dtype}")
     batch = x.shape[0]
     names = _argument_names(fn, 1 + len(state_args))
     structure, states, state_names = [], [], []

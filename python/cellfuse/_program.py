@@ -5,6 +5,12 @@ CPU or CUDA tensors; a second one runs its backward. Both have fake implementati
 torch.compile sees them as ordinary ops with known output shapes (no graph break), and the first
 has an autograd formula backed by the generated backward. Tensors reach the native code as
 pointers: no copy for contiguous tensors of the cell's dtype.
+
+16-bit storage (CUDA only): an f32 cell also runs on torch.bfloat16 / torch.float16 tensors. The
+math stays f32 (the native code widens the 16-bit inputs, states and parameters into f32 buffers
+of its own, runs the sequence and rounds only what it writes back: outputs, final states and
+gradients come back in the 16-bit dtype); the tape between forward and backward stays float32.
+The storage follows the tensors' dtype (`storage_of`), so it is part of each compilation's key.
 """
 from __future__ import annotations
 
@@ -21,9 +27,30 @@ _REGISTRY = {}
 _KEYS = itertools.count(1)
 _LOCK = threading.Lock()
 
+# The 16-bit dtypes an f32 cell's tensors may have, as the native storage names them.
+STORAGE_16 = {torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def storage_of(dtype) -> str:
+    """The native storage of tensors of `dtype`: "bf16", "f16", or "native" (the cell's own)."""
+    return STORAGE_16.get(dtype, "native")
+
+
+def cell_dtype_of(dtype):
+    """The dtype a cell computes in for tensors of `dtype`: float32 for the 16-bit ones."""
+    return torch.float32 if dtype in STORAGE_16 else dtype
+
+
+def sixteen_bit_on_cpu(dtype) -> CellfuseError:
+    return CellfuseError(f"cellfuse: the tensors are {dtype} on cpu, but 16-bit storage (bfloat16/float16, "
+                         "f32 math inside) runs on CUDA only: on CPU convert the module and the tensors with "
+                         ".float(), or move them to a CUDA device")
+
 
 class Program:
-    """One traced cell (one layer, one direction) and its compilations per device and batch size."""
+    """One traced cell (one layer, one direction) and its compilations per device, batch size,
+    training or not, and storage. `dtype` is the dtype of the example tensors it was traced with
+    (float32 for the cell itself when they were 16-bit)."""
 
     def __init__(self, cell, *, params, param_keys, trainable, input_width, state_widths, output_width,
                  structure, state_names, dtype, masked):
@@ -54,21 +81,24 @@ class Program:
         """The traced cell in cellfuse's text form."""
         return self.cell.text()
 
-    def compiled(self, device: torch.device, batch: int, train: bool):
-        key = (device.type, device.index, batch, train)
+    def compiled(self, device: torch.device, batch: int, train: bool, storage: str = "native"):
+        # The storage is in the key: a program compiled for f32 tensors misreads bf16 ones.
+        key = (device.type, device.index, batch, train, storage)
         found = self._compiled.get(key)
         if found is not None:
             return found
         with _LOCK:
             found = self._compiled.get(key)
             if found is None:
-                found = _compile(self.cell, device, batch, train)
+                found = _compile(self.cell, device, batch, train, storage)
                 self._compiled[key] = found
         return found
 
 
-def _compile(cell, device, batch, train):
+def _compile(cell, device, batch, train, storage):
     if device.type == "cpu":
+        if storage != "native":
+            raise sixteen_bit_on_cpu({s: d for d, s in STORAGE_16.items()}.get(storage, storage))
         if not _C.has_cpu_backend:
             raise CellfuseError("this cellfuse was built without the CPU backend (LLVM)")
         return _C.CpuTrainer(cell, batch) if train else _C.CpuProgram(cell, batch)
@@ -80,8 +110,8 @@ def _compile(cell, device, batch, train):
         if train:
             if not hasattr(_C, "CudaTrainer"):
                 raise CellfuseError("training on CUDA needs the GPU backward, which this cellfuse build lacks")
-            return _C.CudaTrainer(cell, batch, index)
-        return _C.CudaProgram(cell, batch, index)
+            return _C.CudaTrainer(cell, batch, index, storage)
+        return _C.CudaProgram(cell, batch, index, storage)
     raise CellfuseError(f"cellfuse runs on cpu and cuda tensors, not on {device}")
 
 
@@ -93,13 +123,18 @@ def _stream(device):
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _tape(p, x, steps, batch):
+    # The tape keeps the f32 values the backward reads, also when the tensors are 16-bit.
+    return [x.new_empty((steps, batch, w), dtype=cell_dtype_of(x.dtype)) for w in p.tape_widths]
+
+
 def _run_forward(p, inputs, states, params, train):
     x = inputs[0]
     steps, batch = x.shape[0], x.shape[1]
     outputs = [x.new_empty((steps, batch, p.output_width))]
     finals = [s.new_empty(s.shape) for s in states]
-    tape = [x.new_empty((steps, batch, w)) for w in p.tape_widths] if train else []
-    compiled = p.compiled(x.device, batch, train)
+    tape = _tape(p, x, steps, batch) if train else []
+    compiled = p.compiled(x.device, batch, train, storage_of(x.dtype))
     if train:
         views = dict(inputs=_addresses(inputs), states=_addresses(states), params=_addresses(params),
                      outputs=_addresses(outputs), final_states=_addresses(finals), tape=_addresses(tape))
@@ -120,7 +155,8 @@ def _run_forward(p, inputs, states, params, train):
 def sequence(key: int, inputs: List[torch.Tensor], states: List[torch.Tensor], params: List[torch.Tensor],
              train: bool) -> List[torch.Tensor]:
     """Runs traced cell `key` over inputs [T,B,n]: returns its output [T,B,o], the final states,
-    and, when `train`, the tape its backward reads."""
+    and, when `train`, the tape its backward reads. The tensors have the cell's dtype or, for an
+    f32 cell on CUDA, all one 16-bit dtype (16-bit storage; the tape is then float32)."""
     return _run_forward(_REGISTRY[key], inputs, states, params, train)
 
 
@@ -131,7 +167,7 @@ def _sequence_fake(key, inputs, states, params, train):
     steps, batch = x.shape[0], x.shape[1]
     out = [x.new_empty((steps, batch, p.output_width))] + [s.new_empty(s.shape) for s in states]
     if train:
-        out += [x.new_empty((steps, batch, w)) for w in p.tape_widths]
+        out += _tape(p, x, steps, batch)
     return out
 
 
@@ -147,7 +183,7 @@ def sequence_backward(key: int, inputs: List[torch.Tensor], params: List[torch.T
     input_grads = [t.new_empty(t.shape) for t in inputs]
     state_grads = [g.new_empty(g.shape) for g in final_state_grads]
     param_grads = [t.new_empty(t.shape) for t in params]
-    compiled = p.compiled(x.device, batch, True)
+    compiled = p.compiled(x.device, batch, True, storage_of(x.dtype))
     views = dict(inputs=_addresses(inputs), params=_addresses(params), outputs=_addresses(outputs),
                  tape=_addresses(tape), output_grads=_addresses(output_grads),
                  final_state_grads=_addresses(final_state_grads), input_grads=_addresses(input_grads),

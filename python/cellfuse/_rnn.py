@@ -8,6 +8,7 @@ from torch import nn
 
 from ._capture import capture
 from ._errors import CellfuseError
+from ._program import STORAGE_16, cell_dtype_of, sixteen_bit_on_cpu
 
 
 def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0, batch_first=False,
@@ -20,7 +21,14 @@ def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=
         when the count does not). A list of cells gives one per layer and direction
         (num_layers * directions of them, layer-major as nn.LSTM orders them).
     example_inputs: (x, *states) for one step, as the cell takes them: they fix the widths, the
-        dtype and the state structure (any batch size works later).
+        dtype and the state structure (any batch size works later). float32 or float64; or
+        torch.bfloat16 / torch.float16 (with the cell's parameters in that dtype, e.g. after
+        `cell.to(torch.bfloat16)` or `cell.half()`) for 16-bit storage, on CUDA only: the cell
+        is traced as a float32 cell and computes in f32 inside (states carried from step to step
+        in f32 too); the tensors outside stay 16-bit (X, states, parameters, the output, the final
+        states and every gradient), rounded once as they are written; the tape the backward
+        reads is float32. A float32 cell also runs on 16-bit tensors later (and vice versa):
+        the storage follows the dtype of the tensors of each call.
     num_layers, bidirectional, dropout, batch_first: as nn.LSTM. With one cell and more than one
         layer or direction, the other layers and directions get copies of it with freshly
         initialized parameters (reset_parameters()); layers after the first take inputs of the
@@ -45,8 +53,10 @@ class RNN(nn.Module):
     variable lengths, forward and backward in cellfuse's native code.
 
     forward(X, state0=None, lengths=None) -> (out, state)
-      X: (T, B, I) (or (B, T, I) with batch_first), on CPU or CUDA, the cell's dtype. A
-         non-contiguous X is copied once.
+      X: (T, B, I) (or (B, T, I) with batch_first), on CPU or CUDA, the cell's dtype; for a
+         float32 cell also torch.bfloat16 or torch.float16 on CUDA (16-bit storage: f32 math
+         inside, 16-bit tensors outside; the parameters and states in X's dtype too, the output
+         and final state come back in it). A non-contiguous X is copied once.
       state0: the cell's state structure (a tensor per state argument, or a tuple of them) with
          each tensor (num_layers * directions, B, n), as nn.LSTM; (B, n) is accepted when there
          is one layer and one direction, and the final state then comes back in that form.
@@ -113,13 +123,15 @@ class RNN(nn.Module):
     def _cell(self, index):
         return self.cells[index] if self.cells is not None else self._functions[index]
 
-    def _program(self, index, masked):
+    def _program(self, index, masked, dtype):
         if not masked:
             return self.programs[index]
         if self._masked[index] is None:
+            # Traced on examples of the run's dtype (the parameters' dtype when the module was
+            # converted after compile); every dtype with the same cell dtype shares the result.
             p = self.programs[index]
-            x = torch.empty((1, p.input_width), dtype=p.dtype)
-            states = [torch.empty((1, w), dtype=p.dtype) for w in p.state_widths]
+            x = torch.empty((1, p.input_width), dtype=dtype)
+            states = [torch.empty((1, w), dtype=dtype) for w in p.state_widths]
             example = _restructure(states, p.structure)
             example = example if len(p.structure) > 1 else (example,)
             self._masked[index] = capture(self._cell(index), (x, *example), has_output=self.has_output,
@@ -151,8 +163,7 @@ class RNN(nn.Module):
         if not isinstance(X, torch.Tensor) or X.dim() != 3:
             raise CellfuseError(f"cellfuse RNN: X must be a 3-D tensor ({'B, T' if self.batch_first else 'T, B'}, I), "
                                 f"got {tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
-        if X.dtype != self.dtype:
-            raise CellfuseError(f"cellfuse RNN: X is {X.dtype} but the cell was traced in {self.dtype}")
+        _check_dtype(X, self.dtype)
         if self.batch_first:
             X = X.transpose(0, 1)
         X = X.contiguous()
@@ -174,7 +185,7 @@ class RNN(nn.Module):
             outs = []
             for d in range(self.directions):
                 index = layer * self.directions + d
-                program = self._program(index, mask is not None)
+                program = self._program(index, mask is not None, X.dtype)
                 x = layer_input if d == 0 else _reverse(layer_input, lengths)
                 inputs = [x] if mask is None else [x, mask]
                 states = [s[index] for s in flat0]
@@ -226,6 +237,7 @@ class RNN(nn.Module):
             if low < 1 or high > steps:
                 raise CellfuseError(f"cellfuse RNN: lengths must be between 1 and T={steps}, got {low}..{high}")
         t = torch.arange(steps, device=X.device).unsqueeze(1)
+        # The mask is an input of the cell: X's dtype, 16-bit storage included (0 and 1 are exact).
         mask = (t < lengths.unsqueeze(0)).to(X.dtype).unsqueeze(2).contiguous()
         return lengths, mask
 
@@ -262,6 +274,18 @@ def _restructure(flat, structure):
 def _describe(structure):
     parts = ["tensor" if s is None else f"tuple of {s} tensors" for s in structure]
     return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+
+
+def _check_dtype(X, traced):
+    """X must give the traced cell's compute dtype: its own, or a 16-bit one for a float32 cell,
+    and 16-bit tensors only on CUDA."""
+    if cell_dtype_of(X.dtype) != cell_dtype_of(traced):
+        hint = ""
+        if X.dtype in STORAGE_16:
+            hint = " (16-bit tensors run a float32 cell: trace it with float32, bfloat16 or float16 examples)"
+        raise CellfuseError(f"cellfuse RNN: X is {X.dtype} but the cell was traced in {traced}{hint}")
+    if X.dtype in STORAGE_16 and not X.is_cuda:
+        raise sixteen_bit_on_cpu(X.dtype)
 
 
 def _check_params(params, program, X):

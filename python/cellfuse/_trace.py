@@ -5,6 +5,10 @@ C++ cell builder through `__torch_function__`. Real tensors that meet a traced v
 parameters of the cell: leaf tensors that require grad are trainable parameters (the user's
 nn.Parameters, gradients flow back to them), other tensors are constant inputs fed at run time.
 Anything the IR cannot express raises CellfuseError naming the op and the user's source line.
+
+A step traced on torch.bfloat16 / torch.float16 values builds an f32 cell (16-bit storage: the
+tensors stay 16-bit, the math is f32), so conversions among float32 and the 16-bit dtypes inside
+such a step are no-ops: intermediate values are never rounded to 16 bits.
 """
 from __future__ import annotations
 
@@ -140,14 +144,18 @@ def _identifier(name: str, taken: set) -> str:
     return out
 
 
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+
+
 class Tracer:
-    """Records one cell: leaves, the parameters met on the way, and every op."""
+    """Records one cell: leaves, the parameters met on the way, and every op. `dtype` is the
+    tensors' dtype (what traced values report); the cell is f64 for float64, else f32."""
 
     def __init__(self, name, dtype, device, example_batch, param_names):
         self.dtype = dtype
         self.device = device
         self.example_batch = example_batch
-        self.builder = _C.Builder(_identifier(name, set()), "f32" if dtype == torch.float32 else "f64")
+        self.builder = _C.Builder(_identifier(name, set()), "f64" if dtype == torch.float64 else "f32")
         self.param_names = param_names  # id(tensor) -> qualified name in the user's module
         self.taken = set()
         self.params = []  # tensors fed to the cell's param leaves, in declaration order
@@ -675,15 +683,35 @@ def _full_like(tr, x, fill_value, **kwargs):
     return tr.wrap(_C.constant_like(tr.val(x, "full_like"), float(fill_value)))
 
 
-@handles("to", "type", "float", "double", "type_as")
+def _conversion_allowed(tr, dtype):
+    # In a 16-bit cell the math is f32 throughout: float32 and either 16-bit dtype are all f32.
+    if tr.dtype in _SIXTEEN_BIT:
+        return dtype in (torch.float32, *_SIXTEEN_BIT)
+    return dtype == tr.dtype
+
+
+@handles("to", "type", "type_as")
 def _to(tr, x, *args, **kwargs):
     wanted = [a for a in list(args) + list(kwargs.values())
               if isinstance(a, torch.dtype) or isinstance(a, torch.Tensor) or isinstance(a, Traced)]
     for w in wanted:
         dtype = w if isinstance(w, torch.dtype) else w.dtype
-        if dtype != tr.dtype:
+        if not _conversion_allowed(tr, dtype):
             raise fail(f"conversion to {dtype} inside a {tr.dtype} cell is not supported")
     return x
+
+
+def _method_conversion(dtype):
+    def handler(tr, x, *args, **kwargs):
+        if not _conversion_allowed(tr, dtype):
+            raise fail(f"conversion to {dtype} inside a {tr.dtype} cell is not supported")
+        return x
+    return handler
+
+
+for _n, _d in (("float", torch.float32), ("double", torch.float64), ("half", torch.float16),
+               ("bfloat16", torch.bfloat16)):
+    _HANDLERS[_n] = _method_conversion(_d)
 
 
 @handles("view", "reshape")

@@ -1,5 +1,7 @@
 // The CUDA programs for Python: a compiled cell run on device memory given as addresses, on the
-// caller's stream (PyTorch's current stream, passed as its handle).
+// caller's stream (PyTorch's current stream, passed as its handle). `storage` says what the
+// addresses hold: "native" (the cell's dtype) or, for f32 cells, "bf16"/"f16" (16-bit tensors,
+// f32 math inside; the training tape stays f32), as CudaOptions::storage.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -14,6 +16,7 @@
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/cuda/storage.h"
 #endif
 
 namespace py = pybind11;
@@ -27,11 +30,20 @@ using Addresses = std::vector<std::uintptr_t>;
 
 std::vector<DevicePointer> device(const Addresses& a) { return {a.begin(), a.end()}; }
 
+// The options of one compilation; an unknown storage name is the caller's mistake (an Error).
+CudaOptions options_for(int device_index, const std::string& storage) {
+  CudaOptions options;
+  options.device = device_index;
+  auto parsed = parse_storage(storage);
+  if (!parsed) throw Error("unknown storage '" + storage + "': expected native, bf16 or f16");
+  options.storage = *parsed;
+  return options;
+}
+
 struct CudaProgram {
   std::shared_ptr<const CudaCell> cell;
-  CudaProgram(const Cell& c, std::int64_t batch, int device_index) {
-    CudaOptions options;
-    options.device = device_index;
+  CudaProgram(const Cell& c, std::int64_t batch, int device_index, const std::string& storage) {
+    CudaOptions options = options_for(device_index, storage);
     py::gil_scoped_release release;
     cell = compile_cuda(c, batch, options);
   }
@@ -52,9 +64,8 @@ struct CudaProgram {
 // The training pair on the GPU: forward with its tape, then the backward, on the caller's stream.
 struct CudaTrainer {
   std::shared_ptr<const CudaBptt> bptt;
-  CudaTrainer(const Cell& c, std::int64_t batch, int device_index) {
-    CudaOptions options;
-    options.device = device_index;
+  CudaTrainer(const Cell& c, std::int64_t batch, int device_index, const std::string& storage) {
+    CudaOptions options = options_for(device_index, storage);
     py::gil_scoped_release release;
     bptt = compile_cuda_bptt(c, batch, options);
   }
@@ -97,17 +108,21 @@ void bind_cuda(py::module_& m) {
     return py::make_tuple(ok, why);
   });
   py::class_<CudaProgram>(m, "CudaProgram")
-      .def(py::init<const Cell&, std::int64_t, int>(), py::arg("cell"), py::arg("batch"), py::arg("device"))
+      .def(py::init<const Cell&, std::int64_t, int, const std::string&>(), py::arg("cell"), py::arg("batch"),
+           py::arg("device"), py::arg("storage") = "native")
       .def("forward", &CudaProgram::forward, py::arg("steps"), py::arg("inputs"), py::arg("states"),
            py::arg("params"), py::arg("outputs"), py::arg("final_states"), py::arg("stream"))
       .def_property_readonly("compile_ms", [](const CudaProgram& p) { return p.cell->compile_ms(); })
+      .def_property_readonly("storage", [](const CudaProgram& p) { return std::string(storage_name(p.cell->storage())); })
       .def("describe", [](const CudaProgram& p) { return p.cell->describe(); });
   py::class_<CudaTrainer>(m, "CudaTrainer")
-      .def(py::init<const Cell&, std::int64_t, int>(), py::arg("cell"), py::arg("batch"), py::arg("device"))
+      .def(py::init<const Cell&, std::int64_t, int, const std::string&>(), py::arg("cell"), py::arg("batch"),
+           py::arg("device"), py::arg("storage") = "native")
       .def("tape_widths", [](const CudaTrainer& t) { return t.bptt->tape_widths(); })
       .def("forward", &CudaTrainer::forward, py::arg("steps"), py::arg("views"), py::arg("stream"))
       .def("backward", &CudaTrainer::backward, py::arg("steps"), py::arg("views"), py::arg("stream"))
       .def_property_readonly("compile_ms", [](const CudaTrainer& t) { return t.bptt->compile_ms(); })
+      .def_property_readonly("storage", [](const CudaTrainer& t) { return std::string(storage_name(t.bptt->storage())); })
       .def("describe", [](const CudaTrainer& t) { return t.bptt->describe(); });
 }
 #else

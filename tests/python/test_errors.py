@@ -94,8 +94,11 @@ def test_dropout_inside_cell_in_training_is_rejected():
         cellfuse.compile(step, (torch.randn(2, 3), torch.randn(2, 3)))
 
 
-def test_integer_or_half_inputs_are_rejected():
+def test_integer_inputs_and_half_inputs_with_float_parameters_are_rejected():
     with pytest.raises(Err, match="float32 or float64"):
+        cellfuse.compile(GRUCell(3, 4), (torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64)))
+    # Half inputs are 16-bit storage (test_storage16.py), but not around float32 parameters.
+    with pytest.raises(Err, match="parameter of dtype torch.float32 in a torch.float16 cell"):
         cellfuse.compile(GRUCell(3, 4), (torch.randn(2, 3).half(), torch.randn(2, 4).half()))
 
 
