@@ -18,6 +18,13 @@ void call(const double* x, const double* w, CBLAS_TRANSPOSE tw, double beta, dou
   cblas_dgemm(CblasRowMajor, CblasNoTrans, tw, m, n, k, 1.0, x, k, w, ldw, beta, out, ldc);
 }
 
+void call_at_b(const float* a, const float* b, float* out, blasint m, blasint n, blasint rows, blasint lda, blasint ldb) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, rows, 1.0f, a, lda, b, ldb, 1.0f, out, ldb);
+}
+void call_at_b(const double* a, const double* b, double* out, blasint m, blasint n, blasint rows, blasint lda, blasint ldb) {
+  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, rows, 1.0, a, lda, b, ldb, 1.0, out, ldb);
+}
+
 // Columns [n0, n1) of out = x W (+ bias), out's rows `n` long.
 template <class T>
 void gemm_columns(const T* x, const T* weight, bool weight_is_n_by_k, const T* bias, T* out,
@@ -32,8 +39,45 @@ void gemm_columns(const T* x, const T* weight, bool weight_is_n_by_k, const T* b
        static_cast<blasint>(weight_is_n_by_k ? k : n), static_cast<blasint>(n));
 }
 
-// Below this many multiply-adds a product is not worth waking the team for.
-constexpr std::int64_t kMinSharedGemm = 256 * 1024;
+// How a product of out[m, n] over k terms is cut into column parts: a function of the shape
+// alone, never of the team's size, so that every part is the same BLAS call whatever the thread
+// count. (OpenBLAS picks its kernels by the call's sizes: its small-matrix kernels sum in another
+// order than its blocked ones, so a split that followed the thread count changed the last bits;
+// measured on lstm:40,70 at batch 64.) Parts are multiples of 16 columns (the widest vector
+// kernels), at most kMaxParts, none below kMinPart multiply-adds (not worth a thread); at most
+// kMaxPartsLargeX when the left operand is large, since every part packs all of it again.
+constexpr std::int64_t kMinPart = 256 * 1024;
+constexpr std::int64_t kMaxParts = 8;
+constexpr std::int64_t kMaxPartsLargeX = 4;
+constexpr std::int64_t kLargeX = 1 << 20;  // elements
+
+struct Split {
+  std::int64_t parts, width;  // `parts` column ranges of `width` columns (the last one shorter)
+};
+
+Split split_columns(std::int64_t m, std::int64_t k, std::int64_t n) {
+  const std::int64_t blocks = (n + 15) / 16;
+  std::int64_t parts = std::min({blocks, m * k > kLargeX ? kMaxPartsLargeX : kMaxParts,
+                                 std::max<std::int64_t>(1, m * k * n / kMinPart)});
+  parts = std::max<std::int64_t>(parts, 1);
+  const std::int64_t width = (blocks + parts - 1) / parts * 16;
+  return {(n + width - 1) / width, width};
+}
+
+// Runs part(n0, n1) for every column range of the split, shared among the team: part p on member
+// p mod size. The same calls whatever the team's size.
+template <class F>
+void for_parts(Team& team, std::int64_t m, std::int64_t k, std::int64_t n, F&& part) {
+  const Split sp = split_columns(m, k, n);
+  auto range = [&](std::int64_t p) { part(p * sp.width, std::min(n, (p + 1) * sp.width)); };
+  if (team.size() == 1 || sp.parts == 1) {
+    for (std::int64_t p = 0; p < sp.parts; ++p) range(p);
+    return;
+  }
+  team.run([&](int member, int members) {
+    for (std::int64_t p = member; p < sp.parts; p += members) range(p);
+  });
+}
 
 }  // namespace
 
@@ -43,15 +87,18 @@ template <class T>
 void gemm(Team& team, const T* x, const T* weight, bool weight_is_n_by_k, const T* bias, T* out,
           std::int64_t m, std::int64_t k, std::int64_t n) {
   if (m == 0) return;
-  if (team.size() == 1 || m * n * k < kMinSharedGemm || n < 32) {
-    gemm_columns(x, weight, weight_is_n_by_k, bias, out, m, k, n, 0, n);
-    return;
-  }
-  // Split points on multiples of 16 columns, the widest vector BLAS kernels use.
-  const std::int64_t blocks = (n + 15) / 16;
-  team.run([&](int part, int parts) {
-    std::int64_t n0 = std::min(n, blocks * part / parts * 16), n1 = std::min(n, blocks * (part + 1) / parts * 16);
+  for_parts(team, m, k, n, [&](std::int64_t n0, std::int64_t n1) {
     gemm_columns(x, weight, weight_is_n_by_k, bias, out, m, k, n, n0, n1);
+  });
+}
+
+template <class T>
+void gemm_at_b(Team& team, const T* a, const T* b, T* out, std::int64_t m, std::int64_t n, std::int64_t rows) {
+  if (rows == 0 || m == 0 || n == 0) return;
+  for_parts(team, m, rows, n, [&](std::int64_t n0, std::int64_t n1) {
+    if (n1 > n0)
+      call_at_b(a, b + n0, out + n0, static_cast<blasint>(m), static_cast<blasint>(n1 - n0), static_cast<blasint>(rows),
+                static_cast<blasint>(m), static_cast<blasint>(n));
   });
 }
 
@@ -69,6 +116,8 @@ template void gemm(Team&, const float*, const float*, bool, const float*, float*
                    std::int64_t, std::int64_t);
 template void gemm(Team&, const double*, const double*, bool, const double*, double*, std::int64_t,
                    std::int64_t, std::int64_t);
+template void gemm_at_b(Team&, const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
+template void gemm_at_b(Team&, const double*, const double*, double*, std::int64_t, std::int64_t, std::int64_t);
 template void transpose(const float*, float*, std::int64_t, std::int64_t);
 template void transpose(const double*, double*, std::int64_t, std::int64_t);
 

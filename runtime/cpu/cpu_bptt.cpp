@@ -9,23 +9,13 @@
 #include <tuple>
 
 #include "compiler/ir/error.h"
+#include "runtime/cpu/blas.h"
 #include "runtime/cpu/cpu_cell.h"
+#include "runtime/cpu/team.h"
 #include "runtime/sequence_check.h"
 
 namespace cellfuse {
 namespace {
-
-void gemm_at_b(const float* a, const float* b, float* out, std::int64_t m, std::int64_t n, std::int64_t rows) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<blasint>(m), static_cast<blasint>(n),
-              static_cast<blasint>(rows), 1.0f, a, static_cast<blasint>(m), b, static_cast<blasint>(n), 1.0f, out,
-              static_cast<blasint>(n));
-}
-void gemm_at_b(const double* a, const double* b, double* out, std::int64_t m, std::int64_t n, std::int64_t rows) {
-  cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<blasint>(m), static_cast<blasint>(n),
-              static_cast<blasint>(rows), 1.0, a, static_cast<blasint>(m), b, static_cast<blasint>(n), 1.0, out,
-              static_cast<blasint>(n));
-}
-
 
 }  // namespace
 
@@ -35,6 +25,10 @@ struct CpuBptt::Impl {
   Cell forward;
   int first_state_output = 0;
   std::unique_ptr<CpuCell> forward_cell, backward_step;
+  // The parameter gradients' products, shared like the cells' GEMMs (OpenBLAS is kept to one
+  // thread; left to it, these large products ran on one core). One backward at a time uses it.
+  std::unique_ptr<cpu::Team> team;
+  mutable std::mutex team_mutex;
   std::int64_t batch = 0;
   double compile_ms = 0;
 };
@@ -57,6 +51,7 @@ CpuBptt::CpuBptt(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
   }
   m.forward_cell = std::make_unique<CpuCell>(m.forward, batch, threads);
   m.backward_step = std::make_unique<CpuCell>(m.backward.step, batch, threads);
+  m.team = std::make_unique<cpu::Team>(m.backward_step->threads());
   m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -163,7 +158,8 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < n; ++c) out[c] += a[r * n + c];
     } else {
-      gemm_at_b(a, value(term.b), out, n, width(term.b), rows);
+      std::lock_guard<std::mutex> lock(m.team_mutex);
+      cpu::gemm_at_b(*m.team, a, value(term.b), out, n, width(term.b), rows);
     }
   }
 }

@@ -53,6 +53,27 @@ TEST(CpuBptt, LongSequencesAtLargeBatch) {
   }
 }
 
+// The parameter gradients' products (and every GEMM) are split among the team by columns: the
+// same bits whatever the thread count, and still the reference's values.
+TEST(CpuBptt, ResultsDoNotDependOnTheThreadCount) {
+  Cell cell = cells::lstm(40, 70);
+  const std::int64_t steps = 5, batch = 64;
+  auto args = random_sequence_args<float>(cell, steps, batch, 3);
+  auto seeds = random_loss_gradients<float>(cell, steps, batch, 4);
+  auto one = CpuBptt(cell, batch, 1).run(args, seeds);
+  auto want = reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args), convert_seeds<float, double>(seeds));
+  expect_grads(one.grads, want.grads, 1e-5, "1 thread");
+  for (int threads : {2, 3}) {
+    auto got = CpuBptt(cell, batch, threads).run(args, seeds);
+    for (std::size_t p = 0; p < one.grads.params.size(); ++p)
+      EXPECT_EQ(got.grads.params[p].data, one.grads.params[p].data) << threads << " threads, param " << p;
+    for (std::size_t i = 0; i < one.grads.inputs.size(); ++i)
+      EXPECT_EQ(got.grads.inputs[i].data, one.grads.inputs[i].data) << threads << " threads, input " << i;
+    for (std::size_t i = 0; i < one.grads.states.size(); ++i)
+      EXPECT_EQ(got.grads.states[i].data, one.grads.states[i].data) << threads << " threads, state " << i;
+  }
+}
+
 TEST(CpuBptt, RandomCellsMatchTheReference) {
   const std::uint64_t seeds = kSanitized ? 3 : 10;
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
