@@ -37,7 +37,7 @@ cmake --build "$DIR/build" --target cellfuse_python >"$DIR.build.log" 2>&1 || { 
 rm -rf "$DIR/stage" && mkdir -p "$DIR/stage/cellfuse"
 cp python/cellfuse/*.py "$DIR/stage/cellfuse/" && cp "$DIR"/build/python/cellfuse/_C*.so "$DIR/stage/cellfuse/" ||
   fail "stage"
-export PYTHONPATH=$PWD/$DIR/stage:$PYTHONPATH
+export PYTHONPATH=$PWD/$DIR/stage${PYTHONPATH:+:$PYTHONPATH}
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_cuda.py) || fail "tests"
 if [[ "${1:-}" == "--bench" ]]; then
   "$PY" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" || fail "bench"
