@@ -737,6 +737,16 @@ struct StorageCase {
   std::int64_t batch, steps;
 };
 
+std::string storage_case_name(const StorageCase& c) {
+  std::string name = std::string(c.spec) + "_" + std::string(storage_name(c.storage)) + "_B" + std::to_string(c.batch) + "_T" +
+                     std::to_string(c.steps);
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+}
+
+void PrintTo(const StorageCase& c, std::ostream* os) { *os << storage_case_name(c); }
+
 class StandardCellsStorageEmulated : public ::testing::TestWithParam<StorageCase> {};
 
 // Forward and backward of a standard cell with 16-bit tensors against the f64 reference on the
@@ -777,12 +787,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(StorageCase{"lstm:5,7", Storage::BF16, 3, 37}, StorageCase{"lstm:5,7", Storage::F16, 1, 2},
                       StorageCase{"gru:4,33", Storage::BF16, 1, 5}, StorageCase{"lnlstm:6,9", Storage::BF16, 3, 4},
                       StorageCase{"elman_proj:5,7,3", Storage::F16, 3, 6}, StorageCase{"peephole:4,5", Storage::BF16, 2, 3}),
-    [](const ::testing::TestParamInfo<StorageCase>& info) {
-      std::string name = std::string(info.param.spec) + "_" + std::string(storage_name(info.param.storage));
-      for (char& ch : name)
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-      return name;
-    });
+    [](const ::testing::TestParamInfo<StorageCase>& info) { return storage_case_name(info.param); });
 
 // The device API with 16-bit buffers on a caller's stream, run twice so that the inner f32 run is
 // captured and replayed: the same bits as the host API.
