@@ -109,7 +109,7 @@ class Buffers {
     std::vector<std::uint16_t> bits;
     const void* data = host.data();
     if (storage_ != Storage::Native) {
-      for (float v : host) bits.push_back(storage_ == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v));
+      for (float v : host) bits.push_back(to_storage_bits(v, storage_));
       data = bits.data();
     }
     const std::size_t bytes = host.size() * element_size(false);

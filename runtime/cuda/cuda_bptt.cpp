@@ -10,6 +10,7 @@
 
 #include "compiler/ir/error.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/cuda/host_transfer.h"
 #include "runtime/sequence_check.h"
 
 namespace cellfuse {
@@ -304,6 +305,11 @@ struct CudaBptt::Impl {
     finished(stream);
   }
 
+  void backward_any(const DeviceTrainingArgs& a, CudaStream stream) {
+    if (storage == Storage::Native) backward_locked(a, stream);
+    else backward_stored(a, stream);
+  }
+
   // With the mutex held and the context current.
   void backward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
     const cuda::Driver& d = cuda::driver();
@@ -452,8 +458,7 @@ void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) c
   m.check(a, true);
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
-  if (m.storage == Storage::Native) m.backward_locked(a, stream);
-  else m.backward_stored(a, stream);
+  m.backward_any(a, stream);
 }
 
 Storage CudaBptt::storage() const { return impl_->storage; }
@@ -513,48 +518,27 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
     add(d.param_grads, result.grads.params);
     return out;
   }();
-  const bool stored = m.storage != Storage::Native;
-  auto bytes_of = [&](const Slot& s) { return stored && !s.tape ? sizeof(std::uint16_t) : sizeof(T); };
+  auto storage_of = [&](const Slot& s) { return s.tape ? Storage::Native : m.storage; };
   if (m.staging.steps != steps) {
     if (m.has_run) cuda::check(cuda::driver().event_synchronize(m.done), "cuEventSynchronize");
     m.staging = Impl::Staging{};
     m.staging.steps = steps;
     for (const Slot& s : slots) {
       // An empty tensor (a sequence of length 0) still gets a byte: the pointers are never null.
-      m.staging.memory.emplace_back(std::max<std::size_t>(1, s.tensor->data.size() * bytes_of(s)));
+      m.staging.memory.emplace_back(std::max<std::size_t>(1, s.tensor->data.size() * cuda::stored_size<T>(storage_of(s))));
       s.list->push_back(m.staging.memory.back().get());
     }
   }
   d.steps = steps;
-  const cuda::Driver& drv = cuda::driver();
-  auto to_16 = [&](float v) { return m.storage == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v); };
-  auto from_16 = [&](std::uint16_t v) { return m.storage == Storage::BF16 ? bf16_to_f32(v) : f16_to_f32(v); };
-  // Pageable host memory: an upload has taken the data when the call returns.
   auto upload = [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i) {
-      const auto& data = slots[i].tensor->data;
-      if (data.empty()) continue;
-      if (bytes_of(slots[i]) == sizeof(T)) {
-        cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), data.data(), data.size() * sizeof(T), stream), "cuMemcpyHtoDAsync");
-        continue;
-      }
-      std::vector<std::uint16_t> bits(data.size());
-      for (std::size_t e = 0; e < data.size(); ++e) bits[e] = to_16(static_cast<float>(data[e]));
-      cuda::check(drv.memcpy_htod_async(m.staging.memory[i].get(), bits.data(), bits.size() * 2, stream), "cuMemcpyHtoDAsync");
-    }
+    for (std::size_t i = first; i < first + count; ++i)
+      cuda::upload(m.staging.memory[i].get(), slots[i].tensor->data.data(), slots[i].tensor->data.size(), storage_of(slots[i]), stream);
   };
-  std::vector<std::vector<std::uint16_t>> downloaded(slots.size());
+  cuda::Downloads<T> downloads(stream);
   auto download = [&](std::size_t first, std::size_t count) {
-    for (std::size_t i = first; i < first + count; ++i) {
-      auto& data = const_cast<HostTensor<T>*>(slots[i].tensor)->data;
-      if (data.empty()) continue;
-      void* host = data.data();
-      if (bytes_of(slots[i]) != sizeof(T)) {
-        downloaded[i].resize(data.size());
-        host = downloaded[i].data();
-      }
-      cuda::check(drv.memcpy_dtoh_async(host, m.staging.memory[i].get(), data.size() * bytes_of(slots[i]), stream), "cuMemcpyDtoHAsync");
-    }
+    for (std::size_t i = first; i < first + count; ++i)
+      downloads.add(const_cast<T*>(slots[i].tensor->data.data()), m.staging.memory[i].get(), slots[i].tensor->data.size(),
+                    storage_of(slots[i]));
   };
   const std::size_t n_in = args.inputs.size() + args.states.size() + args.params.size();
   const std::size_t n_fwd = result.forward.outputs.size() + result.forward.final_states.size() + tape.size();
@@ -564,14 +548,10 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
   m.check(d, false);
   m.check(d, true);
   m.forward_locked(d, stream);
-  if (stored) m.backward_stored(d, stream);
-  else m.backward_locked(d, stream);
+  m.backward_any(d, stream);
   download(n_in, result.forward.outputs.size() + result.forward.final_states.size());
   download(n_in + n_fwd + n_seed, slots.size() - (n_in + n_fwd + n_seed));
-  cuda::check(drv.stream_synchronize(stream), "cuStreamSynchronize");
-  for (std::size_t i = 0; i < slots.size(); ++i)
-    for (std::size_t e = 0; e < downloaded[i].size(); ++e)
-      const_cast<HostTensor<T>*>(slots[i].tensor)->data[e] = static_cast<T>(from_16(downloaded[i][e]));
+  downloads.finish();
   return result;
 }
 

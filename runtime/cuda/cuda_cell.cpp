@@ -15,6 +15,7 @@
 #include "compiler/ir/error.h"
 #include "compiler/lower.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/cuda/host_transfer.h"
 #include "runtime/cuda/kernel_cache.h"
 #include "runtime/cuda/nvrtc.h"
 #include "runtime/sequence_check.h"
@@ -841,56 +842,6 @@ void CudaCell::run_device(const DeviceSequenceArgs& args, CudaStream stream) con
   m.finish(stream);
 }
 
-namespace {
-
-// Bytes of one element as the caller's device tensors hold it.
-template <class T>
-std::size_t stored_size(Storage storage) {
-  return storage == Storage::Native ? sizeof(T) : sizeof(std::uint16_t);
-}
-
-std::uint16_t to_16(float v, Storage storage) { return storage == Storage::BF16 ? f32_to_bf16(v) : f32_to_f16(v); }
-float from_16(std::uint16_t v, Storage storage) { return storage == Storage::BF16 ? bf16_to_f32(v) : f16_to_f32(v); }
-
-// Copies from pageable host memory: the data has been taken when the call returns, so a
-// converted temporary may go right after.
-template <class T>
-void upload(const std::vector<HostTensor<T>>& from, std::vector<cuda::DeviceMemory>& to, Storage storage, CUstream stream) {
-  for (std::size_t i = 0; i < from.size(); ++i) {
-    const auto& data = from[i].data;
-    if (data.empty()) continue;
-    if (storage == Storage::Native) {
-      cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), data.data(), data.size() * sizeof(T), stream), "cuMemcpyHtoDAsync");
-      continue;
-    }
-    std::vector<std::uint16_t> bits(data.size());
-    for (std::size_t e = 0; e < data.size(); ++e) bits[e] = to_16(static_cast<float>(data[e]), storage);
-    cuda::check(cuda::driver().memcpy_htod_async(to[i].get(), bits.data(), bits.size() * 2, stream), "cuMemcpyHtoDAsync");
-  }
-}
-
-// Waits for the stream.
-template <class T>
-void download(const std::vector<cuda::DeviceMemory>& from, std::vector<HostTensor<T>>& to, Storage storage, CUstream stream) {
-  std::vector<std::vector<std::uint16_t>> bits(to.size());
-  for (std::size_t i = 0; i < to.size(); ++i) {
-    auto& data = to[i].data;
-    if (data.empty()) continue;
-    void* host = data.data();
-    if (storage != Storage::Native) {
-      bits[i].resize(data.size());
-      host = bits[i].data();
-    }
-    cuda::check(cuda::driver().memcpy_dtoh_async(host, from[i].get(), data.size() * stored_size<T>(storage), stream),
-                "cuMemcpyDtoHAsync");
-  }
-  cuda::check(cuda::driver().stream_synchronize(stream), "cuStreamSynchronize");
-  for (std::size_t i = 0; i < to.size(); ++i)
-    for (std::size_t e = 0; e < bits[i].size(); ++e) to[i].data[e] = static_cast<T>(from_16(bits[i][e], storage));
-}
-
-}  // namespace
-
 template <class T>
 SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) const {
   Impl& m = *impl_;
@@ -910,7 +861,7 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
     io = HostStaging{};
     io.steps = steps;
     auto alloc = [&](const auto& tensors, std::vector<cuda::DeviceMemory>& to) {
-      for (const auto& t : tensors) to.emplace_back(t.data.size() * stored_size<T>(m.storage));
+      for (const auto& t : tensors) to.emplace_back(t.data.size() * cuda::stored_size<T>(m.storage));
     };
     alloc(args.inputs, io.inputs);
     alloc(args.states, io.states);
@@ -918,9 +869,12 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
     alloc(result.outputs, io.outputs);
     alloc(result.final_states, io.final_states);
   }
-  upload(args.inputs, io.inputs, m.storage, s);
-  upload(args.states, io.states, m.storage, s);
-  upload(args.params, io.params, m.storage, s);
+  auto upload = [&](const std::vector<HostTensor<T>>& from, const std::vector<cuda::DeviceMemory>& to) {
+    for (std::size_t i = 0; i < from.size(); ++i) cuda::upload(to[i].get(), from[i].data.data(), from[i].data.size(), m.storage, s);
+  };
+  upload(args.inputs, io.inputs);
+  upload(args.states, io.states);
+  upload(args.params, io.params);
   DeviceSequenceArgs d;
   d.steps = steps;
   auto pointers = [](const std::vector<cuda::DeviceMemory>& from, std::vector<DevicePointer>& to) {
@@ -933,8 +887,13 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
   pointers(io.final_states, d.final_states);
   m.check_device_args(d);
   m.run_any(d, s);
-  download(io.outputs, result.outputs, m.storage, s);
-  download(io.final_states, result.final_states, m.storage, s);
+  cuda::Downloads<T> downloads(s);
+  auto download = [&](const std::vector<cuda::DeviceMemory>& from, std::vector<HostTensor<T>>& to) {
+    for (std::size_t i = 0; i < to.size(); ++i) downloads.add(to[i].data.data(), from[i].get(), to[i].data.size(), m.storage);
+  };
+  download(io.outputs, result.outputs);
+  download(io.final_states, result.final_states);
+  downloads.finish();
   return result;
 }
 

@@ -57,13 +57,16 @@ float f16_to_f32(std::uint16_t bits) {
   return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+std::uint16_t to_storage_bits(float value, Storage storage) {
+  return storage == Storage::BF16 ? f32_to_bf16(value) : f32_to_f16(value);
+}
+
+float from_storage_bits(std::uint16_t bits, Storage storage) {
+  return storage == Storage::BF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+}
+
 float round_to_storage(float value, Storage storage) {
-  switch (storage) {
-    case Storage::Native: return value;
-    case Storage::BF16: return bf16_to_f32(f32_to_bf16(value));
-    case Storage::F16: return f16_to_f32(f32_to_f16(value));
-  }
-  return value;
+  return storage == Storage::Native ? value : from_storage_bits(to_storage_bits(value, storage), storage);
 }
 
 }  // namespace cellfuse

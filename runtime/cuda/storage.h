@@ -26,6 +26,10 @@ float bf16_to_f32(std::uint16_t bits);
 std::uint16_t f32_to_f16(float value);
 float f16_to_f32(std::uint16_t bits);
 
+// The bits of `value` in the 16-bit `storage` (BF16 or F16), and back.
+std::uint16_t to_storage_bits(float value, Storage storage);
+float from_storage_bits(std::uint16_t bits, Storage storage);
+
 // `value` as stored: rounded through the 16-bit format (Native: unchanged).
 float round_to_storage(float value, Storage storage);
 

@@ -2,6 +2,8 @@
 // What a caller's 16-bit tensors hold: f32 arguments rounded through the storage format, for the
 // tests of CudaOptions::storage (the f64 oracle then runs on exactly the values the GPU sees). No
 // GoogleTest here, so that the GPU programs (tests/gpu) can include it too.
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "runtime/cuda/storage.h"
@@ -32,6 +34,20 @@ inline SequenceResult<float> rounded(SequenceResult<float> result, Storage stora
   round_through(result.outputs, storage);
   round_through(result.final_states, storage);
   return result;
+}
+
+// The 16-bit storage cases of the GPU programs: every standard cell (odd sizes), bf16 and f16,
+// B = 1, 3, 64, T = 2, 37; calls check(spec, storage, batch, steps, name) for each, `name`
+// saying all of it.
+template <class F>
+void for_each_storage_case(F&& check) {
+  for (const char* spec : {"elman:3,33", "elman_proj:5,7", "lstm:5,7", "lstm:33,33", "gru:4,33", "lnlstm:5,7", "peephole:7,33"})
+    for (Storage storage : {Storage::BF16, Storage::F16})
+      for (std::int64_t batch : {1, 3, 64})
+        for (std::int64_t steps : {2, 37})
+          check(spec, storage, batch, steps,
+                std::string(spec) + " " + std::string(storage_name(storage)) + " B=" + std::to_string(batch) + " T=" +
+                    std::to_string(steps));
 }
 
 }  // namespace cellfuse::testing_support

@@ -720,8 +720,8 @@ TEST(CudaEmulatedStorage, ConversionKernelsMatchTheHostRule) {
     cuda::check(d.stream_synchronize(nullptr), "sync");
     int bad = 0;
     for (std::size_t i = 0; i < values.size(); ++i) {
-      const std::uint16_t want = format == Storage::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
-      const float want_back = format == Storage::BF16 ? bf16_to_f32(want) : f16_to_f32(want);
+      const std::uint16_t want = to_storage_bits(values[i], format);
+      const float want_back = from_storage_bits(want, format);
       const bool same = bits[i] == want && (std::bit_cast<std::uint32_t>(widened[i]) == std::bit_cast<std::uint32_t>(want_back) ||
                                            (std::isnan(widened[i]) && std::isnan(want_back)));
       if (!same && ++bad < 5) ADD_FAILURE() << what << " of " << values[i] << ": bits " << bits[i] << " want " << want;
@@ -787,7 +787,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(StorageCase{"lstm:5,7", Storage::BF16, 3, 37}, StorageCase{"lstm:5,7", Storage::F16, 1, 2},
                       StorageCase{"gru:4,33", Storage::BF16, 1, 5}, StorageCase{"lnlstm:6,9", Storage::BF16, 3, 4},
                       StorageCase{"elman_proj:5,7,3", Storage::F16, 3, 6}, StorageCase{"peephole:4,5", Storage::BF16, 2, 3}),
-    [](const ::testing::TestParamInfo<StorageCase>& info) { return storage_case_name(info.param); });
+    [](const ::testing::TestParamInfo<StorageCase>& c) { return storage_case_name(c.param); });
 
 // The device API with 16-bit buffers on a caller's stream, run twice so that the inner f32 run is
 // captured and replayed: the same bits as the host API.

@@ -210,17 +210,13 @@ void standard_cells() {
 // Every standard cell's forward and backward with bf16 and f16 tensors (the tape and the math
 // f32): within 1e-2 of the f64 reference BPTT on the same rounded arguments.
 void storage_cells() {
-  const char* specs[] = {"elman:3,33", "elman_proj:5,7", "lstm:5,7", "lstm:33,33", "gru:4,33", "lnlstm:5,7", "peephole:7,33"};
-  for (const char* spec : specs)
-    for (Storage storage : {Storage::BF16, Storage::F16})
-      for (std::int64_t batch : {1, 3, 64})
-        for (std::int64_t steps : {2, 37}) {
-          CudaOptions options;
-          options.storage = storage;
-          const std::string what = "bptt " + std::string(spec) + " " + std::string(storage_name(storage)) + " B=" +
-                                   std::to_string(batch) + " T=" + std::to_string(steps);
-          check_bptt<float>(cells::by_spec(spec), steps, batch, 11 + static_cast<std::uint64_t>(batch * steps), options, what);
-        }
+  testing_support::for_each_storage_case(
+      [](const char* spec, Storage storage, std::int64_t batch, std::int64_t steps, const std::string& name) {
+        CudaOptions options;
+        options.storage = storage;
+        check_bptt<float>(cells::by_spec(spec), steps, batch, 11 + static_cast<std::uint64_t>(batch * steps), options,
+                          "bptt " + name);
+      });
 }
 
 void wide_cells() {
