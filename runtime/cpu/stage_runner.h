@@ -6,12 +6,15 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/kernel/stage_program.h"
 #include "compiler/passes/hoist.h"
 #include "runtime/cpu/blas.h"
+#include "runtime/cpu/packed_gemm.h"
 #include "runtime/cpu/team.h"
 #include "runtime/tensor.h"
 
@@ -40,6 +43,7 @@ class StageRunner {
       where_[v.index] = temporaries_.back().data();
     }
     for (std::size_t i = 0; i < cs.program.steps.size(); ++i) plan_call(i);
+    plan_packed_products();
     direct_output_.assign(stage_.outputs.size(), false);
     std::vector<bool> taken(g_.size(), false);
     for (std::size_t o = 0; o < stage_.outputs.size(); ++o) {
@@ -62,6 +66,12 @@ class StageRunner {
       transpose(where_[index], copy.data(), s.dims[0], s.dims[1]);
       if (std::int64_t panel = panels_[index]; panel > 0) pack_panels(copy, s.dims[1], s.dims[0], panel);
     }
+    if constexpr (std::is_same_v<T, float>)
+      for (std::size_t i = 0; i < packed_.size(); ++i)
+        if (packed_[i]) {
+          const GemmStep& gm = cs_.program.steps[i].gemm;
+          packed_[i]->pack(where_[gm.weight.index], gm.transposed, gm.k, gm.n);
+        }
   }
 
   // Binds a value to memory owned by the caller (stage inputs, states).
@@ -82,6 +92,11 @@ class StageRunner {
       const ProgramStep& step = cs_.program.steps[i];
       if (step.kind == ProgramStep::Kind::Gemm) {
         const GemmStep& gm = step.gemm;
+        if constexpr (std::is_same_v<T, float>)
+          if (packed_[i]) {
+            packed_[i]->multiply(team_, at(gm.x), gm.bias.valid() ? at(gm.bias) : nullptr, at(gm.out), rows_);
+            continue;
+          }
         gemm<T>(team_, at(gm.x), at(gm.weight), gm.transposed, gm.bias.valid() ? at(gm.bias) : nullptr,
                 at(gm.out), rows_, gm.k, gm.n);
         continue;
@@ -144,6 +159,22 @@ class StageRunner {
     }
   }
 
+  // The products whose weights are packed once per sequence (packed_gemm.h): f32, a weight that
+  // is a parameter of the stage (so bind_params sees every change), a CPU with the kernel. The
+  // hoisted products over all T*B rows too: as fast as the BLAS there, and the bias costs no pass.
+  void plan_packed_products() {
+    packed_.resize(cs_.program.steps.size());
+    if constexpr (std::is_same_v<T, float>) {
+      if (!PackedWeights::supported()) return;
+      for (std::size_t i = 0; i < cs_.program.steps.size(); ++i) {
+        const ProgramStep& step = cs_.program.steps[i];
+        if (step.kind != ProgramStep::Kind::Gemm) continue;
+        if (std::find(stage_.params.begin(), stage_.params.end(), step.gemm.weight) != stage_.params.end())
+          packed_[i].emplace();
+      }
+    }
+  }
+
   // Rearranges a row-major [k, n] matrix into the panel layout of kernel::Buffer::panel.
   void pack_panels(std::vector<T>& m, std::int64_t k, std::int64_t n, std::int64_t panel) {
     packing_.resize(m.size());
@@ -189,6 +220,7 @@ class StageRunner {
   std::map<std::uint32_t, std::vector<T>> transposed_;
   std::map<std::uint32_t, std::int64_t> panels_;
   std::vector<T> packing_;
+  std::vector<std::optional<PackedWeights>> packed_;  // per program step
   std::vector<std::vector<T>> scratch_;
   std::vector<KernelCall> calls_;
   std::vector<bool> direct_output_;

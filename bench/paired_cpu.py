@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""CPU ratios against PyTorch, timed in alternation in one process.
+
+    PYTHONPATH=python python3 bench/paired_cpu.py [--runs 9] [--only W2,W3] [--out FILE]
+
+On a shared VM the machine's speed drifts by tens of percent within a minute, so a ratio of two
+medians taken one after the other (compare_cpu.py) can be off by that much. Here each round times
+cellfuse (the compiled cell called through the native module with buffers allocated once: the C++
+API's cost, as in compare_python.py's "native") and then each PyTorch baseline, and the table gives
+the median of the per-round ratios beside the medians of the times. Baselines: the cell in a Python
+loop (eager) and, for the LSTM workloads, nn.LSTM. Forward without autograd, and forward+backward
+with every output and final state seeded (as compare_cpu.py).
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_cpu import WORKLOADS, ElmanProj, LnLstm, Lstm, Sequence1, Sequence2  # noqa: E402
+from compare_python import native_step, step_of, timed_ms  # noqa: E402
+
+import cellfuse  # noqa: E402
+
+
+def baselines(kind, i, h, o, steps, batch, train):
+    """cellfuse's step and the PyTorch steps it is compared with, all on the same tensors."""
+    torch.manual_seed(0)
+    xs = torch.randn(steps, batch, i, requires_grad=train)
+    h0 = torch.randn(batch, h, requires_grad=train)
+    c0 = torch.randn(batch, h, requires_grad=train)
+    if kind == "elman_proj":
+        cell, seq, args, example, state0 = ElmanProj(i, h, o), Sequence1, (xs, h0), (xs[0].detach(), h0.detach()), h0
+    else:
+        cell = Lstm(i, h) if kind == "lstm" else LnLstm(i, h)
+        seq, args, state0 = Sequence2, (xs, h0, c0), (h0, c0)
+        example = (xs[0].detach(), h0.detach(), c0.detach())
+    rnn = cellfuse.compile(cell, example)
+    with torch.no_grad():
+        rnn(xs, state0)  # compiles the forward; the training pair compiles on its first run
+    steps_ = {"cellfuse": native_step(rnn, xs, state0, "cpu", train), "eager": step_of(lambda: seq(cell)(*args), train)}
+    if kind == "lstm":
+        lstm = nn.LSTM(i, h)
+        steps_["nn.LSTM"] = step_of(lambda: lstm(xs, (h0[None], c0[None])), train)
+    return steps_
+
+
+def paired(steps_, runs):
+    """Per name: median ms; per baseline: the medians over rounds of baseline/cellfuse and (key
+    "cellfuse/NAME") of cellfuse/baseline."""
+    for fn in steps_.values():
+        fn()  # warm-up
+    times = {name: [] for name in steps_}
+    for _ in range(runs):
+        for name, fn in steps_.items():
+            times[name].append(timed_ms(fn, "cpu"))
+    ratios = {name: statistics.median(b / c for b, c in zip(times[name], times["cellfuse"]))
+              for name in steps_ if name != "cellfuse"}
+    ratios.update({"cellfuse/" + name: statistics.median(c / b for b, c in zip(times[name], times["cellfuse"]))
+                   for name in steps_ if name != "cellfuse"})
+    return {name: statistics.median(t) for name, t in times.items()}, ratios
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--only", help="comma-separated workload ids")
+    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores; PyTorch {torch.__version__} "
+             f"({torch.get_num_threads()} threads); {args.runs} alternating rounds, medians.",
+             "Command: python3 bench/paired_cpu.py " + " ".join(sys.argv[1:]), "",
+             "| workload | pass | cellfuse ms | eager ms | nn.LSTM ms | eager / cellfuse | cellfuse / nn.LSTM |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    print("\n".join(lines), flush=True)
+    for wid, kind, i, h, o, steps, batch in WORKLOADS:
+        if only and wid not in only:
+            continue
+        for train in (False, True):
+            ms, ratio = paired(baselines(kind, i, h, o, steps, batch, train), args.runs)
+            lstm = f"{ms['nn.LSTM']:.1f}" if "nn.LSTM" in ms else "—"
+            vs_lstm = f"{ratio['cellfuse/nn.LSTM']:.2f}" if "nn.LSTM" in ratio else "—"
+            line = (f"| {wid} {kind} | {'fwd+bwd' if train else 'forward'} | {ms['cellfuse']:.1f} | {ms['eager']:.1f} "
+                    f"| {lstm} | {ratio['eager']:.2f}× | {vs_lstm} |")
+            print(line, flush=True)
+            lines.append(line)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
