@@ -95,11 +95,22 @@ void gemm(Team& team, const T* x, const T* weight, bool weight_is_n_by_k, const 
 template <class T>
 void gemm_at_b(Team& team, const T* a, const T* b, T* out, std::int64_t m, std::int64_t n, std::int64_t rows) {
   if (rows == 0 || m == 0 || n == 0) return;
-  for_parts(team, m, rows, n, [&](std::int64_t n0, std::int64_t n1) {
-    if (n1 > n0)
-      call_at_b(a, b + n0, out + n0, static_cast<blasint>(m), static_cast<blasint>(n1 - n0), static_cast<blasint>(rows),
-                static_cast<blasint>(m), static_cast<blasint>(n));
-  });
+  auto product = [&](const T* a_part, const T* b_part, T* out_part, std::int64_t m_part, std::int64_t n_part) {
+    call_at_b(a_part, b_part, out_part, static_cast<blasint>(m_part), static_cast<blasint>(n_part),
+              static_cast<blasint>(rows), static_cast<blasint>(m), static_cast<blasint>(n));
+  };
+  // Every part packs the whole of one operand again: cut along the other one's columns, so that
+  // the narrower operand is the one packed by every part (W2's dW_ih: b = x is 512 wide, a = dG
+  // 2048 wide). Which way depends on the shape only.
+  if (m > n) {
+    for_parts(team, n, rows, m, [&](std::int64_t m0, std::int64_t m1) {
+      if (m1 > m0) product(a + m0, b, out + m0 * n, m1 - m0, n);
+    });
+  } else {
+    for_parts(team, m, rows, n, [&](std::int64_t n0, std::int64_t n1) {
+      if (n1 > n0) product(a, b + n0, out + n0, m, n1 - n0);
+    });
+  }
 }
 
 // Blocked, so that both the reads and the writes stay in cache lines already fetched.

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "compiler/ir/error.h"
 #include "runtime/cpu/blas.h"
@@ -29,6 +30,16 @@ struct CpuBptt::Impl {
   // thread; left to it, these large products ran on one core). One backward at a time uses it.
   std::unique_ptr<cpu::Team> team;
   mutable std::mutex team_mutex;
+  // The backward step's outputs that only feed parameter gradients ([T*B, cols] each), kept from
+  // one backward to the next: fresh arrays of this size cost a page fault per 4 KB every call.
+  mutable std::mutex scratch_mutex;
+  mutable std::vector<std::vector<float>> scratch_f32;
+  mutable std::vector<std::vector<double>> scratch_f64;
+  template <class T>
+  std::vector<std::vector<T>>& scratch() const {
+    if constexpr (std::is_same_v<T, float>) return scratch_f32;
+    else return scratch_f64;
+  }
   std::int64_t batch = 0;
   double compile_ms = 0;
 };
@@ -124,13 +135,15 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
   }
   view.states = v.final_state_grads;
   view.params.assign(v.params.begin(), v.params.end());
-  std::vector<std::vector<T>> scratch;
+  std::lock_guard<std::mutex> scratch_lock(m.scratch_mutex);
+  auto& scratch = m.template scratch<T>();
+  scratch.resize(step.outputs.size());
   for (std::size_t o = 0; o < step.outputs.size(); ++o) {
     if (o < fwd.inputs.size()) {
       view.outputs.push_back(v.input_grads[o]);
     } else {
-      scratch.emplace_back(static_cast<std::size_t>(steps * B * step.graph.node(step.outputs[o].value).shape.features()));
-      view.outputs.push_back(scratch.back().data());
+      scratch[o].resize(static_cast<std::size_t>(steps * B * step.graph.node(step.outputs[o].value).shape.features()));
+      view.outputs.push_back(scratch[o].data());
     }
   }
   view.final_states = v.state_grads;

@@ -166,10 +166,10 @@ std::pair<std::int64_t, std::int64_t> tile_rows(std::int64_t rows, std::int64_t 
 void pack_tile(const float* x, std::int64_t rows, std::int64_t k, std::int64_t count, std::int64_t t, float* a) {
   const auto [first, size] = tile_rows(rows, count, t);
   float* dst = a + first * k;
-  for (std::int64_t r = 0; r < size; ++r) {
-    const float* src = x + (first + r) * k;
-    for (std::int64_t kk = 0; kk < k; ++kk) dst[kk * size + r] = src[kk];
-  }
+  // Written in order, read from `size` rows at once (a few cache lines in flight).
+  const float* src = x + first * k;
+  for (std::int64_t kk = 0; kk < k; ++kk)
+    for (std::int64_t r = 0; r < size; ++r) dst[kk * size + r] = src[r * k + kk];
 }
 
 }  // namespace
