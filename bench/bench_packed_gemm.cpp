@@ -26,7 +26,8 @@ const Shape kShapes[] = {
     {"W2 hoisted x*W_ih^T", 6400, 512, 2048, true},
     {"lstm:256 B=16", 16, 256, 1024, true},
     {"lstm:1024 B=32", 32, 1024, 4096, true},
-    {"in L1 (ceiling)", 12, 64, 64, true},
+    {"in L1 (ceiling)", 12, 256, 32, true},
+    {"in L2", 48, 512, 128, true},
 };
 
 std::vector<float> values(std::size_t n) {

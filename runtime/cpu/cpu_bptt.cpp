@@ -27,9 +27,8 @@ struct CpuBptt::Impl {
   int first_state_output = 0;
   std::unique_ptr<CpuCell> forward_cell, backward_step;
   // The parameter gradients' products, shared like the cells' GEMMs (OpenBLAS is kept to one
-  // thread; left to it, these large products ran on one core). One backward at a time uses it.
-  std::unique_ptr<cpu::Team> team;
-  mutable std::mutex team_mutex;
+  // thread; left to it, these large products ran on one core): the cells' team.
+  std::shared_ptr<cpu::Team> team;
   // The backward step's outputs that only feed parameter gradients ([T*B, cols] each), kept from
   // one backward to the next: fresh arrays of this size cost a page fault per 4 KB every call.
   mutable std::mutex scratch_mutex;
@@ -62,7 +61,7 @@ CpuBptt::CpuBptt(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
   }
   m.forward_cell = std::make_unique<CpuCell>(m.forward, batch, threads);
   m.backward_step = std::make_unique<CpuCell>(m.backward.step, batch, threads);
-  m.team = std::make_unique<cpu::Team>(m.backward_step->threads());
+  m.team = cpu::shared_team(m.backward_step->threads());
   m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -171,7 +170,7 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < n; ++c) out[c] += a[r * n + c];
     } else {
-      std::lock_guard<std::mutex> lock(m.team_mutex);
+      std::lock_guard<std::mutex> lock(m.team->user_mutex());
       cpu::gemm_at_b(*m.team, a, value(term.b), out, n, width(term.b), rows);
     }
   }

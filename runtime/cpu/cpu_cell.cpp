@@ -46,7 +46,7 @@ struct CpuCell::Impl {
   SequencePlan plan;
   cpu::CompiledStage stages[3];  // pre, loop, post
   std::unique_ptr<LlvmJit> jit;
-  std::unique_ptr<cpu::Team> team;
+  std::shared_ptr<cpu::Team> team;  // the process's team of this size (cpu::shared_team)
   std::int64_t batch = 0;
   double compile_ms = 0;
   // Runs are serialized: they share the team and the workspace.
@@ -95,7 +95,7 @@ CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
       if (step.kind == ProgramStep::Kind::Kernel) llvm_codegen::emit_kernel(*module, step.kernel.kernel);
   }
   cpu::use_single_threaded_blas();
-  m.team = std::make_unique<cpu::Team>(threads > 0 ? threads : cpu::default_thread_count());
+  m.team = cpu::shared_team(threads > 0 ? threads : cpu::default_thread_count());
   m.jit = std::make_unique<LlvmJit>();
   m.jit->add_module(std::move(module), std::move(context));
   for (auto& cs : m.stages)
@@ -167,6 +167,7 @@ void CpuCell::run_view(const SequenceView<T>& view) const {
   auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
 
   std::lock_guard<std::mutex> lock(m.mutex);
+  std::lock_guard<std::mutex> team_lock(m.team->user_mutex());
   Workspace<T>& ws = m.template workspace<T>();
   if (ws.steps != steps) {
     ws.steps = steps;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <new>
 #include <utility>
@@ -17,7 +18,7 @@
 namespace cellfuse::cpu {
 namespace {
 
-enum class Isa { None, Avx2, Avx512 };
+using Isa = PackedWeights::Isa;
 
 Isa detect_isa() {
   __builtin_cpu_init();
@@ -27,6 +28,7 @@ Isa detect_isa() {
 }
 
 const Isa kIsa = detect_isa();
+std::atomic<bool> g_avx2_for_testing{false};
 
 // A tile is up to kMaxRows rows of x by one panel: 2 vectors of W's columns, 2 * rows
 // accumulators in registers (AVX-512: 16 of 32; AVX2: 12 of 16), and each step of k loads two
@@ -114,11 +116,11 @@ struct Avx2Tile {
   static constexpr TileFn fn = &tile_avx2<Rows>;
 };
 
-// tiles()[rows - 1] computes a tile of `rows` rows on this CPU.
-const TileFn* tiles() {
+// tiles(isa)[rows - 1] computes a tile of `rows` rows.
+const TileFn* tiles(Isa isa) {
   static const auto avx512 = make_table<Avx512Tile>(std::make_index_sequence<max_tile_rows(Isa::Avx512)>());
   static const auto avx2 = make_table<Avx2Tile>(std::make_index_sequence<max_tile_rows(Isa::Avx2)>());
-  return kIsa == Isa::Avx512 ? avx512.data() : avx2.data();
+  return isa == Isa::Avx512 ? avx512.data() : avx2.data();
 }
 
 }  // namespace
@@ -127,8 +129,11 @@ void PackedWeights::Deleter::operator()(float* p) const { std::free(p); }
 
 bool PackedWeights::supported() { return kIsa != Isa::None; }
 
+void PackedWeights::use_avx2_for_testing(bool on) { g_avx2_for_testing.store(on); }
+
 void PackedWeights::pack(const float* w, bool n_by_k, std::int64_t k, std::int64_t n) {
-  const std::int64_t width = panel_width(kIsa);
+  isa_ = kIsa == Isa::Avx512 && g_avx2_for_testing.load() ? Isa::Avx2 : kIsa;
+  const std::int64_t width = panel_width(isa_);
   k_ = k, n_ = n, panels_ = (n + width - 1) / width;
   const std::size_t size = static_cast<std::size_t>(std::max<std::int64_t>(1, panels_ * k * width));
   if (size > capacity_) {
@@ -176,9 +181,9 @@ void pack_tile(const float* x, std::int64_t rows, std::int64_t k, std::int64_t c
 
 void PackedWeights::multiply(Team& team, const float* x, const float* bias, float* out, std::int64_t m) {
   if (m == 0 || n_ == 0) return;
-  const std::int64_t width = panel_width(kIsa);
-  const int max_rows = max_tile_rows(kIsa);
-  const TileFn* tile = tiles();
+  const std::int64_t width = panel_width(isa_);
+  const int max_rows = max_tile_rows(isa_);
+  const TileFn* tile = tiles(isa_);
   const std::int64_t block =
       std::max<std::int64_t>(max_rows, kBlockBytes / (std::max<std::int64_t>(k_, 1) * 4) / max_rows * max_rows);
   const int members = m * k_ * n_ < kMinShared ? 1 : team.size();

@@ -17,8 +17,12 @@ class Team;
 
 class PackedWeights {
  public:
+  enum class Isa { None, Avx2, Avx512 };
+
   // Whether this CPU has a kernel for packed products (else callers use the BLAS).
   static bool supported();
+  // Tests: pack (and so multiply) with the AVX2 kernel on an AVX-512 CPU, so that both run in CI.
+  static void use_avx2_for_testing(bool on);
 
   // Rearranges W, given as [n, k] (n_by_k, nn.Linear's layout) or [k, n], into panels of the
   // kernel's width. Reuses the memory of an earlier packing of the same size.
@@ -35,6 +39,7 @@ class PackedWeights {
   struct Deleter {
     void operator()(float* p) const;
   };
+  Isa isa_ = Isa::None;  // the kernel this packing is for (its panel width)
   std::int64_t k_ = 0, n_ = 0, panels_ = 0;
   std::size_t capacity_ = 0;
   std::unique_ptr<float, Deleter> data_;  // panels_ x [k_, width], 64-byte aligned

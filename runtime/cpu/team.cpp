@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <map>
 #include <string>
 
 #include "compiler/ir/error.h"
@@ -96,5 +97,16 @@ void Team::barrier() {
 }
 
 void Team::barrier_callback(void* team) { static_cast<Team*>(team)->barrier(); }
+
+std::shared_ptr<Team> shared_team(int size) {
+  static std::mutex mutex;
+  static std::map<int, std::weak_ptr<Team>> teams;  // weak: an idle process keeps no threads
+  std::lock_guard<std::mutex> lock(mutex);
+  std::weak_ptr<Team>& slot = teams[size < 1 ? 1 : size];
+  if (auto team = slot.lock()) return team;
+  auto team = std::make_shared<Team>(size);
+  slot = team;
+  return team;
+}
 
 }  // namespace cellfuse::cpu

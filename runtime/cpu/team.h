@@ -4,6 +4,8 @@
 // few microseconds) and then sleep, so an idle team costs nothing.
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <thread>
 #include <vector>
@@ -32,6 +34,10 @@ class Team {
   // The barrier as a C callback, for generated kernels: barrier_callback(team).
   static void barrier_callback(void* team);
 
+  // Held by whoever runs work on the team for a while (a whole sequence, a parameter-gradient
+  // product), so that two threads never drive one team at once.
+  std::mutex& user_mutex() { return user_mutex_; }
+
  private:
   using Trampoline = void (*)(void* fn, int part, int parts);
   void run_task(void* fn, Trampoline call);
@@ -46,7 +52,14 @@ class Team {
   std::atomic<int> arrived_{0};
   std::atomic<std::uint64_t> barrier_generation_{0};
   std::atomic<bool> stop_{false};
+  std::mutex user_mutex_;
 };
+
+// The process's team of `size` threads, made on first use and shared by every compiled cell:
+// one worker per core whatever the number of cells (a training pair, layers, directions), where a
+// team per cell left several spinning workers fighting over two cores (a W5 training step went
+// from 66 ms to seconds on a busy VM).
+std::shared_ptr<Team> shared_team(int size);
 
 // The default team size: CELLFUSE_NUM_THREADS if set, else the number of cores.
 int default_thread_count();

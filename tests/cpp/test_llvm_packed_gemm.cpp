@@ -47,8 +47,7 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<flo
   return out;
 }
 
-TEST(PackedGemm, MatchesADoubleProductAtOddSizes) {
-  if (!PackedWeights::supported()) GTEST_SKIP() << "this CPU has neither AVX-512F nor AVX2+FMA";
+void check_odd_sizes() {
   std::mt19937 rng(7);
   Team team(2);
   const Case cases[] = {{1, 1, 1},   {3, 7, 5},     {8, 33, 32},  {9, 33, 33},  {13, 100, 31},
@@ -74,6 +73,19 @@ TEST(PackedGemm, MatchesADoubleProductAtOddSizes) {
         EXPECT_LE(worst, 1e-6 * std::sqrt(double(c.k)) + 1e-7);
         EXPECT_EQ(out.back(), 1234.5f);
       }
+}
+
+TEST(PackedGemm, MatchesADoubleProductAtOddSizes) {
+  if (!PackedWeights::supported()) GTEST_SKIP() << "this CPU has neither AVX-512F nor AVX2+FMA";
+  check_odd_sizes();
+}
+
+// The AVX2 kernel (16-wide panels, tiles of up to 6 rows), which AVX-512 CPUs never pick.
+TEST(PackedGemm, Avx2KernelMatchesADoubleProductAtOddSizes) {
+  if (!PackedWeights::supported()) GTEST_SKIP() << "this CPU has neither AVX-512F nor AVX2+FMA";
+  PackedWeights::use_avx2_for_testing(true);
+  check_odd_sizes();
+  PackedWeights::use_avx2_for_testing(false);
 }
 
 TEST(PackedGemm, NoTermsGiveTheBias) {
