@@ -198,7 +198,7 @@ void PackedWeights::multiply(Team& team, const float* x, const float* bias, floa
       const float* b = bias ? bias + p * width : nullptr;
       for (std::int64_t t = 0; t < count; ++t) {
         const auto [first, size] = tile_rows(rows, count, t);
-        tile[size - 1](a + first * k_, k_, panel, b, out + (r0 + first) * n_ + p * width, n_, static_cast<int>(cols));
+        tile[size - 1](a + first * k_, k_, panel, b, out + (r0 + first) * n_ + p * width, n_, cols);
       }
     }
   };

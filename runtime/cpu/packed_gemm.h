@@ -32,9 +32,6 @@ class PackedWeights {
   // by panels when the product is large enough to be worth waking it.
   void multiply(Team& team, const float* x, const float* bias, float* out, std::int64_t m);
 
-  std::int64_t k() const { return k_; }
-  std::int64_t n() const { return n_; }
-
  private:
   struct Deleter {
     void operator()(float* p) const;

@@ -74,7 +74,7 @@ class StageRunner {
       for (std::size_t i = 0; i < packed_.size(); ++i)
         if (packed_[i]) {
           const GemmStep& gm = cs_.program.steps[i].gemm;
-          if (changed(gm.weight.index, gm.k * gm.n) || packed_[i]->k() != gm.k)
+          if (changed(gm.weight.index, gm.k * gm.n))
             packed_[i]->pack(where_[gm.weight.index], gm.transposed, gm.k, gm.n);
         }
     for (auto& [index, snapshot] : snapshots_) snapshot.compared = false;
@@ -173,8 +173,8 @@ class StageRunner {
     const T* now = where_[index];
     const std::size_t bytes = static_cast<std::size_t>(size) * sizeof(T);
     snap.compared = true;
-    snap.differs = snap.bits.size() != static_cast<std::size_t>(size) || std::memcmp(snap.bits.data(), now, bytes) != 0;
-    if (snap.differs) snap.bits.assign(now, now + size);
+    snap.differs = !snap.taken || std::memcmp(snap.bits.data(), now, bytes) != 0;
+    if (snap.differs) snap.bits.assign(now, now + size), snap.taken = true;
     return snap.differs;
   }
 
@@ -242,6 +242,7 @@ class StageRunner {
   std::vector<std::optional<PackedWeights>> packed_;  // per program step
   struct Snapshot {
     std::vector<T> bits;  // the parameter as last rearranged
+    bool taken = false;   // bits holds it (a parameter is never rearranged before its first run)
     bool compared = false, differs = false;
   };
   std::map<std::uint32_t, Snapshot> snapshots_;  // per parameter with a rearranged copy
