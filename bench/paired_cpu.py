@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 import torch
 from torch import nn
@@ -49,14 +50,17 @@ def baselines(kind, i, h, o, steps, batch, train):
     return steps_
 
 
-def paired(steps_, runs):
+def paired(steps_, runs, settle_ms):
     """Per name: median ms; per baseline: the medians over rounds of baseline/cellfuse and (key
-    "cellfuse/NAME") of cellfuse/baseline."""
+    "cellfuse/NAME") of cellfuse/baseline. Each timed call starts after `settle_ms` of sleep: after
+    a PyTorch call its OpenMP workers keep spinning for some milliseconds (libgomp's default wait
+    policy) and, on two cores, took one from whatever ran next (W5: 10.6 -> 14.0 ms)."""
     for fn in steps_.values():
         fn()  # warm-up
     times = {name: [] for name in steps_}
     for _ in range(runs):
         for name, fn in steps_.items():
+            time.sleep(settle_ms / 1e3)
             times[name].append(timed_ms(fn, "cpu"))
     ratios = {name: statistics.median(b / c for b, c in zip(times[name], times["cellfuse"]))
               for name in steps_ if name != "cellfuse"}
@@ -70,10 +74,14 @@ def main():
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--only", help="comma-separated workload ids")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser.add_argument("--settle-ms", type=float, default=50.0,
+                        help="idle time before each timed call, so that the previous contender's spinning "
+                             "threads have gone to sleep (default 50)")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores; PyTorch {torch.__version__} "
-             f"({torch.get_num_threads()} threads); {args.runs} alternating rounds, medians.",
+             f"({torch.get_num_threads()} threads); {args.runs} alternating rounds, medians; "
+             f"{args.settle_ms:g} ms idle before each timed call.",
              "Command: python3 bench/paired_cpu.py " + " ".join(sys.argv[1:]), "",
              "| workload | pass | cellfuse ms | eager ms | nn.LSTM ms | eager / cellfuse | cellfuse / nn.LSTM |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -82,7 +90,7 @@ def main():
         if only and wid not in only:
             continue
         for train in (False, True):
-            ms, ratio = paired(baselines(kind, i, h, o, steps, batch, train), args.runs)
+            ms, ratio = paired(baselines(kind, i, h, o, steps, batch, train), args.runs, args.settle_ms)
             lstm = f"{ms['nn.LSTM']:.1f}" if "nn.LSTM" in ms else "—"
             vs_lstm = f"{ratio['cellfuse/nn.LSTM']:.2f}" if "nn.LSTM" in ratio else "—"
             line = (f"| {wid} {kind} | {'fwd+bwd' if train else 'forward'} | {ms['cellfuse']:.1f} | {ms['eager']:.1f} "
