@@ -12,12 +12,34 @@
 namespace cellfuse {
 namespace {
 
-enum class Where { Invariant, Pre, Loop, Post };
+// Recomputed: pre work that each later stage reading it computes itself (HoistOptions).
+enum class Where { Invariant, Pre, Loop, Post, Recomputed };
 
 int stage_rank(Where w) { return static_cast<int>(w); }
 
+// Marks for recomputation the pre work that only later stages read and that is not a matrix
+// product (see HoistOptions::recompute_pointwise). Users come after their operands in the
+// graph, so one backward sweep takes whole chains: a value goes once every user of it has.
+void mark_recomputed(const Cell& cell, std::vector<Where>& where) {
+  const Graph& g = cell.graph;
+  std::vector<std::vector<std::uint32_t>> users(g.size());
+  for (std::uint32_t i = 0; i < g.size(); ++i)
+    for (ValueId in : g.nodes()[i].inputs) users[in.index].push_back(i);
+  std::vector<bool> is_output(g.size(), false);
+  for (const auto& o : cell.outputs) is_output[o.value.index] = true;
+  for (std::size_t i = g.size(); i-- > 0;) {
+    const Node& n = g.nodes()[i];
+    if (where[i] != Where::Pre || is_leaf(n.op) || op_info(n.op).op_class == OpClass::Contraction ||
+        is_output[i] || users[i].empty())
+      continue;
+    bool later_only = true;
+    for (std::uint32_t u : users[i]) later_only = later_only && where[u] != Where::Pre;
+    if (later_only) where[i] = Where::Recomputed;
+  }
+}
+
 // Classifies every node by what it depends on and what needs it.
-std::vector<Where> classify(const Cell& cell) {
+std::vector<Where> classify(const Cell& cell, const HoistOptions& options) {
   const Graph& g = cell.graph;
   std::vector<bool> on_input(g.size(), false), on_state(g.size(), false), for_next(g.size(), false);
   for (std::uint32_t i = 0; i < g.size(); ++i) {
@@ -40,6 +62,7 @@ std::vector<Where> classify(const Cell& cell) {
                : on_state[i] ? (for_next[i] ? Where::Loop : Where::Post)
                : on_input[i] ? Where::Pre
                              : Where::Invariant;
+  if (options.recompute_pointwise) mark_recomputed(cell, where);
   return where;
 }
 
@@ -79,7 +102,7 @@ class StageBuilder {
     if (n.op == OpKind::param) {
       id = out_->add_param(std::string(n.leaf_name()), n.shape);
       stage_.params.push_back(param_index(v));
-    } else if (n.op == OpKind::input || (w != kind_ && w != Where::Invariant)) {
+    } else if (n.op == OpKind::input || (w != kind_ && w != Where::Invariant && w != Where::Recomputed)) {
       id = import(v, n);
     } else {
       std::vector<ValueId> operands;
@@ -164,10 +187,10 @@ class StageBuilder {
 
 }  // namespace
 
-SequencePlan hoist(const Cell& input_cell) {
+SequencePlan hoist(const Cell& input_cell, const HoistOptions& options) {
   Cell cell = eliminate_dead_code(input_cell);
   verify(cell);
-  std::vector<Where> where = classify(cell);
+  std::vector<Where> where = classify(cell, options);
   NameSource names(cell);
   StageBuilder pre(cell, where, Where::Pre, names), loop(cell, where, Where::Loop, names),
       post(cell, where, Where::Post, names);

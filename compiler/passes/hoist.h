@@ -44,7 +44,18 @@ struct SequencePlan {
   std::vector<OutputSource> outputs;
 };
 
-SequencePlan hoist(const Cell& cell);
+struct HoistOptions {
+  // Per-step-input work that is not a matrix product (pointwise ops, reductions: a layer norm's
+  // statistics) and that only the loop and post stages read is computed in each of them, from
+  // the inputs and hoisted products, instead of once before the loop: the same arithmetic (or
+  // twice when both read it), but hoisted, each such value is a [T*B, n] array that the pre
+  // stage writes to memory and the later stages read back, where recomputed it stays in cache.
+  // Products stay hoisted (one large GEMM beats T small ones). The CPU backend sets it; on a GPU
+  // the hoisted stage is one wide launch and the loop is latency-bound, so it is left off there.
+  bool recompute_pointwise = false;
+};
+
+SequencePlan hoist(const Cell& cell, const HoistOptions& options = {});
 
 // The plan in text form, one stage after the other (for `cellfuse print --hoist` and tests).
 std::string print_plan(const SequencePlan& plan);

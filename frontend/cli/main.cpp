@@ -139,7 +139,8 @@ Cell load(const Options& o) {
 int print_fusion(const Options& o) {
   Cell cell = optimize(load(o));
   std::int64_t batch = int_option(o, "batch", 1);
-  SequencePlan plan = hoist(cell);
+  // As the CPU backend plans it (print --cuda shows the GPU's kernels).
+  SequencePlan plan = hoist(cell, HoistOptions{.recompute_pointwise = true});
   std::cout << print_plan(plan);
   const std::pair<const char*, const SequenceStage*> stages[] = {
       {"pre", &plan.pre}, {"loop", &plan.loop}, {"post", &plan.post}};

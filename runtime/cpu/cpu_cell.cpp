@@ -67,7 +67,7 @@ CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
   Impl& m = *impl_;
   m.cell = optimize(cell);
   m.batch = batch;
-  m.plan = hoist(m.cell);
+  m.plan = hoist(m.cell, HoistOptions{.recompute_pointwise = true});
   auto context = std::make_unique<llvm::LLVMContext>();
   auto module = std::make_unique<llvm::Module>("cellfuse_" + cell.name, *context);
   static std::atomic<std::size_t> unique{0};

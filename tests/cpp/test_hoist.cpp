@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "compiler/ir/text.h"
+#include "compiler/passes/autodiff.h"
 #include "compiler/passes/hoist.h"
 #include "frontend/builder.h"
 #include "frontend/cells.h"
@@ -83,21 +84,25 @@ SequenceResult<double> run_plan(const SequencePlan& plan, const Cell& cell,
   return result;
 }
 
+// Both ways of planning (pointwise pre work hoisted or recomputed by its readers).
 void expect_same_as_unsplit(const Cell& cell, std::int64_t steps, std::int64_t batch) {
-  SequencePlan plan = hoist(cell);
-  auto args = random_sequence_args<double>(cell, steps, batch, 42);
-  auto want = interpret_sequence(cell, args);
-  auto got = run_plan(plan, cell, args, steps, batch);
-  ASSERT_EQ(got.outputs.size(), want.outputs.size());
-  ASSERT_EQ(got.final_states.size(), want.final_states.size());
-  auto close = [&](const Tensor& a, const Tensor& b) {
-    ASSERT_EQ(a.shape, b.shape);
-    for (std::size_t i = 0; i < a.data.size(); ++i)
-      ASSERT_NEAR(a.data[i], b.data[i], 1e-12 * (1 + std::abs(b.data[i]))) << "element " << i;
-  };
-  for (std::size_t o = 0; o < want.outputs.size(); ++o) close(got.outputs[o], want.outputs[o]);
-  for (std::size_t s = 0; s < want.final_states.size(); ++s)
-    close(got.final_states[s], want.final_states[s]);
+  for (bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "recompute_pointwise" : "hoist everything");
+    SequencePlan plan = hoist(cell, HoistOptions{.recompute_pointwise = recompute});
+    auto args = random_sequence_args<double>(cell, steps, batch, 42);
+    auto want = interpret_sequence(cell, args);
+    auto got = run_plan(plan, cell, args, steps, batch);
+    ASSERT_EQ(got.outputs.size(), want.outputs.size());
+    ASSERT_EQ(got.final_states.size(), want.final_states.size());
+    auto close = [&](const Tensor& a, const Tensor& b) {
+      ASSERT_EQ(a.shape, b.shape);
+      for (std::size_t i = 0; i < a.data.size(); ++i)
+        ASSERT_NEAR(a.data[i], b.data[i], 1e-12 * (1 + std::abs(b.data[i]))) << "element " << i;
+    };
+    for (std::size_t o = 0; o < want.outputs.size(); ++o) close(got.outputs[o], want.outputs[o]);
+    for (std::size_t s = 0; s < want.final_states.size(); ++s)
+      close(got.final_states[s], want.final_states[s]);
+  }
 }
 
 TEST(Hoist, StandardCellsMatchTheUnsplitCell) {
@@ -107,6 +112,49 @@ TEST(Hoist, StandardCellsMatchTheUnsplitCell) {
     Cell cell = cells::by_spec(spec, DType::f64);
     for (auto [steps, batch] : {std::pair{1, 1}, {3, 2}, {7, 3}}) expect_same_as_unsplit(cell, steps, batch);
   }
+}
+
+// The backward steps of the standard cells: many per-step-input values (recomputed gates,
+// layer-norm statistics), the case recompute_pointwise is for.
+TEST(Hoist, BackwardStepsMatchTheUnsplitCell) {
+  for (const char* spec : {"lstm:5,7", "gru:6,4", "lnlstm:5,7", "peephole:3,7"}) {
+    SCOPED_TRACE(spec);
+    Cell step = differentiate(cells::by_spec(spec, DType::f64)).step;
+    for (auto [steps, batch] : {std::pair{1, 1}, {4, 3}}) expect_same_as_unsplit(step, steps, batch);
+  }
+}
+
+// With recompute_pointwise, what the pre stage hands on is products, cell outputs, or values
+// the pre stage needs itself (operands of a hoisted product): the layer norms' statistics and
+// the recomputed gates are computed by the stages that read them.
+TEST(Hoist, RecomputedPlansHoistOnlyProducts) {
+  for (const char* spec : {"lstm:5,7", "gru:6,4", "lnlstm:5,7", "peephole:3,7", "elman_proj:5,7,3"}) {
+    for (bool backward : {false, true}) {
+      SCOPED_TRACE(std::string(spec) + (backward ? " backward" : " forward"));
+      Cell cell = cells::by_spec(spec);
+      if (backward) cell = differentiate(cell).step;
+      SequencePlan plan = hoist(cell, HoistOptions{.recompute_pointwise = true});
+      if (!plan.pre.cell) continue;
+      const Cell& pre = *plan.pre.cell;
+      for (std::size_t o = 0; o < pre.outputs.size(); ++o) {
+        const ValueId v = pre.outputs[o].value;
+        bool cell_output = false, used_in_pre = false;
+        for (const auto& source : plan.outputs)
+          cell_output = cell_output || (source.stage == StageKind::Pre && pre.outputs[source.index].value == v);
+        for (const Node& n : pre.graph.nodes())
+          for (ValueId in : n.inputs) used_in_pre = used_in_pre || in == v;
+        const OpKind op = pre.graph.node(v).op;
+        EXPECT_TRUE(cell_output || used_in_pre || op_info(op).op_class == OpClass::Contraction)
+            << "pre output " << pre.outputs[o].name << " is a " << op_name(op);
+      }
+    }
+  }
+  // The forward LayerNorm-LSTM: the input projection is hoisted, its layer norm is not.
+  SequencePlan plan = hoist(cells::by_spec("lnlstm:5,7"), HoistOptions{.recompute_pointwise = true});
+  ASSERT_TRUE(plan.pre.cell && plan.loop.cell);
+  EXPECT_THAT(print_cell(*plan.pre.cell), testing::HasSubstr("linear %x, %W_ih"));
+  EXPECT_THAT(print_cell(*plan.pre.cell), testing::Not(testing::HasSubstr("sum")));
+  EXPECT_THAT(print_cell(*plan.loop.cell), testing::Not(testing::HasSubstr("W_ih")));
 }
 
 TEST(Hoist, InputProjectionGoesBeforeTheLoop) {
