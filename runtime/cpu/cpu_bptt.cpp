@@ -18,6 +18,9 @@
 namespace cellfuse {
 namespace {
 
+// A parameter's row sum below this many elements runs on the caller: waking the team costs more.
+constexpr std::int64_t kMinSharedSum = 64 * 1024;
+
 }  // namespace
 
 struct CpuBptt::Impl {
@@ -167,8 +170,21 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
     const T* a = value(term.a);
     const std::int64_t n = width(term.a);
     if (term.kind == ParamGradTerm::Kind::RowSum) {
-      for (std::int64_t r = 0; r < rows; ++r)
-        for (std::int64_t c = 0; c < n; ++c) out[c] += a[r * n + c];
+      // Columns shared among the team (16 at a time), each summed over the rows in order: the
+      // same result whatever the team's size.
+      auto sum_columns = [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t c = c0; c < c1; ++c) out[c] += a[r * n + c];
+      };
+      const std::int64_t groups = (n + 15) / 16;
+      if (rows * n < kMinSharedSum || groups < 2 || m.team->size() == 1) {
+        sum_columns(0, n);
+      } else {
+        std::lock_guard<std::mutex> lock(m.team->user_mutex());
+        m.team->run([&](int member, int count) {
+          sum_columns(std::min(n, groups * member / count * 16), std::min(n, groups * (member + 1) / count * 16));
+        });
+      }
     } else {
       std::lock_guard<std::mutex> lock(m.team->user_mutex());
       cpu::gemm_at_b(*m.team, a, value(term.b), out, n, width(term.b), rows);
