@@ -32,8 +32,12 @@ void train_workload(benchmark::State& state, const cellfuse::bench::Workload& w)
   auto compiled = cellfuse::compile_cpu_bptt(cell, w.batch);
   auto args = cellfuse::random_sequence_args<float>(cell, w.steps, w.batch, 1);
   auto seeds = cellfuse::random_loss_gradients<float>(cell, w.steps, w.batch, 2);
-  compiled->run(args, seeds);
-  for (auto _ : state) benchmark::DoNotOptimize(compiled->run(args, seeds));
+  cellfuse::BpttResult<float> result;  // reused, as in run_workload
+  compiled->run_into(args, seeds, result);
+  for (auto _ : state) {
+    compiled->run_into(args, seeds, result);
+    benchmark::DoNotOptimize(result.grads.params.data());
+  }
   state.counters["compile_ms"] = compiled->compile_ms();
 }
 

@@ -42,6 +42,15 @@ struct CpuBptt::Impl {
     if constexpr (std::is_same_v<T, float>) return scratch_f32;
     else return scratch_f64;
   }
+  // run()'s tape, kept from one call to the next like the scratch above.
+  mutable std::mutex tape_mutex;
+  mutable std::vector<std::vector<float>> tape_f32;
+  mutable std::vector<std::vector<double>> tape_f64;
+  template <class T>
+  std::vector<std::vector<T>>& tape() const {
+    if constexpr (std::is_same_v<T, float>) return tape_f32;
+    else return tape_f64;
+  }
   std::int64_t batch = 0;
   double compile_ms = 0;
 };
@@ -193,20 +202,28 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
 }
 
 template <class T>
-BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const {
+void CpuBptt::run_into(const SequenceArgs<T>& args, const LossGradients<T>& seeds, BpttResult<T>& result) const {
   const Impl& m = *impl_;
   const BackwardCell& bc = m.backward;
   const Cell& fwd = m.forward;
   const std::int64_t B = m.batch;
   const std::int64_t steps = check_sequence_args(fwd, args, B, "CPU backward");
 
-  BpttResult<T> result;
   auto per_step = [&](ValueId id) { return tensor_dims(fwd.graph.node(id).shape, B, steps); };
-  for (int o = 0; o < bc.user_outputs; ++o) result.forward.outputs.emplace_back(per_step(fwd.outputs[o].value));
-  std::vector<HostTensor<T>> tape;
-  for (std::size_t o = static_cast<std::size_t>(bc.user_outputs); o < fwd.outputs.size(); ++o)
-    tape.emplace_back(per_step(fwd.outputs[o].value));
-  for (ValueId s : fwd.states) result.forward.final_states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
+  auto per_batch = [&](ValueId id) { return tensor_dims(fwd.graph.node(id).shape, B); };
+  // A result tensor of the caller's is written in place when it has the right shape: a training
+  // loop that passes the same result again touches no fresh memory.
+  auto fit = [](std::vector<HostTensor<T>>& tensors, std::size_t index, const std::vector<std::int64_t>& dims) {
+    if (tensors.size() <= index) tensors.resize(index + 1);
+    std::int64_t count = 1;
+    for (std::int64_t d : dims) count *= d;
+    if (tensors[index].shape != dims || tensors[index].data.size() != static_cast<std::size_t>(count))
+      tensors[index] = HostTensor<T>(dims);
+  };
+  result.forward.outputs.resize(static_cast<std::size_t>(bc.user_outputs));
+  for (int o = 0; o < bc.user_outputs; ++o) fit(result.forward.outputs, o, per_step(fwd.outputs[o].value));
+  result.forward.final_states.resize(fwd.states.size());
+  for (std::size_t s = 0; s < fwd.states.size(); ++s) fit(result.forward.final_states, s, per_batch(fwd.states[s]));
 
   if (seeds.outputs.size() != static_cast<std::size_t>(bc.user_outputs) || seeds.final_states.size() != fwd.states.size())
     throw Error("CPU backward: expected gradients for " + std::to_string(bc.user_outputs) + " output(s) and " +
@@ -222,9 +239,21 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
                   shape_string(seeds.final_states[s].shape) + " but the state is " +
                   shape_string(result.forward.final_states[s].shape));
 
-  for (ValueId i : fwd.inputs) result.grads.inputs.emplace_back(per_step(i));
-  for (ValueId s : fwd.states) result.grads.states.emplace_back(tensor_dims(fwd.graph.node(s).shape, B));
-  for (ValueId p : fwd.params) result.grads.params.emplace_back(tensor_dims(fwd.graph.node(p).shape, B));
+  result.grads.inputs.resize(fwd.inputs.size());
+  for (std::size_t i = 0; i < fwd.inputs.size(); ++i) fit(result.grads.inputs, i, per_step(fwd.inputs[i]));
+  result.grads.states.resize(fwd.states.size());
+  for (std::size_t s = 0; s < fwd.states.size(); ++s) fit(result.grads.states, s, per_batch(fwd.states[s]));
+  result.grads.params.resize(fwd.params.size());
+  for (std::size_t p = 0; p < fwd.params.size(); ++p) fit(result.grads.params, p, per_batch(fwd.params[p]));
+
+  // The tape lives from the forward to the backward of this call only; its memory is kept for
+  // the next call (W3's is 100 MB: fresh, it cost a page fault per 4 KB, ~15% of a step).
+  std::lock_guard<std::mutex> tape_lock(m.tape_mutex);
+  auto& tape = m.template tape<T>();
+  tape.resize(fwd.outputs.size() - static_cast<std::size_t>(bc.user_outputs));
+  for (std::size_t o = static_cast<std::size_t>(bc.user_outputs); o < fwd.outputs.size(); ++o)
+    tape[o - static_cast<std::size_t>(bc.user_outputs)].resize(
+        static_cast<std::size_t>(steps * B * fwd.graph.node(fwd.outputs[o].value).shape.features()));
 
   TrainingView<T> view;
   view.steps = steps;
@@ -233,7 +262,7 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
   for (const auto& t : args.params) view.params.push_back(t.data.data());
   for (auto& t : result.forward.outputs) view.outputs.push_back(t.data.data());
   for (auto& t : result.forward.final_states) view.final_states.push_back(t.data.data());
-  for (auto& t : tape) view.tape.push_back(t.data.data());
+  for (auto& t : tape) view.tape.push_back(t.data());
   for (const auto& t : seeds.outputs) view.output_grads.push_back(t.data.data());
   for (const auto& t : seeds.final_states) view.final_state_grads.push_back(t.data.data());
   for (auto& t : result.grads.inputs) view.input_grads.push_back(t.data.data());
@@ -241,11 +270,19 @@ BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& 
   for (auto& t : result.grads.params) view.param_grads.push_back(t.data.data());
   forward_view(view);
   backward_view(view);
+}
+
+template <class T>
+BpttResult<T> CpuBptt::run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const {
+  BpttResult<T> result;
+  run_into(args, seeds, result);
   return result;
 }
 
 template BpttResult<float> CpuBptt::run(const SequenceArgs<float>&, const LossGradients<float>&) const;
 template BpttResult<double> CpuBptt::run(const SequenceArgs<double>&, const LossGradients<double>&) const;
+template void CpuBptt::run_into(const SequenceArgs<float>&, const LossGradients<float>&, BpttResult<float>&) const;
+template void CpuBptt::run_into(const SequenceArgs<double>&, const LossGradients<double>&, BpttResult<double>&) const;
 template void CpuBptt::forward_view(const TrainingView<float>&) const;
 template void CpuBptt::forward_view(const TrainingView<double>&) const;
 template void CpuBptt::backward_view(const TrainingView<float>&) const;

@@ -44,6 +44,10 @@ class CpuBptt {
   // Forward and backward over a whole sequence: the same contract as reference_bptt.
   template <class T>
   BpttResult<T> run(const SequenceArgs<T>& args, const LossGradients<T>& seeds) const;
+  // The same into `result`, whose tensors are reused where their shapes fit (a training loop
+  // passing the same result every step allocates nothing after the first).
+  template <class T>
+  void run_into(const SequenceArgs<T>& args, const LossGradients<T>& seeds, BpttResult<T>& result) const;
 
   // The features of each tape tensor ([T,B,w] each).
   std::vector<std::int64_t> tape_widths() const;

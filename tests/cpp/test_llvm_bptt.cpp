@@ -74,6 +74,40 @@ TEST(CpuBptt, ResultsDoNotDependOnTheThreadCount) {
   }
 }
 
+// run_into writes into the caller's result: the same tensors (no reallocation) when their
+// shapes fit, replaced when they do not, and the values of run() every time, also when a call
+// of another length came between (the kept tape and scratch are resized, not trusted).
+TEST(CpuBptt, RunIntoReusesTheResult) {
+  Cell cell = cells::by_spec("lnlstm:5,7");
+  const std::int64_t batch = 3;
+  CpuBptt compiled(cell, batch);
+  BackwardCell reference_cell = differentiate(as_f64(cell));
+  BpttResult<float> result;
+  result.grads.params.emplace_back(std::vector<std::int64_t>{2, 2});  // a wrong shape: replaced
+  const float* kept_param_grad = nullptr;
+  const float* kept_output = nullptr;
+  std::int64_t previous_steps = -1;
+  for (std::int64_t steps : {4, 4, 9, 4}) {
+    SCOPED_TRACE("T=" + std::to_string(steps));
+    auto args = random_sequence_args<float>(cell, steps, batch, static_cast<std::uint64_t>(steps));
+    auto seeds = random_loss_gradients<float>(cell, steps, batch, static_cast<std::uint64_t>(steps + 1));
+    compiled.run_into(args, seeds, result);
+    auto want = reference_bptt(reference_cell, convert<float, double>(args), convert_seeds<float, double>(seeds));
+    expect_matches(result.forward, want.forward, 1e-5, "forward");
+    expect_grads(result.grads, want.grads, 1e-5, "grads");
+    auto fresh = compiled.run(args, seeds);
+    for (std::size_t p = 0; p < fresh.grads.params.size(); ++p)
+      EXPECT_EQ(result.grads.params[p].data, fresh.grads.params[p].data) << "param " << p;
+    // Parameter gradients do not depend on T: the same memory throughout.
+    if (kept_param_grad) EXPECT_EQ(result.grads.params[0].data.data(), kept_param_grad);
+    kept_param_grad = result.grads.params[0].data.data();
+    // Outputs: the same memory while T stays the same.
+    if (steps == previous_steps) EXPECT_EQ(result.forward.outputs[0].data.data(), kept_output);
+    kept_output = result.forward.outputs[0].data.data();
+    previous_steps = steps;
+  }
+}
+
 TEST(CpuBptt, RandomCellsMatchTheReference) {
   const std::uint64_t seeds = kSanitized ? 3 : 10;
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
