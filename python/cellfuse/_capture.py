@@ -137,7 +137,8 @@ def capture(fn, example_inputs, *, has_output=None, masked=False):
     for s, v in zip(traced_states, new_vals):
         b.next(s.val, v)
     cell = b.finish()
-    return Program(cell, params=tracer.params, param_keys=tracer.param_keys, trainable=tracer.param_trainable,
+    return Program(cell, params=tracer.params, param_keys=tracer.param_keys, param_views=tracer.param_views,
+                   trainable=tracer.param_trainable,
                    input_width=x.shape[1], state_widths=[t.shape[1] for t in states],
                    output_width=output.val.features, structure=structure, state_names=state_names,
                    dtype=x.dtype, masked=masked)

@@ -52,11 +52,12 @@ class Program:
     training or not, and storage. `dtype` is the dtype of the example tensors it was traced with
     (float32 for the cell itself when they were 16-bit)."""
 
-    def __init__(self, cell, *, params, param_keys, trainable, input_width, state_widths, output_width,
+    def __init__(self, cell, *, params, param_keys, param_views, trainable, input_width, state_widths, output_width,
                  structure, state_names, dtype, masked):
         self.cell = cell
         self.params = params
         self.param_keys = param_keys
+        self.param_views = param_views  # per param: None, or the view of it the cell reads
         self.trainable = trainable
         self.input_width = input_width
         self.state_widths = state_widths

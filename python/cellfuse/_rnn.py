@@ -9,6 +9,7 @@ from torch import nn
 from ._capture import capture
 from ._errors import CellfuseError
 from ._program import STORAGE_16, cell_dtype_of, sixteen_bit_on_cpu
+from ._trace import parameter_view_of
 
 
 def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0, batch_first=False,
@@ -141,12 +142,13 @@ class RNN(nn.Module):
     def _params(self, program, index):
         cell = self._cell(index)
         out = []
-        for tensor, key in zip(program.params, program.param_keys):
+        for tensor, key, view in zip(program.params, program.param_keys, program.param_views):
             if key is not None and isinstance(cell, nn.Module):
                 try:
                     tensor = cell.get_parameter(key)
                 except AttributeError:
                     tensor = cell.get_buffer(key)
+            tensor = parameter_view_of(tensor, view)
             out.append(tensor.reshape(1) if tensor.dim() == 0 else tensor)
         return out
 

@@ -43,11 +43,18 @@ def fail(message: str) -> CellfuseError:
 class Traced:
     """A [B, n] value (or a parameter-derived [n] / [m, n] value) of the cell being traced."""
 
-    __slots__ = ("val", "tracer")
+    # aliases: the values that share memory with this one in PyTorch (a value and the slices taken
+    # from it), or None; span: (first feature, count) of this one within the first of them;
+    # stale: set when an in-place op changed an overlapping alias, which the trace cannot carry
+    # over to this one: a later use is an error (see _in_place).
+    __slots__ = ("val", "tracer", "aliases", "span", "stale")
 
     def __init__(self, tracer: "Tracer", val):
         self.val = val
         self.tracer = tracer
+        self.aliases = None
+        self.span = None
+        self.stale = []  # (op, first, count) per in-place change of an overlapping alias
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -116,7 +123,8 @@ def _operator(name):
 for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
               "__rtruediv__", "__neg__", "__pos__", "__matmul__", "__rmatmul__", "__pow__", "__rpow__",
               "__getitem__", "__gt__", "__ge__", "__lt__", "__le__", "__eq__", "__ne__", "__abs__",
-              "__and__", "__or__", "__invert__", "__mod__", "__floordiv__"):
+              "__and__", "__or__", "__invert__", "__mod__", "__floordiv__", "__iadd__", "__isub__", "__imul__",
+              "__itruediv__"):
     setattr(Traced, _name, _operator(_name))
 Traced.__hash__ = object.__hash__
 
@@ -161,7 +169,10 @@ class Tracer:
         self.params = []  # tensors fed to the cell's param leaves, in declaration order
         self.param_keys = []  # each one's name in the user's module (None when it has none)
         self.param_trainable = []
-        self._param_vals = {}  # id(tensor) -> Val
+        # For a param that is a view of a contiguous parameter (W[0], b[:n]): (size, stride,
+        # offset) within it, replayed on every call (see parameter_view_of); else None.
+        self.param_views = []
+        self._param_vals = {}  # id(tensor), or ("view", id(base), view) -> Val
 
     # -- leaves --------------------------------------------------------------------------------
     def input(self, name, features):
@@ -171,7 +182,9 @@ class Tracer:
         return Traced(self, self.builder.state(_identifier(name, self.taken), features))
 
     def param(self, tensor: torch.Tensor):
-        key = id(tensor)
+        view = _parameter_view(tensor)
+        base = tensor if view is None else tensor._base
+        key = id(tensor) if view is None else ("view", id(base), view)
         if key in self._param_vals:
             return self._param_vals[key]
         if tensor.dim() > 2:
@@ -180,24 +193,32 @@ class Tracer:
         if tensor.dtype != self.dtype:
             raise fail(f"a parameter of dtype {tensor.dtype} in a {self.dtype} cell: convert the module "
                        f"(module.to({self.dtype})) or the inputs")
-        trainable = tensor.requires_grad
-        if trainable and not tensor.is_leaf:
+        trainable = base.requires_grad
+        if trainable and not base.is_leaf:
             raise fail(f"a tensor of shape {list(tensor.shape)} computed from parameters outside the traced "
-                       "values (for example W[:n] or W * 2 on a parameter): the tracer cannot replay it. "
-                       "Apply the operation to the traced values, or make the tensor a parameter")
+                       "values (for example W * 2 on a parameter): the tracer cannot replay it. Apply the "
+                       "operation to the traced values, or make the tensor a parameter (views such as W[0] "
+                       "or b[:n] of a contiguous parameter are fine)")
         default = "w" if trainable else "const"
-        name = _identifier(self.param_names.get(key, f"{default}{len(self.params)}"), self.taken)
+        name = self.param_names.get(id(base), f"{default}{len(self.params)}")
+        if view is not None:
+            name += "_view"
         # A scalar parameter is a [1] vector in the cell (the module passes it reshaped).
-        val = self.builder.param(name, list(tensor.shape) or [1])
+        val = self.builder.param(_identifier(name, self.taken), list(tensor.shape) or [1])
         self._param_vals[key] = val
-        self.params.append(tensor)
-        self.param_keys.append(self.param_names.get(key))
+        self.params.append(base)
+        self.param_keys.append(self.param_names.get(id(base)))
+        self.param_views.append(view)
         self.param_trainable.append(trainable)
         return val
 
     # -- operands ------------------------------------------------------------------------------
     def val(self, x, op):
         if isinstance(x, Traced):
+            if x.stale:
+                raise fail(f"{op}: this value shares memory with one that '{x.stale[0][0]}' changed in place "
+                           "(a slice and the value it was taken from), and the trace cannot follow that; "
+                           "use the out-of-place form of the op")
             return x.val
         if isinstance(x, torch.Tensor):
             if x.dim() == 0 and not x.requires_grad:
@@ -242,6 +263,26 @@ def _qualified(func):
     return f"{module}.{qual}"
 
 
+def _parameter_view(t: torch.Tensor):
+    """(size, stride, offset) when `t` is a view of a contiguous leaf tensor (a parameter or
+    buffer) taken outside the traced values, as W[0] or b[:n] (SRU's packed vectors), else None.
+    The view is replayed on the current parameter at every call, so training updates and
+    load_state_dict are seen, and gradients flow back into the parameter."""
+    base = getattr(t, "_base", None)
+    if base is None or not base.is_leaf or not base.is_contiguous() or t.dim() > 2:
+        return None
+    return tuple(t.shape), tuple(t.stride()), t.storage_offset() - base.storage_offset()
+
+
+def parameter_view_of(base: torch.Tensor, view):
+    """The tensor a cell's param reads: `base` itself, or the recorded view of it, contiguous."""
+    if view is None:
+        return base
+    size, stride, offset = view
+    base = base.contiguous()
+    return base.as_strided(size, stride, base.storage_offset() + offset).contiguous()
+
+
 def _transposed_parameter(t: torch.Tensor):
     """The parameter W when `t` is W.t() / W.T (a transposed view of a 2-D leaf), else None."""
     base = getattr(t, "_base", None)
@@ -278,7 +319,7 @@ def _binary(tr, op, a, b):
     return tr.wrap(op(va, vb))
 
 
-@handles("add", "__add__", "__radd__", "add_")
+@handles("add", "__add__", "__radd__")
 def _add(tr, a, b, *, alpha=1, out=None):
     _no_out(out)
     if alpha != 1:
@@ -323,9 +364,43 @@ def _neg(tr, x):
     return tr.wrap(_C.neg(tr.val(x, "neg")))
 
 
-@handles("__pos__", "contiguous", "clone", "positive")
+@handles("__pos__", "contiguous", "positive")
 def _identity(tr, x, *args, memory_format=None, **kwargs):
+    return x  # the same object, as PyTorch returns the same tensor (or a view of all of it)
+
+
+@handles("clone")
+def _clone(tr, x, *args, memory_format=None, **kwargs):
+    return tr.wrap(tr.val(x, "clone"))  # a value of its own: an in-place op on it leaves x alone
+
+
+def _in_place(tr, x, result, op):
+    """An in-place op (x.mul_(y), x += y, F.relu(x, inplace=True)): x takes the result's value, so
+    that every later use of x (also under another name, as from view() or contiguous(), the same
+    object) sees it, as in PyTorch. Values overlapping x in memory (slices of it, the value it is
+    a slice of) would change too in PyTorch; they become stale instead: using one later is an
+    error, never a silently different result. Disjoint slices stay valid."""
+    if not isinstance(x, Traced):
+        raise fail(f"{op}: an in-place op on a parameter or constant is not supported in a cell")
+    tr.val(x, op)
+    if x.aliases is not None:
+        first, count = x.span
+        for other in x.aliases:
+            o_first, o_count = other.span
+            if other is not x and o_first < first + count and first < o_first + o_count:
+                other.stale.append((op, first, count))
+        x.aliases[:] = [m for m in x.aliases if m is not x]  # by identity: == is traced
+        x.aliases = x.span = None
+    x.val = result.val
     return x
+
+
+def _activation(op, make):
+    """A handler for an activation with PyTorch's `inplace` flag; make(tr, value) builds it."""
+    def handler(tr, x, *args, inplace=False, **kwargs):
+        result = tr.wrap(make(tr, tr.val(x, op), *args, **kwargs))
+        return _in_place(tr, x, result, op) if inplace else result
+    return handler
 
 
 def _unary(name):
@@ -335,6 +410,8 @@ def _unary(name):
 
 for _n in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "abs"):
     _HANDLERS[_n] = _unary(_n)
+# F.relu(x, inplace=...) reaches the handler with the flag; torch.relu(x) without it.
+_HANDLERS["relu"] = _activation("relu", lambda tr, v, *, out=None: (_no_out(out), _C.relu(v))[1])
 _HANDLERS["__abs__"] = _HANDLERS["absolute"] = _unary("abs")
 _HANDLERS["expit"] = _unary("sigmoid")
 
@@ -374,10 +451,7 @@ def _softplus(tr, x, beta=1.0, threshold=20.0):
     return tr.wrap(_C.div(_C.softplus(_C.mul(v, float(beta))), float(beta)))
 
 
-@handles("silu")
-def _silu(tr, x, inplace=False):
-    v = tr.val(x, "silu")
-    return tr.wrap(_C.mul(v, _C.sigmoid(v)))
+_HANDLERS["silu"] = _activation("silu", lambda tr, v: _C.mul(v, _C.sigmoid(v)))
 
 
 @handles("logsigmoid")
@@ -385,17 +459,17 @@ def _logsigmoid(tr, x):
     return tr.wrap(_C.neg(_C.softplus(_C.neg(tr.val(x, "logsigmoid")))))
 
 
-@handles("leaky_relu")
-def _leaky_relu(tr, x, negative_slope=0.01, inplace=False):
-    v = tr.val(x, "leaky_relu")
-    return tr.wrap(_C.sub(_C.relu(v), _C.mul(_C.relu(_C.neg(v)), float(negative_slope))))
+def _leaky_relu(tr, v, negative_slope=0.01):
+    return _C.sub(_C.relu(v), _C.mul(_C.relu(_C.neg(v)), float(negative_slope)))
 
 
-@handles("elu")
-def _elu(tr, x, alpha=1.0, inplace=False):
-    v = tr.val(x, "elu")
+def _elu(tr, v, alpha=1.0):
     neg = _C.mul(_C.sub(_C.exp(_C.minimum(v, _C.constant_like(v, 0.0))), 1.0), float(alpha))
-    return tr.wrap(_C.add(_C.relu(v), neg))
+    return _C.add(_C.relu(v), neg)
+
+
+_HANDLERS["leaky_relu"] = _activation("leaky_relu", _leaky_relu)
+_HANDLERS["elu"] = _activation("elu", _elu)
 
 
 @handles("gelu")
@@ -409,12 +483,14 @@ def _gelu(tr, x, approximate="none"):
 
 @handles("hardtanh")
 def _hardtanh(tr, x, min_val=-1.0, max_val=1.0, inplace=False):
-    return _clamp(tr, x, min_val, max_val)
+    result = _clamp(tr, x, min_val, max_val)
+    return _in_place(tr, x, result, "hardtanh") if inplace else result
 
 
 @handles("relu6")
 def _relu6(tr, x, inplace=False):
-    return _clamp(tr, x, 0.0, 6.0)
+    result = _clamp(tr, x, 0.0, 6.0)
+    return _in_place(tr, x, result, "relu6") if inplace else result
 
 
 @handles("clamp", "clip")
@@ -552,11 +628,27 @@ def _cat(tr, tensors, dim=0, *, out=None):
     return tr.wrap(_C.cat(parts))
 
 
+def _slice_of(tr, x, start, length):
+    """A slice of x's features, which shares memory with x and x's other aliases: see _in_place."""
+    if not isinstance(x, Traced):
+        return tr.wrap(_C.slice(tr.val(x, "slice"), start, length))
+    if x.aliases is None:
+        x.aliases, x.span = [x], (0, x.val.features)
+    first = x.span[0] + start
+    for op, o_first, o_count in x.stale:  # a part that no in-place op touched is still good
+        if o_first < first + length and first < o_first + o_count:
+            tr.val(x, "slice")  # the error
+    piece = tr.wrap(_C.slice(x.val, start, length))
+    x.aliases.append(piece)
+    piece.aliases, piece.span = x.aliases, (first, length)
+    return piece
+
+
 def _pieces(tr, x, sizes, op):
-    v = tr.val(x, op)
+    tr.val(x, op)
     out, start = [], 0
     for s in sizes:
-        out.append(tr.wrap(_C.slice(v, start, s)))
+        out.append(_slice_of(tr, x, start, s))
         start += s
     return tuple(out)
 
@@ -597,7 +689,8 @@ def _tensor_split(tr, x, sections, dim=0):
 @handles("narrow")
 def _narrow(tr, x, dim, start, length):
     _feature_dim(x, dim, "narrow")
-    return tr.wrap(_C.slice(tr.val(x, "narrow"), int(start), int(length)))
+    tr.val(x, "narrow")
+    return _slice_of(tr, x, int(start), int(length))
 
 
 @handles("__getitem__")
@@ -624,7 +717,7 @@ def _getitem(tr, x, key):
         raise fail(f"indexing: the slice {key[-1]} of {n} features is empty")
     if start == 0 and stop == n:
         return x
-    return tr.wrap(_C.slice(x.val, start, stop - start))
+    return _slice_of(tr, x, start, stop - start)
 
 
 def _reduction(name, fn):
@@ -658,7 +751,7 @@ def _layer_norm(tr, x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 @handles("dropout", "dropout1d", "alpha_dropout", "feature_alpha_dropout")
-def _dropout(tr, x, p=0.5, training=True, inplace=False):
+def _dropout(tr, x, p=0.5, training=True, inplace=False):  # in eval: x itself, in place or not
     if training and p > 0:
         raise fail("dropout inside the cell is not supported in training mode: use the dropout "
                    "between layers (cellfuse.compile(..., dropout=p)) or put the module in eval()")
@@ -727,6 +820,21 @@ def _no_out(out):
     if out is not None:
         raise fail("out= arguments are not supported in a cell")
 
+
+def _in_place_of(name, base):
+    def handler(tr, x, *args, **kwargs):
+        return _in_place(tr, x, _HANDLERS[base](tr, x, *args, **kwargs), name)
+    return handler
+
+
+# x.op_(...) and x op= y: the out-of-place handler, then x takes the result (see _in_place).
+for _base, _names in {"add": ("add_", "__iadd__"), "sub": ("sub_", "__isub__"), "mul": ("mul_", "__imul__"),
+                      "div": ("div_", "__itruediv__"), "neg": ("neg_",), "relu": ("relu_",),
+                      "sigmoid": ("sigmoid_",), "tanh": ("tanh_",), "exp": ("exp_",), "log": ("log_",),
+                      "sqrt": ("sqrt_",), "abs": ("abs_",), "clamp": ("clamp_", "clip_"),
+                      "clamp_min": ("clamp_min_",), "clamp_max": ("clamp_max_",)}.items():
+    for _n in _names:
+        _HANDLERS[_n] = _in_place_of(_n, _base)
 
 # The names users see in error messages and the docs.
 SUPPORTED_OPS = sorted(n for n in _HANDLERS if not n.startswith("__"))

@@ -80,10 +80,22 @@ def test_parameter_derived_tensor_is_rejected():
     W = nn.Parameter(torch.randn(3, 6))
 
     def step(x, h):
-        return torch.tanh(x @ W[:, :3] + h)
+        return torch.tanh(x @ (W * 2)[:, :3] + h)
 
     with pytest.raises(Err, match="computed from parameters"):
         cellfuse.compile(step, (torch.randn(2, 3), torch.randn(2, 3)))
+
+    # A view of the parameter (here not even contiguous) is replayed on every call instead.
+    def view_step(x, h):
+        return torch.tanh(x @ W[:, :3] + h)
+
+    X, h0 = torch.randn(4, 2, 3), torch.randn(2, 3)
+    out, _ = cellfuse.compile(view_step, (X[0], h0))(X, h0)
+    h, ref = h0, []
+    for t in range(4):
+        h = view_step(X[t], h)
+        ref.append(h)
+    assert (out - torch.stack(ref)).abs().max() < 1e-5
 
 
 def test_dropout_inside_cell_in_training_is_rejected():
