@@ -84,6 +84,7 @@ Val log(const Val& x) { return unary(OpKind::log, x); }
 Val sqrt(const Val& x) { return unary(OpKind::sqrt, x); }
 Val rsqrt(const Val& x) { return unary(OpKind::rsqrt, x); }
 Val softplus(const Val& x) { return unary(OpKind::softplus, x); }
+Val erf(const Val& x) { return unary(OpKind::erf, x); }
 Val abs(const Val& x) { return unary(OpKind::abs, x); }
 Val minimum(const Val& a, const Val& b) { return binary(OpKind::min, a, b); }
 Val maximum(const Val& a, const Val& b) { return binary(OpKind::max, a, b); }

@@ -64,6 +64,7 @@ Val log(const Val& x);
 Val sqrt(const Val& x);
 Val rsqrt(const Val& x);
 Val softplus(const Val& x);
+Val erf(const Val& x);  // 2/sqrt(pi) * integral of e^(-t^2) from 0 to x
 Val abs(const Val& x);
 Val minimum(const Val& a, const Val& b);
 Val maximum(const Val& a, const Val& b);

@@ -57,6 +57,26 @@ if which == 'expm1':
         if abs(r) < mp.mpf('1e-20'): return abs(r) + mp.mpf('1e-30')
         return abs(r**2/mp.expm1(r))
     a, b = -R, R
+elif which == 'erf_small':
+    # erf(x) = x * P(x^2) for |x| < 1, P(z) = c0 + z*Q(z) ~ erf(sqrt z)/sqrt z on [0, 1] with the
+    # relative error minimized and c0 = 2/sqrt(pi) held fixed (so that erf(x) = x * c0 rounds
+    # once for tiny x, subnormals included). Fits Q; P is 2/sqrt(pi) rounded, then Q's coefficients.
+    c0 = 2/mp.sqrt(mp.pi)
+    def f(z):
+        if z < mp.mpf('1e-20'): return c0*(-mp.mpf(1)/3 + z/10 - z*z/42)
+        s = mp.sqrt(z); return (mp.erf(s)/s - c0)/z
+    def w(z):
+        if z < mp.mpf('1e-20'): return z/c0 + mp.mpf('1e-40')
+        s = mp.sqrt(z); return z/(mp.erf(s)/s)
+    a, b = mp.mpf(0), mp.mpf(1)
+elif which in ('erf_big32', 'erf_big64'):
+    # erf(a) = 1 - e^(-a^2) * G(a - centre) for 1 <= a < saturation: G ~ erfcx(a) = e^(a^2) erfc(a),
+    # an entire function, fitted in u = a - centre with the weight e^(-a^2)/erf(a), so that what
+    # is minimized is G's error's share of erf's relative error.
+    sat, centre = (mp.mpf('3.92'), mp.mpf('2.5')) if which == 'erf_big32' else (mp.mpf('5.93'), mp.mpf('3.5'))
+    f = lambda u: mp.exp((u+centre)**2)*mp.erfc(u+centre)
+    w = lambda u: mp.exp(-(u+centre)**2)/mp.erf(u+centre)
+    a, b = 1 - centre, sat - centre
 else:
     smax = (mp.sqrt(2)-1)/(mp.sqrt(2)+1)
     Z = smax**2 * (1 + mp.mpf('1e-4'))

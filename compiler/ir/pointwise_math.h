@@ -24,6 +24,7 @@ T pointwise_value(OpKind op, T a, T b = T(0), T c = T(0)) {
     case OpKind::rsqrt: return T(1) / std::sqrt(a);
     // log(1 + e^a) without overflow: max(a, 0) + log1p(e^-|a|).
     case OpKind::softplus: return std::max(a, T(0)) + std::log1p(std::exp(-std::abs(a)));
+    case OpKind::erf: return std::erf(a);
     case OpKind::add: return a + b;
     case OpKind::sub: return a - b;
     case OpKind::mul: return a * b;

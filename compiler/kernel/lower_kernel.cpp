@@ -17,7 +17,8 @@ int op_cost(OpKind op) {
     case OpKind::log:
     case OpKind::tanh:
     case OpKind::sigmoid:
-    case OpKind::softplus: return 8;
+    case OpKind::softplus:
+    case OpKind::erf: return 8;
     case OpKind::div:
     case OpKind::sqrt:
     case OpKind::rsqrt: return 4;

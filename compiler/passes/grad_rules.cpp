@@ -151,6 +151,16 @@ Rule rule_for(OpKind op) {
           return o.mul(dy, o.op(OpKind::sigmoid, {c.operand(0)}));
         });
       };
+    // d erf(x) = 2/sqrt(pi) e^(-x^2) dx.
+    case OpKind::erf:
+      return [](const Node&, ValueId dy, GradContext& c) {
+        grad(c, 0, [&] {
+          Ops o(c.graph());
+          ValueId x = c.operand(0);
+          ValueId gauss = o.op(OpKind::exp, {o.neg(o.mul(x, x))});
+          return o.mul(dy, o.mul(gauss, 1.1283791670955126));  // 2/sqrt(pi)
+        });
+      };
 
     case OpKind::add:
       return [](const Node&, ValueId dy, GradContext& c) {

@@ -408,12 +408,13 @@ def _unary(name):
     return lambda tr, x, *, out=None: (_no_out(out), tr.wrap(fn(tr.val(x, name))))[1]
 
 
-for _n in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "abs"):
+for _n in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "abs", "erf"):
     _HANDLERS[_n] = _unary(_n)
 # F.relu(x, inplace=...) reaches the handler with the flag; torch.relu(x) without it.
 _HANDLERS["relu"] = _activation("relu", lambda tr, v, *, out=None: (_no_out(out), _C.relu(v))[1])
 _HANDLERS["__abs__"] = _HANDLERS["absolute"] = _unary("abs")
 _HANDLERS["expit"] = _unary("sigmoid")
+_HANDLERS["special_erf"] = _unary("erf")  # torch.special.erf reaches __torch_function__ so named
 
 
 @handles("square")
@@ -474,9 +475,11 @@ _HANDLERS["elu"] = _activation("elu", _elu)
 
 @handles("gelu")
 def _gelu(tr, x, approximate="none"):
-    if approximate != "tanh":
-        raise fail("gelu: the exact (erf) form is not supported in a cell; use approximate='tanh'")
+    if approximate not in ("none", "tanh"):
+        raise fail(f"gelu: approximate={approximate!r} is not supported ('none' and 'tanh' are)")
     v = tr.val(x, "gelu")
+    if approximate == "none":  # the exact form: x/2 (1 + erf(x/sqrt(2)))
+        return tr.wrap(_C.mul(_C.mul(v, 0.5), _C.add(_C.erf(_C.mul(v, 0.7071067811865476)), 1.0)))
     inner = _C.mul(_C.add(v, _C.mul(_C.mul(_C.mul(v, v), v), 0.044715)), math.sqrt(2.0 / math.pi))
     return tr.wrap(_C.mul(_C.mul(v, 0.5), _C.add(_C.tanh(inner), 1.0)))
 
@@ -831,7 +834,7 @@ def _in_place_of(name, base):
 for _base, _names in {"add": ("add_", "__iadd__"), "sub": ("sub_", "__isub__"), "mul": ("mul_", "__imul__"),
                       "div": ("div_", "__itruediv__"), "neg": ("neg_",), "relu": ("relu_",),
                       "sigmoid": ("sigmoid_",), "tanh": ("tanh_",), "exp": ("exp_",), "log": ("log_",),
-                      "sqrt": ("sqrt_",), "abs": ("abs_",), "clamp": ("clamp_", "clip_"),
+                      "sqrt": ("sqrt_",), "abs": ("abs_",), "erf": ("erf_",), "clamp": ("clamp_", "clip_"),
                       "clamp_min": ("clamp_min_",), "clamp_max": ("clamp_max_",)}.items():
     for _n in _names:
         _HANDLERS[_n] = _in_place_of(_n, _base)

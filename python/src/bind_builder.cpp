@@ -100,7 +100,7 @@ void bind_builder(py::module_& m) {
   m.def("less_equal", &less_equal);
   m.def("where", &where);
   m.def("constant_like", &constant_like);
-  for (const char* name : {"sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "softplus", "abs"}) {
+  for (const char* name : {"sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "softplus", "erf", "abs"}) {
     std::string op = name;
     m.def(name, [op](const Val& x) { return op_by_name(op, {x}, {}); });
   }

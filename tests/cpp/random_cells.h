@@ -68,7 +68,7 @@ class RandomCellMaker {
     const Bounded other = pick_bounded();
     Val b = fit(other.v, a.v.features());
     double ba = a.bound, bb = other.bound;
-    switch (pick(0, 17)) {
+    switch (pick(0, 18)) {
       case 0: add(-a.v, ba); break;
       case 1: add(abs(a.v), ba); break;
       case 2: add(sigmoid(a.v), 1); break;
@@ -100,6 +100,7 @@ class RandomCellMaker {
         add(pick(0, 1) ? centered : scaled, pick(0, 1) ? 2 * ba : 4 + 0.1 * bb * static_cast<double>(a.v.features()));
         break;
       }
+      case 17: add(erf(a.v * 0.5), 1); break;
       default: {  // a matrix product of a computed value
         std::int64_t n = pick(1, 10);
         Val w = param({n, a.v.features()});

@@ -407,7 +407,7 @@ TEST(CudaEmitter, EveryOpAndSpecialConstantsCompile) {
     Val nan = b.constant(std::nan(""), Shape::batched(5));
     Val y = -x + abs(h) + sigmoid(x) + tanh(h) + relu(x) + exp(h) + log(abs(x) + 1.0) + sqrt(abs(h)) + rsqrt(abs(x) + 1.0) +
             softplus(h) + x / (abs(h) + 1.0) + minimum(x, inf) + maximum(h, nan) + greater(x, h) + greater_equal(x, h) +
-            less(x, h) + less_equal(x, h) + where(x, h, x * 2.0);
+            less(x, h) + less_equal(x, h) + where(x, h, x * 2.0) + erf(x);
     b.next(h, tanh(y) - mean(y));
     b.output("y", y);
     Cell cell = std::move(b).finish();
@@ -417,6 +417,7 @@ TEST(CudaEmitter, EveryOpAndSpecialConstantsCompile) {
     EXPECT_TRUE(is_elf(bin.cubin));
     for (const char* fn : {"cf_min(", "cf_max(", "cf_relu(", "cf_softplus(", "cf_rsqrt(", " != "})
       EXPECT_THAT(bin.program.source, HasSubstr(fn));
+    EXPECT_THAT(bin.program.source, HasSubstr(dtype == DType::f32 ? "erff(" : "erf("));
     check_program_source(bin.program, "every_op");
   }
 }

@@ -53,7 +53,7 @@ constexpr size_t kF64Count = 200'000;
 #endif
 constexpr uint64_t kVariantEvery = 32;  // the other widths (scalar, odd, half) see 1/32 of them
 
-enum class Fn { exp, expm1, log, log1p, tanh, sigmoid, softplus };
+enum class Fn { exp, expm1, log, log1p, tanh, sigmoid, softplus, erf };
 struct FnInfo {
   Fn fn;
   const char* name;
@@ -67,6 +67,7 @@ const FnInfo kFns[] = {
     {Fn::tanh, "tanh", cg::emit_tanh},
     {Fn::sigmoid, "sigmoid", cg::emit_sigmoid},
     {Fn::softplus, "softplus", cg::emit_softplus},
+    {Fn::erf, "erf", cg::emit_erf},
 };
 
 long double reference(Fn fn, long double x) {
@@ -78,6 +79,7 @@ long double reference(Fn fn, long double x) {
     case Fn::tanh: return std::tanh(x);
     case Fn::sigmoid: return 1.0L / (1.0L + std::exp(-x));
     case Fn::softplus: return std::fmax(x, 0.0L) + std::log1p(std::exp(-std::fabs(x)));
+    case Fn::erf: return std::erf(x);
   }
   return 0;
 }
@@ -115,6 +117,9 @@ bool saturated(Fn fn, T x, T& expected) {
     case Fn::softplus:
       if (x > (f32 ? T(100) : T(1000))) return expected = x, true;
       if (x < exp_lo) return expected = 0, true;
+      return false;
+    case Fn::erf:  // erf rounds to +-1 from 3.9192 (f32), 5.9216 (f64) on
+      if (std::fabs(x) >= (f32 ? T(3.92) : T(5.93))) return expected = std::copysign(T(1), x), true;
       return false;
   }
   return false;
@@ -373,7 +378,10 @@ std::vector<T> special_values() {
                                       f32 ? 26 * ln2 : 55 * ln2,  // expm1's large-n switch
                                       f32 ? 100 : 1000,
                                       f32 ? 104.0L : 746.0L,
-                                      f32 ? 105.0L : 747.0L};
+                                      f32 ? 105.0L : 747.0L,
+                                      // erf: where it starts to round to 1 and saturates
+                                      f32 ? 3.91920584L : 5.92158719579451L,
+                                      f32 ? 3.92L : 5.93L};
   for (long double c : centres) {
     T x = static_cast<T>(c);
     T lo = x, hi = x;
@@ -429,6 +437,10 @@ void check_exact_specials(const FnInfo& f, Kernel<T> kernel) {
       break;
     case Fn::softplus:
       cases = {{inf, inf}, {-inf, 0}, {big, big}, {-big, 0}};
+      break;
+    case Fn::erf:
+      cases = {{inf, 1},     {-inf, -1},     {zero, zero}, {minus_zero, minus_zero},
+               {tiny, tiny}, {-tiny, -tiny}, {big, 1},     {-big, -1}};
       break;
   }
   cases.push_back({nan, nan});
@@ -535,6 +547,27 @@ TEST(LlvmVectorMath, F64RandomSweep) {
   }
 }
 
+// erf's curved part, |x| < 6, is a sliver of the log-uniform sweep above: here densely, in both
+// types (every argument of the f64 sweep is also rounded to float).
+TEST(LlvmVectorMath, ErfDenseWhereItIsNotSaturated) {
+  Compiled& jit = Compiled::get();
+  const FnInfo& f = *std::find_if(std::begin(kFns), std::end(kFns),
+                                  [](const FnInfo& i) { return i.fn == Fn::erf; });
+  std::mt19937_64 rng(2024);
+  std::uniform_real_distribution<double> near(-6.5, 6.5);
+  std::vector<double> in64;
+  for (size_t k = 0; k < kF64Count; ++k) in64.push_back(near(rng));
+  std::vector<float> in32(in64.begin(), in64.end());
+  std::vector<double> out64;
+  std::vector<float> out32;
+  Stats<double> s64;
+  Stats<float> s32;
+  check_all(f, jit.kernel<double>(f, Compiled::widths(true)[0]), in64, out64, s64);
+  check_all(f, jit.kernel<float>(f, Compiled::widths(false)[0]), in32, out32, s32);
+  report("dense", f, s64);
+  report("dense", f, s32);
+}
+
 // The interpreter's scalar meaning (compiler/ir/pointwise_math.h) and the JIT agree: the same
 // NaN, inf and zero results, and values within the two sides' error bounds (sigmoid is the one
 // expected difference: the interpreter's 1/(1+exp(-x)) flushes to 0 where exp(-x) overflows,
@@ -548,7 +581,7 @@ void check_against_interpreter() {
     cellfuse::OpKind op;
   } ops[] = {{Fn::exp, cellfuse::OpKind::exp},         {Fn::log, cellfuse::OpKind::log},
              {Fn::tanh, cellfuse::OpKind::tanh},       {Fn::sigmoid, cellfuse::OpKind::sigmoid},
-             {Fn::softplus, cellfuse::OpKind::softplus}};
+             {Fn::softplus, cellfuse::OpKind::softplus}, {Fn::erf, cellfuse::OpKind::erf}};
   std::vector<T> in = special_values<T>();
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> wide(-800.0, 800.0), narrow(-12.0, 12.0);
@@ -657,8 +690,8 @@ TEST(LlvmVectorMath, GeneratedIrIsVectorMathWithoutLibmCalls) {
     }
     EXPECT_GT(intrinsic_calls, 0);  // fmuladd & co. are there (the check above is not vacuous)
     for (const char* libm : {"exp", "expf", "expm1", "expm1f", "log", "logf", "log1p", "log1pf",
-                             "tanh", "tanhf", "exp2", "exp2f", "pow", "powf", "fma", "fmaf",
-                             "rint", "rintf", "floor", "floorf", "ldexp", "ldexpf"}) {
+                             "tanh", "tanhf", "erf", "erff", "exp2", "exp2f", "pow", "powf",
+                             "fma", "fmaf", "rint", "rintf", "floor", "floorf", "ldexp", "ldexpf"}) {
       EXPECT_EQ(ir.find(std::string("@") + libm + "("), std::string::npos) << "calls " << libm;
       EXPECT_EQ(ir.find(std::string("@llvm.") + libm + "."), std::string::npos)
           << "uses llvm." << libm << " (may lower to a libm call)";

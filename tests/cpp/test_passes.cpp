@@ -854,13 +854,13 @@ class RandomTextCell {
   }
 
   void step() {
-    static const char* kUnary[] = {"neg", "tanh", "sigmoid", "abs", "relu", "softplus"};
+    static const char* kUnary[] = {"neg", "tanh", "sigmoid", "abs", "relu", "softplus", "erf"};
     static const char* kBinary[] = {"add", "sub", "mul", "div", "min", "max", "gt", "le"};
     Value a = any();
     std::string w = std::to_string(a.width);
     switch (pick(0, 11)) {
       case 0:
-        emit(std::string(kUnary[pick(0, 5)]) + " %" + a.name, a.width);
+        emit(std::string(kUnary[pick(0, 6)]) + " %" + a.name, a.width);
         break;
       case 1:
       case 2: {  // a binary op, often with a constant

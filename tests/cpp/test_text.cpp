@@ -226,8 +226,9 @@ TEST(Text, EveryOpPrintsAndParsesBack) {
   %a7 = sqrt %a5
   %a8 = rsqrt %a5
   %a9 = softplus %a8
+  %a10 = erf %a9
   %b0 = add %a6, %a7
-  %b1 = sub %b0, %a9
+  %b1 = sub %b0, %a10
   %b2 = mul %b1, %l2
   %b3 = div %b2, %one
   %b4 = min %b3, %m

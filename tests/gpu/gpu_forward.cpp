@@ -232,12 +232,12 @@ void random_cells() {
     }
 }
 
-// NaN in, NaN out, where pointwise_math.h says so: min/max/relu/where/sigmoid/softplus.
+// NaN in, NaN out, where pointwise_math.h says so: min/max/relu/where/sigmoid/softplus/erf.
 void nan_propagation() {
   CellBuilder b("nan_ops");
   Val x = b.input("x", 6);
   Val h = b.state("h", 6);
-  Val y = minimum(x, h) + maximum(h, x) + relu(x) + where(x, h, x) + sigmoid(x) + softplus(x);
+  Val y = minimum(x, h) + maximum(h, x) + relu(x) + where(x, h, x) + sigmoid(x) + softplus(x) + erf(x);
   b.next(h, tanh(y) * 0.5);
   b.output("y", y);
   Cell cell = std::move(b).finish();
@@ -246,7 +246,7 @@ void nan_propagation() {
     auto args = random_sequence_args<float>(cell, 3, 2, 1);
     args.inputs[0].data[1] = std::nanf("");
     args.inputs[0].data[8] = -std::numeric_limits<float>::infinity();
-    args.inputs[0].data[9] = -200.0f;  // sigmoid and softplus far out
+    args.inputs[0].data[9] = -200.0f;  // sigmoid, softplus and erf far out
     args.inputs[0].data[10] = 200.0f;
     auto want = interpret_sequence(as_f64(cell), convert<float, double>(args));
     std::string why;

@@ -100,7 +100,7 @@ class PeepholeLSTM(nn.Module):
 
 class ExoticCell(nn.Module):
     """A cell that uses the rest of the supported surface: F.linear with a transposed weight,
-    narrow, split, clamp, where, softplus, relu, exp, scalars, mean/sum and layer_norm without
+    narrow, split, clamp, where, softplus, erf, relu, exp, scalars, mean/sum and layer_norm without
     affine parameters, a constant buffer, and a learnable scalar."""
 
     def __init__(self, input_size, hidden_size):
@@ -114,7 +114,7 @@ class ExoticCell(nn.Module):
         z = x @ self.Wx + F.linear(h, self.Wh)  # [B, 2H]
         a, b = torch.split(z, z.shape[1] // 2, dim=1)
         gate = torch.sigmoid(a.narrow(1, 0, a.shape[1]) * self.temperature)
-        cand = torch.where(b > 0, torch.tanh(b), F.softplus(b) - 0.5)
+        cand = torch.where(b > 0, torch.tanh(b), F.softplus(b) - 0.5) + 0.25 * torch.erf(a)
         cand = torch.clamp(cand, -0.9, 0.9) + self.offset
         centred = cand - cand.mean(dim=-1, keepdim=True)
         scale = torch.exp(-0.5 * (centred * centred).sum(-1, keepdim=True) / cand.shape[1])

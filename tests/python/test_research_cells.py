@@ -1,7 +1,8 @@
 """Cells as research code writes them, each against the same module run eagerly in float64:
 outputs, final states and every gradient, at odd sizes. Styles covered: parameter views (SRU's
 packed vectors v[0], v[1]), F.relu and other in-place forms, nested (h, c) states, one Linear on
-cat([x, h]), torch.split, F.layer_norm with explicit weights, products of projections (mLSTM)."""
+cat([x, h]), torch.split, F.layer_norm with explicit weights, products of projections (mLSTM),
+the exact GELU (erf)."""
 import copy
 
 import pytest
@@ -126,6 +127,22 @@ class FunctionalLayerNormLSTM(nn.Module):
         return h, (h, c)
 
 
+class GeluLSTM(nn.Module):
+    """An LSTM whose candidate is the exact GELU, F.gelu(g) = g/2 (1 + erf(g/sqrt(2))), not tanh."""
+
+    def __init__(self, i, h):
+        super().__init__()
+        self.ih = nn.Linear(i, 4 * h)
+        self.hh = nn.Linear(h, 4 * h, bias=False)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * F.gelu(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, (h, c)
+
+
 # name: (module, input width, hidden width, state is (h, c), the step returns an output first)
 CASES = {
     "sru": (lambda: SRU(13), 13, 13, False, True),
@@ -135,6 +152,7 @@ CASES = {
     "lngru": (lambda: LayerNormGRU(6, 19), 6, 19, False, False),
     "catlstm": (lambda: CatLSTM(11, 7), 11, 7, True, True),
     "flnlstm": (lambda: FunctionalLayerNormLSTM(10, 9), 10, 9, True, True),
+    "gelulstm": (lambda: GeluLSTM(8, 15), 8, 15, True, True),
 }
 
 
@@ -240,3 +258,40 @@ def test_using_a_value_after_an_in_place_op_on_its_slice_is_an_error():
 
     with pytest.raises(cellfuse.CellfuseError, match=r"'relu_' changed in place"):
         cellfuse.compile(Step(), (torch.randn(2, 5), torch.randn(2, 6)))
+
+
+def test_every_spelling_of_erf_and_gelu_traces():
+    """torch.erf, torch.special.erf, x.erf(), x.erf_() and F.gelu in both forms, against eager
+    float64, forward and backward."""
+    class Step(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 9)
+
+        def forward(self, x, h):
+            z = self.lin(x) + h
+            a = torch.erf(z) + torch.special.erf(0.5 * z) + (z * 0.25).erf()
+            b = z * 1.5
+            b.erf_()
+            return torch.tanh(a + b + F.gelu(z) + F.gelu(z, approximate="tanh"))
+
+    cell = Step()
+    X, h = torch.randn(6, 3, 4) * 2, torch.randn(3, 9)
+    Xa, Xr = X.clone().requires_grad_(), X.double().clone().requires_grad_()
+    out, _ = cellfuse.compile(cell, (X[0], h))(Xa, h)
+    ref = copy.deepcopy(cell).double()
+    rout, _ = eager(ref, Xr, h.double(), False)
+    assert rel(out, rout) <= 1e-5
+    out.double().sum().backward()
+    rout.sum().backward()
+    assert rel(Xa.grad, Xr.grad) <= 1e-4
+    assert rel(cell.lin.weight.grad, ref.lin.weight.grad) <= 1e-4
+
+
+def test_gelu_with_an_unknown_approximation_names_it():
+    class Step(nn.Module):
+        def forward(self, x, h):
+            return F.gelu(x + h, approximate="sigmoid")
+
+    with pytest.raises(cellfuse.CellfuseError, match=r"approximate='sigmoid'"):
+        cellfuse.compile(Step(), (torch.randn(2, 5), torch.randn(2, 5)))

@@ -31,11 +31,12 @@ struct Names {
   const char* sqrt;
   const char* fabs;
   const char* fma;
+  const char* erf;
 };
 
 Names names_of(DType dtype) {
-  if (dtype == DType::f32) return {"float", "expf", "logf", "tanhf", "sqrtf", "fabsf", "fmaf"};
-  return {"double", "exp", "log", "tanh", "sqrt", "fabs", "fma"};
+  if (dtype == DType::f32) return {"float", "expf", "logf", "tanhf", "sqrtf", "fabsf", "fmaf", "erff"};
+  return {"double", "exp", "log", "tanh", "sqrt", "fabs", "fma", "erf"};
 }
 
 enum class Place : std::uint8_t { Param, Shared, Global, Unused };
@@ -435,6 +436,7 @@ std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType d
     case OpKind::sqrt: return std::string(n_.sqrt) + "(" + a[0] + ")";
     case OpKind::rsqrt: return "cf_rsqrt(" + a[0] + ")";
     case OpKind::softplus: return "cf_softplus(" + a[0] + ")";
+    case OpKind::erf: return std::string(n_.erf) + "(" + a[0] + ")";
     case OpKind::add: return a[0] + " + " + a[1];
     case OpKind::sub: return a[0] + " - " + a[1];
     case OpKind::mul: return a[0] + " * " + a[1];

@@ -166,6 +166,7 @@ class KernelEmitter {
       case OpKind::sqrt: return intrinsic(llvm::Intrinsic::sqrt, {a[0]});
       case OpKind::rsqrt: return b_.CreateFDiv(constant(t, 1), intrinsic(llvm::Intrinsic::sqrt, {a[0]}));
       case OpKind::softplus: return emit_softplus(b_, a[0]);
+      case OpKind::erf: return emit_erf(b_, a[0]);
       case OpKind::add: return b_.CreateFAdd(a[0], a[1]);
       case OpKind::sub: return b_.CreateFSub(a[0], a[1]);
       case OpKind::mul: return b_.CreateFMul(a[0], a[1]);

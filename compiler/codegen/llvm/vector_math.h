@@ -14,7 +14,9 @@
 //   * log(+-0) = -inf, log(x < 0) = NaN, log(+inf) = +inf, subnormal x handled;
 //     log1p(-1) = -inf, log1p(x < -1) = NaN, log1p(+inf) = +inf;
 //   * tanh saturates to exactly +-1, sigmoid to exactly 0 and 1, softplus(x) = x for large x
-//     and 0 for very negative x; the sign of zero is kept by tanh, expm1 and log1p.
+//     and 0 for very negative x; the sign of zero is kept by tanh, expm1 and log1p;
+//   * erf saturates to exactly +-1 (|x| >= 3.92 in f32, 5.93 in f64: where erf rounds to 1),
+//     erf(+-inf) = +-1, and keeps the sign of zero.
 // Accuracy, measured over the whole input range by tests/cpp/test_llvm_vector_math.cpp: f32
 // relative error <= 2e-6 (a few ulp in practice), f64 <= 1e-14 (where the true result is a
 // normal number; near underflow the error is below the smallest normal number).
@@ -36,5 +38,6 @@ llvm::Value* emit_log1p(llvm::IRBuilderBase& b, llvm::Value* x);  // log(1 + x)
 llvm::Value* emit_tanh(llvm::IRBuilderBase& b, llvm::Value* x);
 llvm::Value* emit_sigmoid(llvm::IRBuilderBase& b, llvm::Value* x);   // 1 / (1 + e^-x)
 llvm::Value* emit_softplus(llvm::IRBuilderBase& b, llvm::Value* x);  // log(1 + e^x)
+llvm::Value* emit_erf(llvm::IRBuilderBase& b, llvm::Value* x);       // the error function
 
 }  // namespace cellfuse::llvm_codegen
