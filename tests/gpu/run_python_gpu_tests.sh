@@ -9,7 +9,8 @@
 #      and the CUDA one on) and stages it with the package's sources in build-gpu-py/stage, which
 #      goes on PYTHONPATH (the python3 that has PyTorch runs everything; `pip install .` is what
 #      tests/run_all.sh checks);
-#   2. runs tests/python/test_cuda.py (forward, training and torch.compile on CUDA tensors);
+#   2. runs tests/python/test_cuda.py (forward, training and torch.compile on CUDA tensors) and the
+#      CUDA cases of tests/python/test_research_cells.py;
 #   3. with --bench, runs bench/compare_python.py --device cuda and writes its table to OUT.md.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -39,6 +40,8 @@ cp python/cellfuse/*.py "$DIR/stage/cellfuse/" && cp "$DIR"/build/python/cellfus
   fail "stage"
 export PYTHONPATH=$PWD/$DIR/stage${PYTHONPATH:+:$PYTHONPATH}
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_cuda.py) || fail "tests"
+# The research cells on CUDA tensors (their CPU cases need the LLVM backend, often off here).
+(cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_research_cells.py -k cuda) || fail "research cells"
 if [[ "${1:-}" == "--bench" ]]; then
   "$PY" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" || fail "bench"
 fi

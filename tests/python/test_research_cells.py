@@ -169,35 +169,43 @@ def flat(state):
     return state if isinstance(state, tuple) else (state,)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("T,B", [(1, 1), (37, 3), (5, 64)])
-def test_research_cell_matches_eager_float64(name, T, B):
+def test_research_cell_matches_eager_float64(name, T, B, device):
     make, I, H, pair, has_output = CASES[name]
     torch.manual_seed(T * 100 + B)
     cell = make()
+    ref = copy.deepcopy(cell).double()  # on the CPU, in float64
+    cell = cell.to(device)
     X = torch.randn(T, B, I)
     state = (torch.randn(B, H), torch.randn(B, H)) if pair else torch.randn(B, H)
-    rnn = cellfuse.compile(cell, (X[0], state), has_output=has_output)
-    ref = copy.deepcopy(cell).double()
+    example = tuple(s.to(device) for s in flat(state))
+    rnn = cellfuse.compile(cell, (X[0].to(device), example if pair else example[0]), has_output=has_output)
 
-    Xa, Xr = X.clone().requires_grad_(), X.double().clone().requires_grad_()
-    sa = tuple(s.clone().requires_grad_() for s in flat(state))
+    Xa, Xr = X.to(device, copy=True).requires_grad_(), X.double().clone().requires_grad_()
+    sa = tuple(s.to(device, copy=True).requires_grad_() for s in flat(state))
     sr = tuple(s.double().clone().requires_grad_() for s in flat(state))
     out, fin = rnn(Xa, sa if pair else sa[0])
+    assert out.device.type == device
     rout, rfin = eager(ref, Xr, sr if pair else sr[0], has_output)
-    assert rel(out, rout) <= 1e-5
+    assert rel(out.cpu(), rout) <= 1e-5
     for a, b in zip(flat(fin), flat(rfin)):
-        assert rel(a, b) <= 1e-5
+        assert rel(a.cpu(), b) <= 1e-5
 
     w = torch.randn(out.shape, dtype=torch.float64)
-    ((out.double() * w).sum() + sum(f.double().sum() for f in flat(fin))).backward()
+    ((out.double().cpu() * w).sum() + sum(f.double().cpu().sum() for f in flat(fin))).backward()
     ((rout * w).sum() + sum(f.sum() for f in flat(rfin))).backward()
-    assert rel(Xa.grad, Xr.grad) <= 1e-4
+    assert rel(Xa.grad.cpu(), Xr.grad) <= 1e-4
     for a, b in zip(sa, sr):
-        assert rel(a.grad, b.grad) <= 1e-4
+        assert rel(a.grad.cpu(), b.grad) <= 1e-4
     for (pname, p), (_, q) in zip(cell.named_parameters(), ref.named_parameters()):
         assert p.grad is not None, pname
-        assert rel(p.grad, q.grad) <= 1e-4, (pname, rel(p.grad, q.grad))
+        assert rel(p.grad.cpu(), q.grad) <= 1e-4, (pname, rel(p.grad.cpu(), q.grad))
 
 
 def test_parameter_views_follow_the_parameter():
