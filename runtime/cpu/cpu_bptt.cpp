@@ -21,6 +21,17 @@ namespace {
 // A parameter's row sum below this many elements runs on the caller: waking the team costs more.
 constexpr std::int64_t kMinSharedSum = 64 * 1024;
 
+// Arrays kept between calls, one set for f32 runs and one for f64 runs.
+struct ArraysPerType {
+  std::vector<std::vector<float>> f32;
+  std::vector<std::vector<double>> f64;
+  template <class T>
+  std::vector<std::vector<T>>& of() {
+    if constexpr (std::is_same_v<T, float>) return f32;
+    else return f64;
+  }
+};
+
 }  // namespace
 
 struct CpuBptt::Impl {
@@ -35,22 +46,10 @@ struct CpuBptt::Impl {
   // The backward step's outputs that only feed parameter gradients ([T*B, cols] each), kept from
   // one backward to the next: fresh arrays of this size cost a page fault per 4 KB every call.
   mutable std::mutex scratch_mutex;
-  mutable std::vector<std::vector<float>> scratch_f32;
-  mutable std::vector<std::vector<double>> scratch_f64;
-  template <class T>
-  std::vector<std::vector<T>>& scratch() const {
-    if constexpr (std::is_same_v<T, float>) return scratch_f32;
-    else return scratch_f64;
-  }
+  mutable ArraysPerType scratch;
   // run()'s tape, kept from one call to the next like the scratch above.
   mutable std::mutex tape_mutex;
-  mutable std::vector<std::vector<float>> tape_f32;
-  mutable std::vector<std::vector<double>> tape_f64;
-  template <class T>
-  std::vector<std::vector<T>>& tape() const {
-    if constexpr (std::is_same_v<T, float>) return tape_f32;
-    else return tape_f64;
-  }
+  mutable ArraysPerType tape;
   std::int64_t batch = 0;
   double compile_ms = 0;
 };
@@ -147,7 +146,7 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
   view.states = v.final_state_grads;
   view.params.assign(v.params.begin(), v.params.end());
   std::lock_guard<std::mutex> scratch_lock(m.scratch_mutex);
-  auto& scratch = m.template scratch<T>();
+  auto& scratch = m.scratch.template of<T>();
   scratch.resize(step.outputs.size());
   for (std::size_t o = 0; o < step.outputs.size(); ++o) {
     if (o < fwd.inputs.size()) {
@@ -249,7 +248,7 @@ void CpuBptt::run_into(const SequenceArgs<T>& args, const LossGradients<T>& seed
   // The tape lives from the forward to the backward of this call only; its memory is kept for
   // the next call (W3's is 100 MB: fresh, it cost a page fault per 4 KB, ~15% of a step).
   std::lock_guard<std::mutex> tape_lock(m.tape_mutex);
-  auto& tape = m.template tape<T>();
+  auto& tape = m.tape.template of<T>();
   tape.resize(fwd.outputs.size() - static_cast<std::size_t>(bc.user_outputs));
   for (std::size_t o = static_cast<std::size_t>(bc.user_outputs); o < fwd.outputs.size(); ++o)
     tape[o - static_cast<std::size_t>(bc.user_outputs)].resize(
