@@ -21,6 +21,14 @@ struct HostTensor {
     data.assign(static_cast<std::size_t>(n), T(0));
   }
   std::int64_t numel() const { return static_cast<std::int64_t>(data.size()); }
+
+  // Makes this a tensor of `dims`, keeping its memory (and contents) when it already is one:
+  // a result passed again to a run_into writes in place.
+  void fit(const std::vector<std::int64_t>& dims) {
+    std::int64_t n = 1;
+    for (auto d : dims) n *= d;
+    if (shape != dims || data.size() != static_cast<std::size_t>(n)) *this = HostTensor(dims);
+  }
 };
 
 std::string shape_string(const std::vector<std::int64_t>& dims);

@@ -408,7 +408,7 @@ def _unary(name):
     return lambda tr, x, *, out=None: (_no_out(out), tr.wrap(fn(tr.val(x, name))))[1]
 
 
-for _n in ("sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "abs", "erf"):
+for _n in ("sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "abs", "erf"):
     _HANDLERS[_n] = _unary(_n)
 # F.relu(x, inplace=...) reaches the handler with the flag; torch.relu(x) without it.
 _HANDLERS["relu"] = _activation("relu", lambda tr, v, *, out=None: (_no_out(out), _C.relu(v))[1])
@@ -484,29 +484,25 @@ def _gelu(tr, x, approximate="none"):
     return tr.wrap(_C.mul(_C.mul(v, 0.5), _C.add(_C.tanh(inner), 1.0)))
 
 
-@handles("hardtanh")
-def _hardtanh(tr, x, min_val=-1.0, max_val=1.0, inplace=False):
-    result = _clamp(tr, x, min_val, max_val)
-    return _in_place(tr, x, result, "hardtanh") if inplace else result
-
-
-@handles("relu6")
-def _relu6(tr, x, inplace=False):
-    result = _clamp(tr, x, 0.0, 6.0)
-    return _in_place(tr, x, result, "relu6") if inplace else result
+_HANDLERS["hardtanh"] = _activation(
+    "hardtanh", lambda tr, v, min_val=-1.0, max_val=1.0: _clamp_value(tr, v, min_val, max_val))
+_HANDLERS["relu6"] = _activation("relu6", lambda tr, v: _clamp_value(tr, v, 0.0, 6.0))
 
 
 @handles("clamp", "clip")
 def _clamp(tr, x, min=None, max=None, *, out=None):
     _no_out(out)
-    v = tr.val(x, "clamp")
+    return tr.wrap(_clamp_value(tr, tr.val(x, "clamp"), min, max))
+
+
+def _clamp_value(tr, v, min, max):
     if min is None and max is None:
         raise fail("clamp: needs min or max")
     if min is not None:
         v = _C.maximum(v, _bound(tr, v, min))
     if max is not None:
         v = _C.minimum(v, _bound(tr, v, max))
-    return tr.wrap(v)
+    return v
 
 
 @handles("clamp_min")
@@ -631,16 +627,14 @@ def _cat(tr, tensors, dim=0, *, out=None):
     return tr.wrap(_C.cat(parts))
 
 
-def _slice_of(tr, x, start, length):
+def _slice_of(tr, x, start, length, op):
     """A slice of x's features, which shares memory with x and x's other aliases: see _in_place."""
-    if not isinstance(x, Traced):
-        return tr.wrap(_C.slice(tr.val(x, "slice"), start, length))
     if x.aliases is None:
         x.aliases, x.span = [x], (0, x.val.features)
     first = x.span[0] + start
     for op, o_first, o_count in x.stale:  # a part that no in-place op touched is still good
         if o_first < first + length and first < o_first + o_count:
-            tr.val(x, "slice")  # the error
+            tr.val(x, op)  # the error
     piece = tr.wrap(_C.slice(x.val, start, length))
     x.aliases.append(piece)
     piece.aliases, piece.span = x.aliases, (first, length)
@@ -648,10 +642,9 @@ def _slice_of(tr, x, start, length):
 
 
 def _pieces(tr, x, sizes, op):
-    tr.val(x, op)
     out, start = [], 0
     for s in sizes:
-        out.append(_slice_of(tr, x, start, s))
+        out.append(_slice_of(tr, x, start, s, op))
         start += s
     return tuple(out)
 
@@ -692,8 +685,7 @@ def _tensor_split(tr, x, sections, dim=0):
 @handles("narrow")
 def _narrow(tr, x, dim, start, length):
     _feature_dim(x, dim, "narrow")
-    tr.val(x, "narrow")
-    return _slice_of(tr, x, int(start), int(length))
+    return _slice_of(tr, x, int(start), int(length), "narrow")
 
 
 @handles("__getitem__")
@@ -720,7 +712,7 @@ def _getitem(tr, x, key):
         raise fail(f"indexing: the slice {key[-1]} of {n} features is empty")
     if start == 0 and stop == n:
         return x
-    return _slice_of(tr, x, start, stop - start)
+    return _slice_of(tr, x, start, stop - start, "indexing")
 
 
 def _reduction(name, fn):

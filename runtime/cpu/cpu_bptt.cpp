@@ -210,19 +210,12 @@ void CpuBptt::run_into(const SequenceArgs<T>& args, const LossGradients<T>& seed
 
   auto per_step = [&](ValueId id) { return tensor_dims(fwd.graph.node(id).shape, B, steps); };
   auto per_batch = [&](ValueId id) { return tensor_dims(fwd.graph.node(id).shape, B); };
-  // A result tensor of the caller's is written in place when it has the right shape: a training
+  // The caller's result tensors are written in place when they have the right shapes: a training
   // loop that passes the same result again touches no fresh memory.
-  auto fit = [](std::vector<HostTensor<T>>& tensors, std::size_t index, const std::vector<std::int64_t>& dims) {
-    if (tensors.size() <= index) tensors.resize(index + 1);
-    std::int64_t count = 1;
-    for (std::int64_t d : dims) count *= d;
-    if (tensors[index].shape != dims || tensors[index].data.size() != static_cast<std::size_t>(count))
-      tensors[index] = HostTensor<T>(dims);
-  };
   result.forward.outputs.resize(static_cast<std::size_t>(bc.user_outputs));
-  for (int o = 0; o < bc.user_outputs; ++o) fit(result.forward.outputs, o, per_step(fwd.outputs[o].value));
+  for (int o = 0; o < bc.user_outputs; ++o) result.forward.outputs[o].fit(per_step(fwd.outputs[o].value));
   result.forward.final_states.resize(fwd.states.size());
-  for (std::size_t s = 0; s < fwd.states.size(); ++s) fit(result.forward.final_states, s, per_batch(fwd.states[s]));
+  for (std::size_t s = 0; s < fwd.states.size(); ++s) result.forward.final_states[s].fit(per_batch(fwd.states[s]));
 
   if (seeds.outputs.size() != static_cast<std::size_t>(bc.user_outputs) || seeds.final_states.size() != fwd.states.size())
     throw Error("CPU backward: expected gradients for " + std::to_string(bc.user_outputs) + " output(s) and " +
@@ -239,11 +232,11 @@ void CpuBptt::run_into(const SequenceArgs<T>& args, const LossGradients<T>& seed
                   shape_string(result.forward.final_states[s].shape));
 
   result.grads.inputs.resize(fwd.inputs.size());
-  for (std::size_t i = 0; i < fwd.inputs.size(); ++i) fit(result.grads.inputs, i, per_step(fwd.inputs[i]));
+  for (std::size_t i = 0; i < fwd.inputs.size(); ++i) result.grads.inputs[i].fit(per_step(fwd.inputs[i]));
   result.grads.states.resize(fwd.states.size());
-  for (std::size_t s = 0; s < fwd.states.size(); ++s) fit(result.grads.states, s, per_batch(fwd.states[s]));
+  for (std::size_t s = 0; s < fwd.states.size(); ++s) result.grads.states[s].fit(per_batch(fwd.states[s]));
   result.grads.params.resize(fwd.params.size());
-  for (std::size_t p = 0; p < fwd.params.size(); ++p) fit(result.grads.params, p, per_batch(fwd.params[p]));
+  for (std::size_t p = 0; p < fwd.params.size(); ++p) result.grads.params[p].fit(per_batch(fwd.params[p]));
 
   // The tape lives from the forward to the backward of this call only; its memory is kept for
   // the next call (W3's is 100 MB: fresh, it cost a page fault per 4 KB, ~15% of a step).

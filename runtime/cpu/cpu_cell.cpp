@@ -132,11 +132,8 @@ void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) c
   const std::int64_t B = impl_->batch;
   // The caller's result tensors are written in place when they have the right shapes.
   result.outputs.resize(cell.outputs.size());
-  for (std::size_t o = 0; o < cell.outputs.size(); ++o) {
-    std::vector<std::int64_t> dims{steps, B, cell.graph.node(cell.outputs[o].value).shape.features()};
-    if (result.outputs[o].shape != dims || result.outputs[o].data.size() != static_cast<std::size_t>(steps * B * dims[2]))
-      result.outputs[o] = HostTensor<T>(dims);
-  }
+  for (std::size_t o = 0; o < cell.outputs.size(); ++o)
+    result.outputs[o].fit({steps, B, cell.graph.node(cell.outputs[o].value).shape.features()});
   result.final_states.resize(cell.states.size());
   SequenceView<T> view;
   view.steps = steps;
@@ -145,8 +142,7 @@ void CpuCell::run_into(const SequenceArgs<T>& args, SequenceResult<T>& result) c
   for (const auto& t : args.params) view.params.push_back(t.data.data());
   for (auto& t : result.outputs) view.outputs.push_back(t.data.data());
   for (std::size_t s = 0; s < cell.states.size(); ++s) {
-    result.final_states[s].shape = args.states[s].shape;
-    result.final_states[s].data.resize(args.states[s].data.size());
+    result.final_states[s].fit(args.states[s].shape);
     view.final_states.push_back(result.final_states[s].data.data());
   }
   run_view(view);

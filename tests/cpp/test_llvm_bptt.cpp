@@ -99,10 +99,14 @@ TEST(CpuBptt, RunIntoReusesTheResult) {
     for (std::size_t p = 0; p < fresh.grads.params.size(); ++p)
       EXPECT_EQ(result.grads.params[p].data, fresh.grads.params[p].data) << "param " << p;
     // Parameter gradients do not depend on T: the same memory throughout.
-    if (kept_param_grad) EXPECT_EQ(result.grads.params[0].data.data(), kept_param_grad);
+    if (kept_param_grad) {
+      EXPECT_EQ(result.grads.params[0].data.data(), kept_param_grad);
+    }
     kept_param_grad = result.grads.params[0].data.data();
     // Outputs: the same memory while T stays the same.
-    if (steps == previous_steps) EXPECT_EQ(result.forward.outputs[0].data.data(), kept_output);
+    if (steps == previous_steps) {
+      EXPECT_EQ(result.forward.outputs[0].data.data(), kept_output);
+    }
     kept_output = result.forward.outputs[0].data.data();
     previous_steps = steps;
   }
