@@ -48,20 +48,25 @@ def sixteen_bit_on_cpu(dtype) -> CellfuseError:
 
 
 class Program:
-    """One traced cell (one layer, one direction) and its compilations per device, batch size,
-    training or not, and storage. `dtype` is the dtype of the example tensors it was traced with
-    (float32 for the cell itself when they were 16-bit)."""
+    """One captured cell (one layer, one direction) and its compilations per device, batch size,
+    training or not, and storage. `dtype` is the dtype of the example tensors it was captured
+    with (float32 for the cell itself when they were 16-bit). `prelude` computes the cell's
+    parameter tensors from the module's lifted tensors (`lifted_names`, in order); `param_keys`
+    names each cell parameter's module tensor when it is one as is (else None). `x_dims`,
+    `state_dims` and `out_dims` are the user's per-step shapes, None at the batch axis."""
 
-    def __init__(self, cell, *, params, param_keys, param_views, trainable, input_width, state_widths, output_width,
-                 structure, state_names, dtype, masked):
+    def __init__(self, cell, *, prelude, lifted_names, param_keys, x_dims, state_dims, out_dims, structure,
+                 state_names, dtype, masked):
         self.cell = cell
-        self.params = params
+        self.prelude = prelude
+        self.lifted_names = lifted_names
         self.param_keys = param_keys
-        self.param_views = param_views  # per param: None, or the view of it the cell reads
-        self.trainable = trainable
-        self.input_width = input_width
-        self.state_widths = state_widths
-        self.output_width = output_width
+        self.x_dims = tuple(x_dims)
+        self.state_dims = [tuple(d) for d in state_dims]
+        self.out_dims = tuple(out_dims)
+        self.input_width = _features(x_dims)
+        self.state_widths = [_features(d) for d in state_dims]
+        self.output_width = _features(out_dims)
         self.structure = structure
         self.state_names = state_names
         self.dtype = dtype
@@ -94,6 +99,14 @@ class Program:
                 found = _compile(self.cell, device, batch, train, storage)
                 self._compiled[key] = found
         return found
+
+
+def _features(dims):
+    out = 1
+    for d in dims:
+        if d is not None:
+            out *= d
+    return out
 
 
 def _compile(cell, device, batch, train, storage):

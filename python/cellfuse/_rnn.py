@@ -9,11 +9,10 @@ from torch import nn
 from ._capture import capture
 from ._errors import CellfuseError
 from ._program import STORAGE_16, cell_dtype_of, sixteen_bit_on_cpu
-from ._trace import parameter_view_of
 
 
 def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0, batch_first=False,
-            has_output=None):
+            has_output=None, batch_dim=None):
     """Compiles a recurrent cell written in PyTorch into a module that runs whole sequences.
 
     cell: an nn.Module (or a function) whose step is `forward(x, *states)`: x is (B, I), each state
@@ -38,7 +37,7 @@ def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=
     Returns an `RNN` module: `out, state = rnn(X, state0=None, lengths=None)`.
     """
     return RNN(cell, example_inputs, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
-               batch_first=batch_first, has_output=has_output)
+               batch_first=batch_first, has_output=has_output, batch_dim=batch_dim)
 
 
 def _fresh_copy(cell):
@@ -69,7 +68,7 @@ class RNN(nn.Module):
     """
 
     def __init__(self, cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0,
-                 batch_first=False, has_output=None):
+                 batch_first=False, has_output=None, batch_dim=None):
         super().__init__()
         if num_layers < 1:
             raise CellfuseError(f"num_layers must be at least 1, got {num_layers}")
@@ -96,24 +95,27 @@ class RNN(nn.Module):
         self._functions = None if modules else cells
 
         x, *states = example_inputs
-        self._example_states = states
         self.programs = []
         self._masked = [None] * count
-        width = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 2 else None
+        layer_dims = None  # the per-step input shape of layers after the first
         for index, c in enumerate(cells):
             layer = index // self.directions
-            example = (x if layer == 0 else x.new_empty((x.shape[0], width)), *states)
             try:
-                program = capture(c, example, has_output=has_output)
+                if layer == 0:
+                    program = capture(c, example_inputs, has_output=has_output, batch_dim=batch_dim)
+                else:
+                    first = self.programs[0]
+                    example = _example(first, layer_dims, x.dtype, x.device)
+                    program = capture(c, example, has_output=has_output, dims=(layer_dims, first.state_dims))
             except CellfuseError as e:
                 if layer == 0:
                     raise
-                raise CellfuseError(f"layer {layer} takes inputs of width {width} (the output width times the "
-                                    f"directions), and tracing its cell on them failed: pass one cell per layer "
-                                    f"and direction that accepts that width.\n{e}") from None
+                raise CellfuseError(f"layer {layer} takes inputs of width {_features(layer_dims)} (the output width "
+                                    f"times the directions), and capturing its cell on them failed: pass one cell per "
+                                    f"layer and direction that accepts that width.\n{e}") from None
             self.programs.append(program)
             if layer == 0 and index == self.directions - 1:
-                width = program.output_width * self.directions
+                layer_dims = _with_directions(program.out_dims, self.directions)
         first = self.programs[0]
         self.output_width = first.output_width
         self.state_widths = first.state_widths
@@ -128,29 +130,32 @@ class RNN(nn.Module):
         if not masked:
             return self.programs[index]
         if self._masked[index] is None:
-            # Traced on examples of the run's dtype (the parameters' dtype when the module was
+            # Captured on examples of the run's dtype (the parameters' dtype when the module was
             # converted after compile); every dtype with the same cell dtype shares the result.
             p = self.programs[index]
-            x = torch.empty((1, p.input_width), dtype=dtype)
-            states = [torch.empty((1, w), dtype=dtype) for w in p.state_widths]
-            example = _restructure(states, p.structure)
-            example = example if len(p.structure) > 1 else (example,)
-            self._masked[index] = capture(self._cell(index), (x, *example), has_output=self.has_output,
-                                          masked=True)
+            example = _example(p, p.x_dims, dtype, None)
+            self._masked[index] = capture(self._cell(index), example, has_output=self.has_output, masked=True,
+                                          dims=(p.x_dims, p.state_dims))
         return self._masked[index]
 
-    def _params(self, program, index):
+    def _params(self, program, index, X=None):
+        """The cell's parameter tensors for this call: the prelude run on the module's current
+        parameters and buffers (so updates, load_state_dict and dtype changes are seen)."""
         cell = self._cell(index)
-        out = []
-        for tensor, key, view in zip(program.params, program.param_keys, program.param_views):
-            if key is not None and isinstance(cell, nn.Module):
-                try:
-                    tensor = cell.get_parameter(key)
-                except AttributeError:
-                    tensor = cell.get_buffer(key)
-            tensor = parameter_view_of(tensor, view)
-            out.append(tensor.reshape(1) if tensor.dim() == 0 else tensor)
-        return out
+        lifted = []
+        for name in program.lifted_names:
+            try:
+                t = cell.get_parameter(name)
+            except AttributeError:
+                t = cell.get_buffer(name)
+            if X is not None:
+                if t.device != X.device:
+                    raise CellfuseError(f"cellfuse RNN: parameter '{name}' is on {t.device} but X is on {X.device}: "
+                                        "move the module (rnn.to(device))")
+                if t.is_floating_point() and t.dtype != X.dtype:
+                    raise CellfuseError(f"cellfuse RNN: parameter '{name}' is {t.dtype} but X is {X.dtype}")
+            lifted.append(t)
+        return program.prelude.run(lifted)
 
     def extra_repr(self):
         return (f"output={self.output_width}, states={self.state_widths}, num_layers={self.num_layers}, "
@@ -162,17 +167,23 @@ class RNN(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, X, state0=None, lengths=None):
-        if not isinstance(X, torch.Tensor) or X.dim() != 3:
-            raise CellfuseError(f"cellfuse RNN: X must be a 3-D tensor ({'B, T' if self.batch_first else 'T, B'}, I), "
-                                f"got {tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
+        first = self.programs[0]
+        x_dims = first.x_dims
+        rank = len(x_dims) + 1
+        if not isinstance(X, torch.Tensor) or X.dim() != rank:
+            layout = _describe_dims(x_dims, "T", self.batch_first)
+            raise CellfuseError(f"cellfuse RNN: X must be a {rank}-D tensor {layout}, got "
+                                f"{tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__}")
         _check_dtype(X, self.dtype)
-        if self.batch_first:
-            X = X.transpose(0, 1)
-        X = X.contiguous()
+        bpos = x_dims.index(None)
+        batch_axis, time_axis = (bpos, bpos + 1) if self.batch_first else (bpos + 1, 0)
+        sizes = [n for i, n in enumerate(X.shape) if i not in (batch_axis, time_axis)]
+        if sizes != [d for d in x_dims if d is not None]:
+            raise CellfuseError(f"cellfuse RNN: X has {_features_of(sizes)} input features {tuple(X.shape)}, the "
+                                f"cell takes {first.input_width} (X must be "
+                                f"{_describe_dims(x_dims, 'T', self.batch_first)})")
+        X = _to_rows(X, x_dims, self.batch_first)
         steps, batch, width = X.shape
-        if width != self.programs[0].input_width:
-            raise CellfuseError(f"cellfuse RNN: X has {width} input features, the cell takes "
-                                f"{self.programs[0].input_width} (X is {tuple(X.shape)})")
         if batch == 0:
             raise CellfuseError("cellfuse RNN: X has a batch of 0")
         count = self.num_layers * self.directions
@@ -191,8 +202,7 @@ class RNN(nn.Module):
                 x = layer_input if d == 0 else _reverse(layer_input, lengths)
                 inputs = [x] if mask is None else [x, mask]
                 states = [s[index] for s in flat0]
-                params = self._params(program, index)
-                _check_params(params, program, X)
+                params = self._params(program, index, X)
                 train = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *states, *params))
                 results = torch.ops.cellfuse.sequence(program.key, inputs, states, params, train)
                 out = results[0]
@@ -202,8 +212,12 @@ class RNN(nn.Module):
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-        out = layer_input.transpose(0, 1) if self.batch_first else layer_input
-        stacked = [f[0] if squeeze else torch.stack(f, 0) for f in finals]
+        out_dims = _with_directions(self.programs[-1].out_dims, self.directions)
+        out = _from_rows(layer_input, out_dims, self.batch_first)
+        stacked = []
+        for f, dims in zip(finals, first.state_dims):
+            per_step = [_state_from_rows(t, dims) for t in f]
+            stacked.append(per_step[0] if squeeze else torch.stack(per_step, 0))
         return out, _restructure(stacked, self.structure)
 
     def _initial_states(self, state0, batch, count, X):
@@ -213,19 +227,22 @@ class RNN(nn.Module):
         flat = _flatten_states(state0, self.structure)
         squeeze = False
         out = []
-        for t, w, name in zip(flat, self.state_widths, self.programs[0].state_names):
+        first = self.programs[0]
+        for t, dims, name in zip(flat, first.state_dims, first.state_names):
             if not isinstance(t, torch.Tensor):
                 raise CellfuseError(f"cellfuse RNN: state '{name}' is a {type(t).__name__}, not a tensor")
-            if t.dim() == 2 and count == 1:
+            expected = tuple(batch if d is None else d for d in dims)
+            if t.dim() == len(dims) and count == 1:
                 squeeze = True
                 t = t.unsqueeze(0)
-            if tuple(t.shape) != (count, batch, w):
+            if tuple(t.shape) != (count, *expected):
                 raise CellfuseError(f"cellfuse RNN: state '{name}' has shape {tuple(t.shape)}, expected "
-                                    f"{(count, batch, w)} (layers*directions, B, n)")
+                                    f"{(count, *expected)} (layers*directions, then the step's state shape "
+                                    f"{_describe_dims(dims)})")
             if t.dtype != X.dtype or t.device != X.device:
                 raise CellfuseError(f"cellfuse RNN: state '{name}' is {t.dtype} on {t.device}, X is {X.dtype} "
                                     f"on {X.device}")
-            out.append(t.contiguous())
+            out.append(_to_rows(t, dims, False))
         return out, squeeze
 
     def _mask(self, lengths, steps, batch, X):
@@ -290,16 +307,74 @@ def _check_dtype(X, traced):
         raise sixteen_bit_on_cpu(X.dtype)
 
 
-def _check_params(params, program, X):
-    for t, key in zip(params, program.param_keys):
-        if t.device != X.device:
-            raise CellfuseError(f"cellfuse RNN: parameter '{key}' is on {t.device} but X is on {X.device}: "
-                                "move the module (rnn.to(device))")
-        if t.dtype != X.dtype:
-            raise CellfuseError(f"cellfuse RNN: parameter '{key}' is {t.dtype} but X is {X.dtype}")
-    for i, t in enumerate(params):
-        if not t.is_contiguous():
-            params[i] = t.contiguous()
+def _features_of(sizes):
+    out = 1
+    for d in sizes:
+        out *= d
+    return out
+
+
+def _features(dims):
+    out = 1
+    for d in dims:
+        if d is not None:
+            out *= d
+    return out
+
+
+def _describe_dims(dims, lead=None, batch_first=False):
+    names = ["B" if d is None else str(d) for d in dims]
+    if lead is not None:
+        names.insert(dims.index(None) + 1 if batch_first else 0, lead)
+    return "(" + ", ".join(names) + ")"
+
+
+def _to_rows(X, dims, batch_first):
+    """(T, *dims) (the time axis after the batch axis with batch_first) as [T, B, F]."""
+    bpos = dims.index(None)
+    if batch_first:
+        X = X.movedim(bpos + 1, 0)
+    if bpos != 0:
+        X = X.movedim(bpos + 1, 1)
+    return X.reshape(X.shape[0], X.shape[1], _features(dims)).contiguous()
+
+
+def _from_rows(rows, dims, batch_first):
+    """[T, B, F] as (T, *dims) in the user's per-step shape (a view)."""
+    bpos = dims.index(None)
+    features = [d for d in dims if d is not None]
+    out = rows.reshape(rows.shape[0], rows.shape[1], *features)
+    if bpos != 0:
+        out = out.movedim(1, bpos + 1)
+    return out.movedim(0, bpos + 1) if batch_first else out
+
+
+def _state_from_rows(rows, dims):
+    """[B, F] as the user's per-step state shape."""
+    bpos = dims.index(None)
+    out = rows.reshape(rows.shape[0], *[d for d in dims if d is not None])
+    return out.movedim(0, bpos) if bpos else out
+
+
+def _with_directions(dims, directions):
+    """The per-step output shape of a layer of `directions` directions (joined on the last axis)."""
+    if directions == 1:
+        return tuple(dims)
+    axis = max(i for i, d in enumerate(dims) if d is not None)
+    if any(d not in (None, 1) for i, d in enumerate(dims) if i != axis):
+        raise CellfuseError(f"bidirectional: the per-step output shape {_describe_dims(dims)} has more than one "
+                            "feature axis; the directions are joined on the last axis of a (B, n)-like output")
+    return tuple(d * directions if i == axis else d for i, d in enumerate(dims))
+
+
+def _example(program, x_dims, dtype, device):
+    """Example inputs of a captured program's shapes (batch 2) for capturing a variant of it."""
+    def make(dims):
+        return torch.zeros([2 if d is None else d for d in dims], dtype=dtype, device=device)
+    states = [make(d) for d in program.state_dims]
+    example = _restructure(states, program.structure)
+    example = example if len(program.structure) > 1 else (example,)
+    return (make(x_dims), *example)
 
 
 def _reverse(x, lengths):
