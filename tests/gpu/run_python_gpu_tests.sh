@@ -42,6 +42,8 @@ export PYTHONPATH=$PWD/$DIR/stage${PYTHONPATH:+:$PYTHONPATH}
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_cuda.py) || fail "tests"
 # The research cells on CUDA tensors (their CPU cases need the LLVM backend, often off here).
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_research_cells.py -k cuda) || fail "research cells"
+# The capture corpus (31 cells in research code's styles) on CUDA tensors.
+(cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_corpus.py -k cuda) || fail "corpus"
 if [[ "${1:-}" == "--bench" ]]; then
   "$PY" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" || fail "bench"
 fi
