@@ -1,0 +1,111 @@
+#pragma once
+// Weight matrices for the matrix-vector products of generation (one token per stream per step),
+// stored in the format a user picked and quantized once, at load time, from fp32:
+//
+//   F32   the weights as they are
+//   BF16  the upper half of each fp32 (rounded to nearest even): half the bytes
+//   Int8  symmetric, one scale per output row; activations quantized per row of x at every call
+//   Int4  groups of 32 along k, one scale each (values -8..7, as ggml's Q4_0); activations
+//         quantized to int8 per group of 32, each group with its scale (as ggml's Q8_0)
+//
+// At batch 1 these products only stream the weights (100 MB of fp32 for a 3-layer LSTM of 1024),
+// so fewer bytes per weight is the speed-up. A weight is [n, k] (nn.Linear's layout, n output
+// rows), each row padded with zeros to a multiple of 32 so that every kernel reads whole vectors.
+//
+// The kernels are picked at run time for the CPU: AVX-512 (F, BW, VL and VNNI: Intel since
+// Cascade Lake, AMD Zen 4), AVX2 + FMA, or plain C++. Every output element is summed by one
+// thread in a fixed order, so results do not depend on the thread count.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cellfuse::cpu {
+class Team;
+}
+
+namespace cellfuse::cpu::quant {
+
+enum class Format : std::uint8_t { F32 = 0, BF16 = 1, Int8 = 2, Int4 = 3 };
+enum class Isa : std::uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* format_name(Format f);
+// "fp32"/"f32", "bf16", "int8", "int4"; anything else is an Error naming the accepted ones.
+Format parse_format(std::string_view name);
+
+// The best kernel set this CPU runs, and the one in use (tests force lower ones to run them all).
+Isa host_isa();
+Isa active_isa();
+// Uses `isa` (at most host_isa(), else Error) until reset with host_isa(). Not thread-safe
+// against running products: for tests and benchmarks.
+void force_isa(Isa isa);
+const char* isa_name(Isa isa);
+
+constexpr std::int64_t kGroup = 32;  // int4 group size; every row is padded to a multiple of it
+inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
+
+// Activations x [rows, k] prepared for one matrix format: padded (and quantized) once per call,
+// reused by every matrix of that format and k that reads the same x.
+struct Activations {
+  Format format = Format::F32;
+  std::int64_t rows = 0, k = 0, kpad = 0;
+  std::vector<float> f;           // F32/BF16: [rows, kpad]
+  std::vector<std::int8_t> q;     // Int8/Int4: [rows, kpad]
+  std::vector<std::uint8_t> u;    // Int8: q + 128 (VNNI multiplies unsigned by signed bytes)
+  std::vector<float> scale;       // Int8: [rows]; Int4: [rows, kpad / 32]
+  std::vector<std::int32_t> sum;  // Int4: sum of q per group [rows, kpad / 32]
+  // Fills this for x (row stride ldx >= k); reuses the memory of earlier calls.
+  void prepare(Format format, const float* x, std::int64_t rows, std::int64_t k, std::int64_t ldx);
+};
+
+class QuantMatrix {
+ public:
+  QuantMatrix() = default;
+  // W as [n, k] (n_by_k) or [k, n], quantized to `format`. Throws Error on non-finite weights
+  // (a NaN would poison a whole int8 row's scale silently).
+  static QuantMatrix quantize(const float* w, bool n_by_k, std::int64_t k, std::int64_t n, Format format);
+  // Rebuilds a matrix from stored bytes (what raw_* return), checking their sizes.
+  static QuantMatrix from_raw(Format format, std::int64_t k, std::int64_t n, std::vector<std::uint8_t> data,
+                              std::vector<float> scales);
+
+  // out[r, :] = x[r, :] W^T (+ bias) for r < x.rows, out rows `ldo` apart. With a team, the
+  // output rows are shared among its members when the product is large enough.
+  void multiply(const Activations& x, const float* bias, float* out, std::int64_t ldo, Team* team = nullptr) const;
+
+  Format format() const { return format_; }
+  std::int64_t k() const { return k_; }
+  std::int64_t n() const { return n_; }
+  std::int64_t kpad() const { return kpad_; }
+  // The weight the kernels use, as a double (the test oracle).
+  double at(std::int64_t row, std::int64_t col) const;
+  // Bytes a product reads (the weight-streaming floor's numerator).
+  std::size_t bytes() const { return data_.size() + scales_.size() * sizeof(float); }
+  const std::vector<std::uint8_t>& raw_data() const { return data_; }
+  const std::vector<float>& raw_scales() const { return scales_; }
+
+ private:
+  void derive();  // the per-row sums VNNI's unsigned operand needs
+  Format format_ = Format::F32;
+  std::int64_t k_ = 0, n_ = 0, kpad_ = 0;
+  std::vector<std::uint8_t> data_;   // [n, kpad] of the format's elements; int4: [n, kpad/32, 16]
+  std::vector<float> scales_;        // Int8: [n]; Int4: [n, kpad / 32]
+  std::vector<std::int32_t> row_sum_;  // Int8: sum of each row's q (AVX-512 VNNI's offset)
+};
+
+// The kernels of one instruction set: rows [r0, r1) of out for all rows of x.
+struct KernelSet {
+  void (*f32)(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
+              const float* bias, float* out, std::int64_t ldo);
+  void (*bf16)(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
+               std::int64_t r1, const float* bias, float* out, std::int64_t ldo);
+  void (*int8)(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
+               const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
+               std::int64_t ldo);
+  void (*int4)(const std::uint8_t* w, const float* scales, std::int64_t kpad, const Activations& x,
+               std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo);
+};
+const KernelSet& scalar_kernels();
+const KernelSet& avx2_kernels();
+const KernelSet& avx512_kernels();
+
+}  // namespace cellfuse::cpu::quant

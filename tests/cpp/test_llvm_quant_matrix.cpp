@@ -1,0 +1,197 @@
+// The weight formats of generation (runtime/cpu/quant): every kernel set this CPU runs, every
+// format, odd sizes and stream counts, against float64 oracles written here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "compiler/ir/error.h"
+#include "runtime/cpu/quant/quant_matrix.h"
+#include "runtime/cpu/team.h"
+
+namespace cellfuse::cpu::quant {
+namespace {
+
+const Format kFormats[] = {Format::F32, Format::BF16, Format::Int8, Format::Int4};
+
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> out{Isa::Scalar};
+  if (static_cast<int>(host_isa()) >= static_cast<int>(Isa::Avx2)) out.push_back(Isa::Avx2);
+  if (host_isa() == Isa::Avx512) out.push_back(Isa::Avx512);
+  return out;
+}
+
+struct IsaGuard {
+  explicit IsaGuard(Isa isa) { force_isa(isa); }
+  ~IsaGuard() { force_isa(host_isa()); }
+};
+
+std::vector<float> random_values(std::size_t n, std::mt19937& rng, float scale) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  // Some rows of real weights have a few large entries: make a few elements stand out.
+  for (std::size_t i = 0; i < n; i += 37) v[i] *= 4.0f;
+  return v;
+}
+
+// x as the kernel sees it: padded and, for the integer formats, dequantized.
+double activation(const Activations& a, std::int64_t row, std::int64_t col) {
+  switch (a.format) {
+    case Format::F32:
+    case Format::BF16: return a.f[static_cast<std::size_t>(row * a.kpad + col)];
+    case Format::Int8: return a.q[static_cast<std::size_t>(row * a.kpad + col)] * static_cast<double>(a.scale[row]);
+    case Format::Int4: {
+      const std::int64_t groups = a.kpad / kGroup;
+      return a.q[static_cast<std::size_t>(row * a.kpad + col)] *
+             static_cast<double>(a.scale[static_cast<std::size_t>(row * groups + col / kGroup)]);
+    }
+  }
+  return 0;
+}
+
+struct Case {
+  std::int64_t n, k, rows;
+};
+const Case kCases[] = {{1, 1, 1}, {7, 33, 3}, {33, 100, 5}, {64, 1000, 2}, {129, 64, 8}, {40, 96, 1}, {300, 257, 4}};
+
+TEST(QuantMatrix, KernelsMatchTheDequantizedOracle) {
+  std::mt19937 rng(123);
+  for (Isa isa : runnable_isas()) {
+    IsaGuard guard(isa);
+    for (Format f : kFormats)
+      for (const Case& c : kCases) {
+        SCOPED_TRACE(std::string(isa_name(isa)) + " " + format_name(f) + " n=" + std::to_string(c.n) +
+                     " k=" + std::to_string(c.k) + " rows=" + std::to_string(c.rows));
+        const std::int64_t ldx = c.k + 3, ldo = c.n + 2;
+        auto w = random_values(static_cast<std::size_t>(c.n * c.k), rng, 0.3f);
+        auto x = random_values(static_cast<std::size_t>(c.rows * ldx), rng, 1.0f);
+        auto bias = random_values(static_cast<std::size_t>(c.n), rng, 0.5f);
+        const bool n_by_k = (c.n + c.k) % 2 == 0;
+        std::vector<float> wt(w.size());  // the [k, n] layout of the same matrix
+        for (std::int64_t r = 0; r < c.n; ++r)
+          for (std::int64_t i = 0; i < c.k; ++i) wt[static_cast<std::size_t>(i * c.n + r)] = w[static_cast<std::size_t>(r * c.k + i)];
+        QuantMatrix m = QuantMatrix::quantize(n_by_k ? w.data() : wt.data(), n_by_k, c.k, c.n, f);
+        Activations a;
+        a.prepare(f, x.data(), c.rows, c.k, ldx);
+        std::vector<float> out(static_cast<std::size_t>(c.rows * ldo), 7.0f);
+        m.multiply(a, bias.data(), out.data(), ldo);
+        for (std::int64_t b = 0; b < c.rows; ++b)
+          for (std::int64_t r = 0; r < c.n; ++r) {
+            double want = bias[static_cast<std::size_t>(r)], size = std::fabs(want);
+            for (std::int64_t i = 0; i < m.kpad(); ++i) {
+              want += m.at(r, i) * activation(a, b, i);
+              size += std::fabs(m.at(r, i) * activation(a, b, i));
+            }
+            ASSERT_NEAR(out[static_cast<std::size_t>(b * ldo + r)], want, 2e-6 * size + 1e-7) << "row " << r;
+          }
+        // Padding columns of out are never written.
+        for (std::int64_t b = 0; b < c.rows; ++b) EXPECT_EQ(out[static_cast<std::size_t>(b * ldo + c.n)], 7.0f);
+      }
+  }
+}
+
+// The stored weights are within the format's rounding of the fp32 ones, and padding is zero.
+TEST(QuantMatrix, WeightsWithinTheirFormatsRounding) {
+  std::mt19937 rng(7);
+  const std::int64_t n = 19, k = 77;
+  auto w = random_values(static_cast<std::size_t>(n * k), rng, 2.0f);
+  for (Format f : kFormats) {
+    QuantMatrix m = QuantMatrix::quantize(w.data(), true, k, n, f);
+    EXPECT_EQ(m.kpad(), 96);
+    for (std::int64_t r = 0; r < n; ++r) {
+      double amax = 0;
+      for (std::int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(double(w[static_cast<std::size_t>(r * k + i)])));
+      for (std::int64_t i = 0; i < m.kpad(); ++i) {
+        const double exact = i < k ? w[static_cast<std::size_t>(r * k + i)] : 0.0, got = m.at(r, i);
+        if (i >= k) {
+          EXPECT_EQ(got, 0.0);
+          continue;
+        }
+        double bound = 0;
+        if (f == Format::BF16) bound = std::fabs(exact) * std::ldexp(1.0, -8);
+        if (f == Format::Int8) bound = amax / 127 / 2 * 1.0001;
+        if (f == Format::Int4) {
+          double gmax = 0;
+          for (std::int64_t j = i / 32 * 32; j < std::min(k, i / 32 * 32 + 32); ++j)
+            gmax = std::max(gmax, std::fabs(double(w[static_cast<std::size_t>(r * k + j)])));
+          bound = gmax / 8 * 1.0001;  // a step of gmax / 8; the clamped top level is one step off at most
+        }
+        EXPECT_LE(std::fabs(got - exact), bound + 1e-12) << format_name(f) << " [" << r << "," << i << "]";
+      }
+    }
+  }
+}
+
+// What activation quantization keeps: within half a step of x, group by group for int4.
+TEST(QuantMatrix, ActivationsWithinHalfAStep) {
+  std::mt19937 rng(9);
+  const std::int64_t rows = 3, k = 70;
+  auto x = random_values(static_cast<std::size_t>(rows * k), rng, 3.0f);
+  for (Format f : {Format::Int8, Format::Int4}) {
+    Activations a;
+    a.prepare(f, x.data(), rows, k, k);
+    for (std::int64_t b = 0; b < rows; ++b)
+      for (std::int64_t i = 0; i < a.kpad; ++i) {
+        const double exact = i < k ? x[static_cast<std::size_t>(b * k + i)] : 0.0;
+        double amax = 0;
+        const std::int64_t lo = f == Format::Int8 ? 0 : i / 32 * 32, hi = f == Format::Int8 ? k : std::min(k, lo + 32);
+        for (std::int64_t j = lo; j < hi; ++j) amax = std::max(amax, std::fabs(double(x[static_cast<std::size_t>(b * k + j)])));
+        EXPECT_LE(std::fabs(activation(a, b, i) - exact), amax / 254 * 1.0001 + 1e-12);
+      }
+  }
+}
+
+// Shared among a team, every output is summed by one member in the same order: the same bits.
+TEST(QuantMatrix, SameBitsOnAnyTeamSize) {
+  std::mt19937 rng(11);
+  const std::int64_t n = 1031, k = 515, rows = 3;
+  auto w = random_values(static_cast<std::size_t>(n * k), rng, 0.2f);
+  auto x = random_values(static_cast<std::size_t>(rows * k), rng, 1.0f);
+  auto team = shared_team(2);
+  for (Format f : kFormats) {
+    QuantMatrix m = QuantMatrix::quantize(w.data(), true, k, n, f);
+    Activations a;
+    a.prepare(f, x.data(), rows, k, k);
+    std::vector<float> alone(static_cast<std::size_t>(rows * n)), shared(alone.size());
+    m.multiply(a, nullptr, alone.data(), n);
+    {
+      std::lock_guard<std::mutex> lock(team->user_mutex());
+      m.multiply(a, nullptr, shared.data(), n, team.get());
+    }
+    EXPECT_EQ(alone, shared) << format_name(f);
+  }
+}
+
+TEST(QuantMatrix, ClearErrors) {
+  std::vector<float> w(12, 0.5f);
+  w[5] = std::nanf("");
+  try {
+    QuantMatrix::quantize(w.data(), true, 4, 3, Format::Int8);
+    FAIL() << "a NaN weight was quantized";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[1, 1]"), std::string::npos) << e.what();
+  }
+  w[5] = 0.5f;
+  QuantMatrix m = QuantMatrix::quantize(w.data(), true, 4, 3, Format::Int4);
+  Activations a;
+  a.prepare(Format::Int8, w.data(), 1, 4, 4);
+  std::vector<float> out(3);
+  EXPECT_THROW(m.multiply(a, nullptr, out.data(), 3), Error);
+  EXPECT_THROW(QuantMatrix::from_raw(Format::Int8, 4, 3, std::vector<std::uint8_t>(95), std::vector<float>(3)), Error);
+  EXPECT_THROW(parse_format("int3"), Error);
+  if (host_isa() != Isa::Avx512) {
+    EXPECT_THROW(force_isa(Isa::Avx512), Error);
+  }
+  // A matrix rebuilt from its bytes multiplies the same.
+  QuantMatrix back = QuantMatrix::from_raw(m.format(), m.k(), m.n(), m.raw_data(), m.raw_scales());
+  a.prepare(Format::Int4, w.data(), 1, 4, 4);
+  std::vector<float> again(3);
+  m.multiply(a, nullptr, out.data(), 3);
+  back.multiply(a, nullptr, again.data(), 3);
+  EXPECT_EQ(out, again);
+}
+
+}  // namespace
+}  // namespace cellfuse::cpu::quant
