@@ -29,6 +29,8 @@
 #include "runtime/cuda/cuda_cell.h"
 #endif
 
+#include "frontend/cli/generate_command.h"
+
 namespace cellfuse {
 namespace {
 
@@ -53,6 +55,9 @@ constexpr const char* kUsage = R"(usage:
       --storage bf16|f16 (--target cuda, f32 cells): the GPU tensors hold 16-bit values, the
       math stays f32; arguments are rounded to the format, so the checksums agree with
       --target ref only to the format's precision (~1e-2 relative for bf16)
+
+  cellfuse generate MODEL --prime TEXT --length N [--temperature T] [--top-k K] [--seed S]
+      samples text from a generator file (cellfuse.Generator.save); see `cellfuse generate --help`
 
 CELL is a .cell file or a built-in cell with optional sizes:
   elman, elman_proj, lstm, gru, lnlstm, peephole
@@ -326,6 +331,7 @@ int main_checked(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
+  if (argc >= 2 && std::strcmp(argv[1], "generate") == 0) return cli::generate_command(argc - 1, argv + 1);
   Options o = parse_args(argc, argv);
   if (o.command == "print") return print_command(o);
   if (o.command == "run") return run_command(o);

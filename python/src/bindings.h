@@ -14,5 +14,6 @@ DType dtype_from(const std::string& name);
 void bind_builder(pybind11::module_& m);
 void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
+void bind_generate(pybind11::module_& m);
 
 }  // namespace cellfuse::python

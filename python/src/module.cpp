@@ -23,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
   cellfuse::python::bind_builder(m);
   cellfuse::python::bind_cpu(m);
   cellfuse::python::bind_cuda(m);
+  cellfuse::python::bind_generate(m);
 }
