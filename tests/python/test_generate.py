@@ -148,3 +148,20 @@ def _bidirectional():
     m.rnn = nn.LSTM(24, 4, bidirectional=True)
     m.dec = nn.Linear(8, 97)
     return m
+
+
+def test_serving_example_streams_and_reports(tmp_path):
+    """examples/serve_charrnn.py: its server streams a generation to its client, which reports the
+    first-token latency and the rate."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "serve_charrnn.py")
+    model = CharRNN(hidden=32, embed=16, vocab=96).eval()
+    gen = cellfuse.Generator.from_torch(model, vocab="".join(chr(c) for c in range(32, 127)) + "\n", weights="int8")
+    path = tmp_path / "m.cfgen"
+    gen.save(path)
+    run = subprocess.run([sys.executable, script, "--model", str(path), "--length", "60", "--seed", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "The " + gen.generate("The ", 60, temperature=0.8, seed=4) + "\n"
+    assert "first token after" in run.stderr and "characters/s" in run.stderr

@@ -147,7 +147,10 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
   // Int8: one scale per row of x (the whole vector); Int4: one per group of 32.
   const std::int64_t span = fmt == Format::Int8 ? kpad : kGroup, groups = kpad / span;
   scale.resize(static_cast<std::size_t>(rows * groups));
-  if (fmt == Format::Int4) sum.resize(static_cast<std::size_t>(rows * groups));
+  if (fmt == Format::Int4) {
+    sum.resize(static_cast<std::size_t>(rows * groups));
+    offset.resize(sum.size());
+  }
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t g = 0; g < groups; ++g) {
       const std::int64_t lo = g * span, hi = std::min(k, lo + span);
@@ -167,7 +170,10 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
         for (std::int64_t i = lo; i < lo + span; ++i)
           u[static_cast<std::size_t>(r * kpad + i)] = static_cast<std::uint8_t>(dst[i] + 128);
       }
-      if (fmt == Format::Int4) sum[static_cast<std::size_t>(r * groups + g)] = total;
+      if (fmt == Format::Int4) {
+        sum[static_cast<std::size_t>(r * groups + g)] = total;
+        offset[static_cast<std::size_t>(r * groups + g)] = 8.0f * s * static_cast<float>(total);
+      }
     }
 }
 
