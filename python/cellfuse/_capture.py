@@ -170,6 +170,8 @@ def capture(fn, example_inputs, *, has_output=None, masked=False, batch_dim=None
     lifted_ph = placeholders[:len(lifted_names)]
     prelude = Prelude(gm, lifted_ph, lifted_names)
     lowerer = Lowerer(builder, prelude, cell_dtype, x.dtype, identifier)
+    if isinstance(fn, nn.Module):
+        lowerer.tensor_names = {id(t): n for n, t in list(fn.named_parameters()) + list(fn.named_buffers())}
     leaves = {}
     for ph, t in zip(lifted_ph, lifted):
         from ._values import Unbatched
@@ -225,6 +227,7 @@ def capture(fn, example_inputs, *, has_output=None, masked=False, batch_dim=None
     prelude.finish()
     _check_prelude_dtypes(prelude, cell_dtype, x.dtype)
     return Program(cell, prelude=prelude, lifted_names=lifted_names, param_keys=lowerer.param_keys,
+                   param_names=lowerer.param_names,
                    x_dims=x_dims, state_dims=state_dims, out_dims=output.dims, structure=structure,
                    state_names=state_names, dtype=x.dtype, masked=masked)
 

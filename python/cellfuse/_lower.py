@@ -53,6 +53,8 @@ class Lowerer:
         self._taken = set()
         self.name_of_param = name_of_param
         self.param_keys = []  # per IR param: the module path when it is a module tensor as is
+        self.param_names = []  # per IR param: its leaf name in the cell
+        self.tensor_names = {}  # id(tensor) -> its name in the user's module
 
     # -- parameters from the prelude --------------------------------------------------------
     def feed(self, u, transform, shape, key=None):
@@ -62,17 +64,18 @@ class Lowerer:
             constant = self.constant_scalar(u.node)
             if constant is not None:
                 return constant
-        if u.dtype == torch.bool:
-            inner = transform
-            transform = (lambda t, f=inner, d=self.dtype: (t if f is None else f(t)).to(d))
         k = (tuple(shape), key)
         index = self.prelude.add(u.node, transform, k)
         if index not in self._params:
             lifted = self.prelude.lifted_name(u.node)
+            if lifted is None and u.node.op == "get_attr":  # a module tensor TorchScript reads, a closure's
+                lifted = self.tensor_names.get(id(getattr(self.prelude.gm, u.node.target)))
             as_is = lifted is not None and (tuple(shape) == u.shape or math.prod(u.shape) == math.prod(shape))
             name = lifted if as_is else (f"{lifted}_derived" if lifted else f"derived_{u.node.name}")
-            self._params[index] = self.b.param(self.name_of_param(name, self._taken), list(shape))
+            name = self.name_of_param(name, self._taken)
+            self._params[index] = self.b.param(name, list(shape))
             self.param_keys.append(lifted if as_is else None)
+            self.param_names.append(name)
         return self._params[index]
 
     def matrix(self, u):

@@ -15,7 +15,7 @@ import torch.fx
 from . import _C
 from ._errors import CellfuseError
 from ._lower import HANDLERS, handles, op_name
-from ._values import Batched, Unbatched, broadcast_to, describe, gather, index_tensor
+from ._values import Batched, Unbatched, broadcast_to, describe, gather, index_tensor, relabel
 
 
 # -- pointwise -------------------------------------------------------------------------------
@@ -255,14 +255,14 @@ def _view(lw, node, x, *args, **kwargs):
         raise CellfuseError(f"{op_name(node.target)} from {describe(x.dims)} to {describe(dims)} mixes the batch "
                             "axis with other axes: a reshape must keep the batch axis whole (only the other "
                             "axes may be regrouped, or size-1 axes added or removed around it)")
-    return Batched(x.val, dims, x.boolean)
+    return Batched(x._val, dims, x.boolean, x.source, x.positions)
 
 
 def _index_map(lw, node, x, *args, **kwargs):
     """A layout op on a per-step value: the same op applied to its feature positions."""
     dims = lw.out_dims(node)
     positions = node.target(index_tensor(x.dims), *_no_batch(args), **kwargs)
-    return Batched(gather(x.val, positions.reshape(-1).tolist()), dims, x.boolean)
+    return relabel(x, positions.reshape(-1).tolist(), dims)
 
 
 def _no_batch(args):
@@ -314,8 +314,7 @@ def _split(lw, node, x, *args, **kwargs):
     _batch_axis_arg(x, dim, op_name(node.target))
     pieces = node.target(index_tensor(x.dims), *_no_batch(args), **kwargs)
     metas = node.meta["val"]
-    return tuple(Batched(gather(x.val, p.reshape(-1).tolist()), lw.out_dims(node, m), x.boolean)
-                 for p, m in zip(pieces, metas))
+    return tuple(relabel(x, p.reshape(-1).tolist(), lw.out_dims(node, m)) for p, m in zip(pieces, metas))
 
 
 @handles("cat", "concat", "stack")
@@ -346,7 +345,7 @@ def _cat(lw, node, tensors, dim=0):
         offset += count
     joined = vals[0] if len(vals) == 1 else _C.cat(vals)
     order = torch.cat(positions, axis).reshape(-1).tolist()
-    return Batched(gather(joined, order), dims, lw.check_boolean(node))
+    return relabel(Batched(joined, (None, offset)), order, dims, lw.check_boolean(node))
 
 
 @handles("slice_scatter", "select_scatter", "copy", "index_put")
@@ -361,8 +360,15 @@ def _scatter(lw, node, base, src, *args, **kwargs):
         raise CellfuseError(f"{op_name(node.target)}: an in-place change of a parameter-side tensor by a per-step "
                             "value")
     if packet == "copy":  # base's shape, src's values (broadcast)
-        return Batched(broadcast_to(src, dims, lw.feed) if not isinstance(src, (int, float)) else
-                       lw.constant(src, base.features), dims, base.boolean)
+        if isinstance(src, (int, float)):
+            return Batched(lw.constant(src, base.features), dims, base.boolean)
+        v = broadcast_to(src, dims, lw.feed)
+        if isinstance(v, float):
+            return Batched(lw.constant(v, base.features), dims, base.boolean)
+        if not v.batched:
+            v = _C.broadcast(v)
+            v = v if v.features == base.features else _C.expand(v, base.features)
+        return Batched(v, dims, base.boolean)
     src_meta = node.args[1].meta["val"] if isinstance(node.args[1], torch.fx.Node) else None
     if isinstance(src, Batched):
         src_dims, src_val = src.dims, src.val
@@ -374,7 +380,7 @@ def _scatter(lw, node, base, src, *args, **kwargs):
     both = _C.cat([base.val, src_val])
     positions = node.target(index_tensor(base.dims), index_tensor(src_dims) + base.features, *_no_batch(args),
                             **kwargs)
-    return Batched(gather(both, positions.reshape(-1).tolist()), dims, base.boolean)
+    return relabel(Batched(both, (None, both.features)), positions.reshape(-1).tolist(), dims, base.boolean)
 
 
 # -- products ------------------------------------------------------------------------------------

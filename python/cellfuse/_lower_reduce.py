@@ -17,7 +17,7 @@ import torch
 from . import _C
 from ._errors import CellfuseError
 from ._lower import HANDLERS, handles, op_name
-from ._values import Batched, broadcast_to, describe, gather, index_tensor
+from ._values import Batched, broadcast_to, describe, index_tensor, relabel, take
 
 
 def _axes(x, dim, op):
@@ -39,7 +39,7 @@ def _segments(x, axes):
     r = math.prod(x.dims[i] for i in axes)
     k = math.prod(x.dims[i] for i in kept)
     order = index_tensor(x.dims).permute([x.bpos] + kept + list(axes)).reshape(-1).tolist()
-    v = gather(x.val, order)
+    v = take(x, order)
     return ([v] if k == 1 else [_C.slice(v, i * r, r) for i in range(k)]), order, r
 
 
@@ -57,7 +57,7 @@ def _mapped(x, axes, per_segment):
     inverse = [0] * len(order)
     for j, p in enumerate(order):
         inverse[p] = j
-    return Batched(gather(joined, inverse), x.dims)
+    return relabel(Batched(joined, (None, joined.features)), inverse, x.dims, False)
 
 
 def _tree(v, fn):

@@ -55,12 +55,13 @@ class Program:
     names each cell parameter's module tensor when it is one as is (else None). `x_dims`,
     `state_dims` and `out_dims` are the user's per-step shapes, None at the batch axis."""
 
-    def __init__(self, cell, *, prelude, lifted_names, param_keys, x_dims, state_dims, out_dims, structure,
+    def __init__(self, cell, *, prelude, lifted_names, param_keys, param_names, x_dims, state_dims, out_dims, structure,
                  state_names, dtype, masked):
         self.cell = cell
         self.prelude = prelude
         self.lifted_names = lifted_names
         self.param_keys = param_keys
+        self.param_names = param_names
         self.x_dims = tuple(x_dims)
         self.state_dims = [tuple(d) for d in state_dims]
         self.out_dims = tuple(out_dims)

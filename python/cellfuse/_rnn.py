@@ -155,7 +155,15 @@ class RNN(nn.Module):
                 if t.is_floating_point() and t.dtype != X.dtype:
                     raise CellfuseError(f"cellfuse RNN: parameter '{name}' is {t.dtype} but X is {X.dtype}")
             lifted.append(t)
-        return program.prelude.run(lifted)
+        params = program.prelude.run(lifted, X.dtype if X is not None else program.dtype)
+        if X is not None:
+            for t, name in zip(params, program.param_names):
+                if t.device != X.device:
+                    raise CellfuseError(f"cellfuse RNN: the cell's parameter '{name}' is on {t.device} but X is on "
+                                        f"{X.device}: move the module (rnn.to(device))")
+                if t.dtype != X.dtype:
+                    raise CellfuseError(f"cellfuse RNN: the cell's parameter '{name}' is {t.dtype} but X is {X.dtype}")
+        return params
 
     def extra_repr(self):
         return (f"output={self.output_width}, states={self.state_widths}, num_layers={self.num_layers}, "

@@ -25,16 +25,28 @@ from ._errors import CellfuseError
 
 class Batched:
     """A per-step value: IR value `val` [B, F]; `dims` its logical shape with None at the batch axis;
-    `boolean` when PyTorch holds it as a bool tensor (cellfuse: 0.0 / 1.0)."""
+    `boolean` when PyTorch holds it as a bool tensor (cellfuse: 0.0 / 1.0). A value made by a
+    layout op is held as (`source`, `positions`): its features are source's at those positions,
+    emitted (slices/cat) only when an op reads it, and composed with later layout ops, so a
+    transpose followed by its inverse emits nothing."""
 
-    __slots__ = ("val", "dims", "boolean")
+    __slots__ = ("_val", "dims", "boolean", "source", "positions")
 
-    def __init__(self, val, dims, boolean=False):
-        self.val = val
+    def __init__(self, val, dims, boolean=False, source=None, positions=None):
+        self._val = val
         self.dims = tuple(dims)
         self.boolean = boolean
-        if val.features != self.features:
-            raise AssertionError(f"cellfuse internal: value of {val.features} features for shape {self.dims}")
+        self.source = source
+        self.positions = positions
+        count = val.features if val is not None else len(positions)
+        if count != self.features:
+            raise AssertionError(f"cellfuse internal: value of {count} features for shape {self.dims}")
+
+    @property
+    def val(self):
+        if self._val is None:
+            self._val = _gather(self.source, self.positions)
+        return self._val
 
     @property
     def bpos(self):
@@ -47,6 +59,27 @@ class Batched:
     @property
     def feature_shape(self):
         return tuple(d for d in self.dims if d is not None)
+
+
+def take(x, positions):
+    """The IR value of `x`'s features at `positions` (composed with x's own index map)."""
+    positions = [int(p) for p in positions]
+    if x._val is None:
+        return _gather(x.source, [x.positions[p] for p in positions])
+    return _gather(x.val, positions)
+
+
+def relabel(x, positions, dims, boolean=None):
+    """`x`'s features at `positions` as a value of shape `dims`, not emitted until read."""
+    positions = [int(p) for p in positions]
+    boolean = x.boolean if boolean is None else boolean
+    if x._val is None:
+        source, positions = x.source, [x.positions[p] for p in positions]
+    else:
+        source = x.val
+    if positions == list(range(source.features)):
+        return Batched(source, dims, boolean)
+    return Batched(None, dims, boolean, source=source, positions=positions)
 
 
 class Unbatched:
@@ -73,7 +106,10 @@ def index_tensor(dims) -> torch.Tensor:
 def gather(val, positions):
     """The features `positions` of IR value `val` (a [B, F] Val), as slices, expands and one cat:
     runs of consecutive positions become slices, runs of one repeated position an expand."""
-    positions = [int(p) for p in positions]
+    return _gather(val, [int(p) for p in positions])
+
+
+def _gather(val, positions):
     n_in = val.features
     if positions == list(range(n_in)):
         return val
@@ -125,7 +161,7 @@ def broadcast_to(value, out_dims, feed):
         if value.features == 1:
             return value.val if count == 1 else _C.expand(value.val, count)
         idx = index_tensor(dims).expand([1 if d is None else d for d in out_dims])
-        return gather(value.val, idx.reshape(-1).tolist())
+        return take(value, idx.reshape(-1).tolist())
     # Unbatched: its size on the batch axis must be 1 (it broadcasts over the batch).
     shape = (1,) * (rank - len(value.shape)) + value.shape
     if len(shape) != rank or shape[bpos] != 1:

@@ -58,7 +58,12 @@ def _has_output(cell, x, states, structure):
 def test_corpus_cell_matches_eager_float64(name, device):
     make, x_dims, state_dims, structure = CORPUS[name]
     cell = make().to(device)
-    ref = copy.deepcopy(cell).double()
+    check_matches_eager(cell, copy.deepcopy(cell).double(), x_dims, state_dims, structure, device)
+
+
+def check_matches_eager(cell, ref, x_dims, state_dims, structure, device):
+    """Compiles `cell` on examples of the given per-step shapes ("B" at the batch axis) and checks
+    it against `ref` (its float64 twin) run eagerly: outputs, final states, every gradient."""
     x0 = torch.randn(_shape(x_dims, B), device=device)
     s0 = [torch.randn(_shape(d, B), device=device) * 0.5 for d in state_dims]
     has_output = _has_output(cell, x0, s0, structure)
@@ -91,6 +96,7 @@ def test_corpus_cell_matches_eager_float64(name, device):
     for (n, p), (_, q) in zip(cell.named_parameters(), ref.named_parameters()):
         assert p.grad is not None, f"no gradient reached {n}"
         assert rel(p.grad, q.grad) <= 1e-4, n
+    return rnn
 
 
 def test_corpus_is_large_enough():
