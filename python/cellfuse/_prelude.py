@@ -62,14 +62,14 @@ class Prelude:
         self.module = torch.fx.GraphModule(self.gm, graph)
         self.transforms = [t for _, t in self.results]
 
-    def run(self, lifted, dtype):
+    def run(self, lifted, dtype=None):
         """The parameter tensors the cell reads, from the current lifted tensors (in order);
-        boolean ones (masks) as `dtype`, the run's."""
+        boolean ones (masks) as `dtype`, the run's (float32 when None)."""
         values = self.module(*lifted) if self.results else ()
         out = []
         for v, t in zip(values, self.transforms):
             v = v if t is None else t(v)
             if v.dtype == torch.bool:
-                v = v.to(dtype)
+                v = v.to(torch.float32 if dtype is None else dtype)
             out.append(v if v.is_contiguous() else v.contiguous())
         return out
