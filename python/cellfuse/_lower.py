@@ -16,7 +16,7 @@ import torch
 from . import _C
 from ._errors import CellfuseError
 from ._fx_capture import TRACE_BATCH, user_line_of_node
-from ._values import Batched, Unbatched, broadcast_to, describe, gather, index_tensor, pattern_of
+from ._values import Batched, RowGroups, Unbatched, broadcast_to, describe, gather, index_tensor, pattern_of
 
 aten = torch.ops.aten
 HANDLERS = {}
@@ -133,7 +133,12 @@ class Lowerer:
                 return self.per_step_from_constants(node, args, kwargs)
             return self.unbatched(node)
         packet = getattr(node.target, "overloadpacket", None)
-        handler = HANDLERS.get(packet.__name__ if packet is not None else None)
+        name = packet.__name__ if packet is not None else None
+        if _any_batched((args, kwargs), RowGroups) and name not in _ROW_GROUP_OPS:
+            raise CellfuseError(f"{op_name(node.target)} on a value whose batch axis is merged with other axes "
+                                "(x.view(B * heads, d)): only a product with a weight, and the view back to a "
+                                "batch axis, may follow such a view")
+        handler = HANDLERS.get(name)
         if handler is None:
             raise CellfuseError(f"cellfuse cannot compile {op_name(node.target)} ({node.target}) on a per-step "
                                 "value: not supported in a cell (cellfuse.SUPPORTED_OPS lists what is)")
@@ -194,13 +199,16 @@ class _Results:
         self.node = node
 
 
-def _any_batched(tree):
-    if isinstance(tree, Batched):
+_ROW_GROUP_OPS = ("view", "_unsafe_view", "reshape", "view_copy", "mm", "addmm", "alias", "clone", "detach")
+
+
+def _any_batched(tree, kinds=(Batched, RowGroups)):
+    if isinstance(tree, kinds):
         return True
     if isinstance(tree, (list, tuple)):
-        return any(_any_batched(t) for t in tree)
+        return any(_any_batched(t, kinds) for t in tree)
     if isinstance(tree, dict):
-        return any(_any_batched(t) for t in tree.values())
+        return any(_any_batched(t, kinds) for t in tree.values())
     return False
 
 

@@ -15,7 +15,7 @@ import torch.fx
 from . import _C
 from ._errors import CellfuseError
 from ._lower import HANDLERS, handles, op_name
-from ._values import Batched, Unbatched, broadcast_to, describe, gather, index_tensor, relabel
+from ._values import Batched, RowGroups, Unbatched, broadcast_to, describe, gather, index_tensor, relabel
 
 
 # -- pointwise -------------------------------------------------------------------------------
@@ -248,6 +248,11 @@ def _same(lw, node, x, *args, **kwargs):
 def _view(lw, node, x, *args, **kwargs):
     """A reshape keeps the features' order when as many elements come before the batch axis as
     before (then it only relabels); anything else would mix batch rows."""
+    if isinstance(x, RowGroups):
+        return _view_of_row_groups(lw, node, x)
+    merged = _merged_rows(node, x)
+    if merged is not None:
+        return merged
     dims = lw.out_dims(node)
     before_in = math.prod(d for d in x.dims[:x.bpos])
     before_out = math.prod(d for d in dims[:dims.index(None)])
@@ -256,6 +261,28 @@ def _view(lw, node, x, *args, **kwargs):
                             "axis with other axes: a reshape must keep the batch axis whole (only the other "
                             "axes may be regrouped, or size-1 axes added or removed around it)")
     return Batched(x._val, dims, x.boolean, x.source, x.positions)
+
+
+def _merged_rows(node, x):
+    """x.view(B * G, ...) of a value (B, a1, .., ak, ...) with a1 * .. * ak = G: RowGroups."""
+    from ._fx_capture import TRACE_BATCH
+    shape = [int(d) for d in node.meta["val"].shape]
+    if TRACE_BATCH in shape or not shape or shape[0] % TRACE_BATCH or any(d != 1 for d in x.dims[:x.bpos]):
+        return None
+    groups = shape[0] // TRACE_BATCH
+    width = math.prod(shape[1:])
+    if groups * width != x.features:
+        return None
+    return RowGroups(x, groups, width)
+
+
+def _view_of_row_groups(lw, node, x):
+    dims = lw.out_dims(node)
+    if math.prod(d for d in dims[:dims.index(None)]) != 1:
+        raise CellfuseError(f"{op_name(node.target)}: the view back from merged rows must put the batch axis first")
+    if tuple(int(d) for d in node.meta["val"].shape[:1]) == ():
+        raise CellfuseError("cellfuse internal: empty view")
+    return Batched(x.value._val, dims, x.value.boolean, x.value.source, x.value.positions)
 
 
 def _index_map(lw, node, x, *args, **kwargs):
@@ -402,7 +429,29 @@ def _transposed_weight(lw, u):
     return source if isinstance(source, Unbatched) and len(source.shape) == 2 else None
 
 
+def _grouped_product(lw, node, a, b, bias=None):
+    """A product of merged rows (x.view(B * heads, d) @ W): one product per group, joined."""
+    if not isinstance(b, Unbatched) or len(b.shape) != 2 or b.shape[0] != a.width:
+        raise CellfuseError(f"{op_name(node.target)}: merged rows (x.view(B * heads, d)) times a weight of "
+                            f"{a.width} rows only")
+    W = _transposed_weight(lw, b)
+    v = a.value.val
+    parts = []
+    for g in range(a.groups):
+        rows = v if a.groups == 1 else _C.slice(v, g * a.width, a.width)
+        part = _C.linear(rows, lw.matrix(W)) if W is not None else _C.matmul(rows, lw.matrix(b))
+        if bias is not None:
+            bv = broadcast_to(bias, (None, part.features), lw.feed)
+            part = _C.add(part, bv)
+        parts.append(part)
+    joined = parts[0] if len(parts) == 1 else _C.cat(parts)
+    out = Batched(joined, (None, joined.features))
+    return RowGroups(out, a.groups, joined.features // a.groups)
+
+
 def _product(lw, node, a, b):
+    if isinstance(a, RowGroups):
+        return _grouped_product(lw, node, a, b)
     dims = lw.out_dims(node)
     if isinstance(a, Batched) and isinstance(b, Unbatched) and a.bpos == 0:
         W = _transposed_weight(lw, b)
@@ -422,6 +471,10 @@ def _mm(lw, node, a, b):
 
 @handles("addmm")
 def _addmm(lw, node, bias, a, b, *, beta=1, alpha=1):
+    if isinstance(a, RowGroups):
+        if beta != 1 or alpha != 1:
+            raise CellfuseError("addmm with alpha or beta on merged rows is not supported in a cell")
+        return _grouped_product(lw, node, a, b, bias)
     prod = _product(lw, node, a, b)
     val = prod.val if alpha == 1 else _C.mul(prod.val, float(alpha))
     bv = broadcast_to(bias, prod.dims, lw.feed)

@@ -82,6 +82,18 @@ def relabel(x, positions, dims, boolean=None):
     return Batched(None, dims, boolean, source=source, positions=positions)
 
 
+class RowGroups:
+    """A per-step value viewed with its batch axis merged into the following axes, as
+    `x.view(B * heads, d)` (what a product of a (B, heads, d) value with a weight becomes): row
+    b * groups + g of the view is features [g * width, (g + 1) * width) of row b of `value`. Only a
+    product (per group) and the view back to a batch axis may follow."""
+
+    __slots__ = ("value", "groups", "width")
+
+    def __init__(self, value, groups, width):
+        self.value, self.groups, self.width = value, groups, width
+
+
 class Unbatched:
     """A value computed without the step's inputs or states: an FX node the prelude computes."""
 

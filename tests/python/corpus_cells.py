@@ -331,6 +331,22 @@ class HeadwiseMLSTM(nn.Module):
         return h.reshape(B, -1), (c_new, n_new, m_new)
 
 
+class SharedHeadRNN(nn.Module):
+    """One recurrent weight shared by every head: nn.Linear and `@` applied to (B, heads, d)
+    values (PyTorch folds the heads into the rows: h.view(B * heads, d) @ W)."""
+
+    def __init__(self, i, heads, d):
+        super().__init__()
+        self.heads, self.d = heads, d
+        self.ih = nn.Linear(i, heads * d)
+        self.rec = nn.Linear(d, d)
+        self.U = _uniform(d, d)
+
+    def forward(self, x, h):
+        z = self.ih(x).view(-1, self.heads, self.d) + self.rec(h) + torch.tanh(h) @ self.U
+        return torch.tanh(z)
+
+
 # -- the usual families -------------------------------------------------------------------------------
 
 class GRUResetAfter(nn.Module):
@@ -556,6 +572,7 @@ CORPUS = {
     "clamped_indrnn": (lambda: ClampedIndRNN(I, H), ("B", I), [("B", H)], "flat"),
     "multi_head_indrnn": (lambda: MultiHeadIndRNN(I, 3, 4), ("B", I), [("B", 3, 4)], "flat"),
     "headwise_gru": (lambda: HeadwiseGRU(I, 3, 4), ("B", I), [("B", 3, 4)], "flat"),
+    "shared_head_rnn": (lambda: SharedHeadRNN(I, 3, 4), ("B", I), [("B", 3, 4)], "flat"),
     "headwise_mlstm": (lambda: HeadwiseMLSTM(I, 2, 5), ("B", I), [("B", 2, 5)] * 3, "tuple"),
     "gru_reset_after": (lambda: GRUResetAfter(I, H), ("B", I), [("B", H)], "flat"),
     "gru_reset_before": (lambda: GRUResetBefore(I, H), ("B", I), [("B", H)], "flat"),

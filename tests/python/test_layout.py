@@ -83,3 +83,28 @@ def test_a_reshape_that_mixes_the_batch_axis_is_an_error():
         assert "batch axis" in str(e) and "test_layout.py" in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_whole_sequence_rule_for_a_singleton_axis_convention():
+    """X is the per-step inputs stacked on a leading time axis ((T, 1, B, I) for (1, B, I) steps;
+    with batch_first the time axis follows the batch axis: (1, B, T, I)); out likewise; states in
+    the step's shape or with a leading layers*directions axis; lengths and bidirectional work."""
+    torch.manual_seed(3)
+    cells = [SeqStepLSTM(5, 6), SeqStepLSTM(5, 6)]
+    ex = (torch.randn(1, 3, 5), (torch.randn(1, 3, 6), torch.randn(1, 3, 6)))
+    rnn = cellfuse.compile(cells, ex, bidirectional=True, batch_first=True)
+    X = torch.randn(1, 3, 4, 5)  # (1, B, T, I)
+    lengths = torch.tensor([4, 2, 3])
+    h0, c0 = torch.randn(2, 1, 3, 6), torch.randn(2, 1, 3, 6)
+    out, (h, c) = rnn(X, (h0, c0), lengths=lengths)
+    assert out.shape == (1, 3, 4, 12) and h.shape == (2, 1, 3, 6) and c.shape == (2, 1, 3, 6)
+    for b in range(3):
+        n = int(lengths[b])
+        for d, cell in enumerate(cells):
+            hh, cc = h0[d, :, b:b + 1], c0[d, :, b:b + 1]
+            steps = range(n) if d == 0 else reversed(range(n))
+            for t in steps:
+                y, (hh, cc) = cell(X[:, b:b + 1, t], (hh, cc))
+                assert (out[:, b:b + 1, t, 6 * d:6 * d + 6] - y).abs().max() < 1e-5
+            assert (h[d, :, b:b + 1] - hh).abs().max() < 1e-5 and (c[d, :, b:b + 1] - cc).abs().max() < 1e-5
+        assert out[:, b, n:].abs().max() == 0 if n < 4 else True
