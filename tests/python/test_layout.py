@@ -74,8 +74,8 @@ def test_a_transpose_of_feature_axes_is_an_index_map_and_computes_right():
 
 
 def test_a_reshape_that_mixes_the_batch_axis_is_an_error():
-    def step(x, h):
-        return torch.tanh(h.reshape(-1) .reshape(h.shape) + x)
+    def step(x, h):  # (n, B) read back as (B, n): rows of the result mix batch rows
+        return torch.tanh(h.t().reshape(h.shape) + x)
 
     try:
         cellfuse.compile(step, (torch.randn(3, 4), torch.randn(3, 4)))
