@@ -3,13 +3,14 @@
 cellfuse's CPU backend calls) and through PyTorch's BLAS (MKL in the PyPI wheels), 1 and 2 threads,
 best of 15 runs, alternating between the two so that machine drift falls on both.
 
-    python3 bench/gemm_ceiling.py
+    python3 bench/gemm_ceiling.py [--runs 15]
 
 The shapes (row-major, m x k times k x n): the hoisted input product of W2 (T*B = 6400 rows), the
 recurrent product of one step (64 rows, forward: h W_hh^T; backward: dG W_hh), and a parameter
 gradient over all rows (dW = dG^T h). With the FLOPs of each workload this gives the time below
 which no cellfuse run can go while its GEMMs run at the library's rate.
 """
+import argparse
 import ctypes
 import ctypes.util
 import time
@@ -48,6 +49,9 @@ def best_ms(fn, runs=15):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs of each product (the best is kept)")
+    args = parser.parse_args()
     lib = openblas()
     rng = np.random.default_rng(0)
     print("| product | m x k x n | threads | OpenBLAS ms | GFLOP/s | PyTorch (MKL) ms | GFLOP/s |")
@@ -67,7 +71,7 @@ def main():
 
             def tm():
                 torch.mm(ta, tb.t() if bt else tb)
-            o1, t1, o2, t2 = best_ms(ob), best_ms(tm), best_ms(ob), best_ms(tm)
+            o1, t1, o2, t2 = (best_ms(f, args.runs) for f in (ob, tm, ob, tm))
             o, t = min(o1, o2), min(t1, t2)
             flop = 2.0 * m * k * n
             print(f"| {what} | {m} x {k} x {n} | {threads} | {o:.2f} | {flop / o / 1e6:.0f} | {t:.2f} | {flop / t / 1e6:.0f} |")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU ratios against PyTorch, timed in alternation in one process.
 
-    PYTHONPATH=python python3 bench/paired_cpu.py [--runs 9] [--only W2,W3] [--out FILE]
+    python3 bench/paired_cpu.py [--runs 9] [--only W2,W3] [--out FILE]
 
 On a shared VM the machine's speed drifts by tens of percent within a minute, so a ratio of two
 medians taken one after the other (compare_cpu.py) can be off by that much. Here each round times

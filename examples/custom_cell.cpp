@@ -6,12 +6,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "compiler/ir/error.h"
-#include "compiler/ir/text.h"
-#include "compiler/lower.h"
-#include "frontend/builder.h"
-#include "runtime/random_args.h"
-#include "runtime/reference/interpreter.h"
+#include <cellfuse/cellfuse.h>  // the public API, all of it
 
 using namespace cellfuse;
 

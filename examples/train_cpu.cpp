@@ -9,10 +9,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "frontend/builder.h"
-#include "runtime/cpu/cpu_bptt.h"
-#include "runtime/cpu/cpu_cell.h"
-#include "runtime/random_args.h"
+#include <cellfuse/cellfuse.h>
 
 using namespace cellfuse;
 

@@ -27,6 +27,7 @@
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
+#include "runtime/cuda/driver.h"
 #endif
 
 #include "frontend/cli/generate_command.h"
@@ -50,6 +51,8 @@ constexpr const char* kUsage = R"(usage:
       runs CELL over T steps of random inputs (from seed S, default 0) and prints
       `checksum: <sum of every output and final state>` and `time: <ms>`; the same seed
       gives the same inputs on every target, so the checksums compare
+      --target: default the fastest this build and machine have (cuda when a GPU is there,
+      else cpu); ref is the reference interpreter (slow; the oracle)
       --backward: forward and backward (BPTT), the loss gradients seeded from the same seed;
       adds `grad checksum: <sum of every gradient: inputs, initial states, parameters>`
       --storage bf16|f16 (--target cuda, f32 cells): the GPU tensors hold 16-bit values, the
@@ -300,8 +303,21 @@ int run_backward_typed(const Cell& cell, std::int64_t steps, std::int64_t batch,
   return 0;
 }
 
+// The fastest target this build has on this machine: cuda with a working GPU, else cpu (the
+// LLVM backend), else the reference interpreter.
+std::string default_target() {
+#if CELLFUSE_HAVE_CUDA
+  if (cuda::cuda_available()) return "cuda";
+#endif
+#if CELLFUSE_HAVE_LLVM
+  return "cpu";
+#else
+  return "ref";
+#endif
+}
+
 int run_command(const Options& o) {
-  std::string target = o.values.count("target") ? o.values.at("target") : "ref";
+  std::string target = o.values.count("target") ? o.values.at("target") : default_target();
 #if !CELLFUSE_HAVE_LLVM
   if (target == "cpu")
     throw Error("--target cpu: this build has no CPU backend (configured without LLVM); use --target ref");

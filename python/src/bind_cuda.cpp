@@ -23,6 +23,15 @@ namespace py = pybind11;
 
 namespace cellfuse::python {
 
+constexpr const char* kCudaAvailableDoc =
+    "cuda_available() -> (bool, str): whether cellfuse can run on a GPU here, and if not, why\n"
+    "(no CUDA backend in this build, no driver, no device). Modules compiled by cellfuse.compile\n"
+    "run on CUDA tensors only when this is True.\n\n"
+    ">>> import cellfuse\n"
+    ">>> ok, why = cellfuse.cuda_available()\n"
+    ">>> isinstance(ok, bool) and (ok or len(why) > 0)\n"
+    "True\n";
+
 #if CELLFUSE_HAVE_CUDA
 namespace {
 
@@ -102,11 +111,14 @@ struct CudaTrainer {
 
 void bind_cuda(py::module_& m) {
   m.attr("has_cuda_backend") = true;
-  m.def("cuda_available", [] {
-    std::string why;
-    bool ok = cuda::cuda_available(&why);
-    return py::make_tuple(ok, why);
-  });
+  m.def(
+      "cuda_available",
+      [] {
+        std::string why;
+        bool ok = cuda::cuda_available(&why);
+        return py::make_tuple(ok, why);
+      },
+      kCudaAvailableDoc);
   py::class_<CudaProgram>(m, "CudaProgram")
       .def(py::init<const Cell&, std::int64_t, int, const std::string&>(), py::arg("cell"), py::arg("batch"),
            py::arg("device"), py::arg("storage") = "native")
@@ -128,7 +140,8 @@ void bind_cuda(py::module_& m) {
 #else
 void bind_cuda(py::module_& m) {
   m.attr("has_cuda_backend") = false;
-  m.def("cuda_available", [] { return py::make_tuple(false, std::string("cellfuse was built without the CUDA backend")); });
+  m.def("cuda_available", [] { return py::make_tuple(false, std::string("cellfuse was built without the CUDA backend")); },
+        kCudaAvailableDoc);
 }
 #endif
 

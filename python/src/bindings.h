@@ -15,5 +15,6 @@ void bind_builder(pybind11::module_& m);
 void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
 void bind_generate(pybind11::module_& m);
+void bind_cli(pybind11::module_& m);
 
 }  // namespace cellfuse::python

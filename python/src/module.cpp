@@ -13,6 +13,17 @@ PYBIND11_MODULE(_C, m) {
   // Bad input (shapes, ops, arguments) arrives as cellfuse.CellfuseError, a ValueError; an
   // internal invariant broken is a RuntimeError naming itself as a cellfuse bug.
   static py::exception<cellfuse::Error> error(m, "CellfuseError", PyExc_ValueError);
+  error.attr("__doc__") =
+      "What cellfuse raises for bad input: an op the tracer does not support, shapes that do not\n"
+      "fit, a cell that cannot compile, arguments of the wrong dtype or device. A ValueError; the\n"
+      "message names the op, the value and the shapes (and, when tracing, your source line).\n\n"
+      ">>> import torch, cellfuse\n"
+      ">>> rnn = cellfuse.compile(lambda x, h: torch.tanh(x + h), (torch.zeros(2, 3), torch.zeros(2, 3)))\n"
+      ">>> try:\n"
+      "...     rnn(torch.zeros(5, 2, 4))          # 4 input features, the cell takes 3\n"
+      "... except cellfuse.CellfuseError as e:\n"
+      "...     print(e)\n"
+      "cellfuse RNN: X has 4 input features, the cell takes 3 (X is (5, 2, 4))\n";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -24,4 +35,5 @@ PYBIND11_MODULE(_C, m) {
   cellfuse::python::bind_cpu(m);
   cellfuse::python::bind_cuda(m);
   cellfuse::python::bind_generate(m);
+  cellfuse::python::bind_cli(m);
 }

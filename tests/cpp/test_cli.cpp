@@ -106,6 +106,24 @@ TEST(Cli, RunPrintsChecksumAndTime) {
   EXPECT_NE(r.out.find(" ms"), std::string::npos) << describe(r);
 }
 
+// Without --target, `run` takes the fastest target of the build (cpu here when LLVM is built in,
+// cuda on a machine with a GPU), not the slow reference interpreter; --target ref still gives it,
+// and both agree to float rounding.
+TEST(Cli, RunDefaultsToTheCompiledTarget) {
+  Result fast = cli("run lstm:7,33 --seq 5 --batch 3 --seed 1");
+  Result ref = cli("run lstm:7,33 --seq 5 --batch 3 --seed 1 --target ref");
+  ASSERT_EQ(fast.status, 0) << describe(fast);
+  ASSERT_EQ(ref.status, 0) << describe(ref);
+  EXPECT_NE(ref.out.find("target=ref"), std::string::npos) << describe(ref);
+#if CELLFUSE_HAVE_LLVM || CELLFUSE_HAVE_CUDA
+  EXPECT_EQ(fast.out.find("target=ref"), std::string::npos) << describe(fast);
+  EXPECT_NE(fast.out.find("compile: "), std::string::npos) << describe(fast);
+#endif
+  double a = checksum(fast), b = checksum(ref);
+  ASSERT_TRUE(std::isfinite(a) && std::isfinite(b));
+  EXPECT_LE(std::abs(a - b), 1e-4 * std::max(1.0, std::abs(b))) << a << " vs " << b;
+}
+
 TEST(Cli, SameSeedSameChecksumOtherSeedOther) {
   Result a = cli("run lstm:7,33 --seq 5 --batch 3 --seed 1");
   Result b = cli("run lstm:7,33 --seq 5 --batch 3 --seed 1");

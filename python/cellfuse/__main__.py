@@ -1,0 +1,6 @@
+"""``python -m cellfuse ARGS...``: the cellfuse command line (``python -m cellfuse --help``)."""
+import sys
+
+from ._cli import main
+
+sys.exit(main())
