@@ -3,7 +3,12 @@
     rnn = cellfuse.compile(MyCell(256, 512), (x0, h0))   # trace one step
     out, state = rnn(X, state0)                           # X: (T, B, 256), the whole sequence native
 
-See cellfuse.compile for layers, directions, variable lengths and options.
+See cellfuse.compile for layers, directions, variable lengths and options, and docs/USER_GUIDE.md
+for the whole API. cellfuse.SUPPORTED_OPS lists what the tracer accepts:
+
+>>> import cellfuse
+>>> "sigmoid" in cellfuse.SUPPORTED_OPS and "layer_norm" in cellfuse.SUPPORTED_OPS
+True
 """
 from ._C import CellfuseError, cuda_available  # noqa: F401
 from ._rnn import RNN, compile  # noqa: F401
