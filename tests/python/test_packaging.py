@@ -61,8 +61,8 @@ def test_python_m_cellfuse():
     r = run([sys.executable, "-m", "cellfuse", "--help"], cwd=ROOT / "tests")
     assert r.returncode == 0, r.stderr
     assert "cellfuse run CELL" in r.stdout
-    r = run([sys.executable, "-m", "cellfuse", "frobnicate"], cwd=ROOT / "tests")
-    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
+    r = run([sys.executable, "-m", "cellfuse", "frobnicate", "lstm"], cwd=ROOT / "tests")
+    assert r.returncode == 2 and "cellfuse: error: unknown command 'frobnicate'" in r.stderr, r.stderr
 
 
 def readme_commands():
