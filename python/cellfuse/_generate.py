@@ -131,6 +131,22 @@ class Generator:
       states: example states for tracing a cell whose states are not one (1, hidden) tensor per
         argument of forward after x (e.g. a tuple (h, c)); a list per layer with several cells.
       threads: threads for the products (0: CELLFUSE_NUM_THREADS, else every core).
+
+    Example: an (untrained) char-RNN of nn.Embedding, nn.LSTM and nn.Linear, sampled natively.
+
+    >>> import torch, cellfuse
+    >>> class CharRNN(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.emb = torch.nn.Embedding(5, 8)
+    ...         self.rnn = torch.nn.LSTM(8, 16)
+    ...         self.out = torch.nn.Linear(16, 5)
+    >>> gen = cellfuse.Generator.from_torch(CharRNN(), vocab="abcde")
+    >>> text = gen.generate("ab", 10, temperature=0.8, seed=1)
+    >>> len(text), set(text) <= set("abcde")
+    (10, True)
+    >>> text == gen.generate("ab", 10, temperature=0.8, seed=1)    # the same seed, the same text
+    True
     """
 
     def __init__(self, cell=None, embedding=None, decoder=None, *, vocab=None, weights="fp32", states=None,
