@@ -41,7 +41,9 @@ struct Writer {
   void put(T v) {
     out.append(reinterpret_cast<const char*>(&v), sizeof(T));
   }
-  void bytes(const void* p, std::size_t n) { out.append(static_cast<const char*>(p), n); }
+  void bytes(const void* p, std::size_t n) {
+    if (n) out.append(static_cast<const char*>(p), n);  // an empty vector's data() may be null
+  }
   void str(const std::string& s) {
     put<std::uint32_t>(static_cast<std::uint32_t>(s.size()));
     bytes(s.data(), s.size());
@@ -88,7 +90,7 @@ struct Reader {
     const auto n = get<std::uint64_t>(what);
     if (n > (end - pos) / sizeof(float)) need(SIZE_MAX, what);
     std::vector<float> v(static_cast<std::size_t>(n));
-    std::memcpy(v.data(), in.data() + pos, v.size() * sizeof(float));
+    if (n) std::memcpy(v.data(), in.data() + pos, v.size() * sizeof(float));
     pos += v.size() * sizeof(float);
     return v;
   }
