@@ -222,7 +222,7 @@ class Generator:
             except AttributeError:
                 lifted.append(cell.get_buffer(name))
         with torch.no_grad():
-            params = program.prelude.run(lifted)  # the cell's parameters from the module's tensors
+            params = program.prelude.run(lifted, torch.float32)  # the cell's parameters from the module's tensors
         params = [_floats(p.reshape(1) if p.dim() == 0 else p, f"layer {index} parameter {k}")
                   for k, p in enumerate(params)]
         return program.text(), params, program.output_width
