@@ -9,6 +9,7 @@
 //   interpret_sequence, reference_bptt                   the reference interpreter (the oracle)
 //   random_sequence_args                                 seeded random inputs and parameters
 //   compile_cpu, compile_cpu_bptt                        the CPU backend (when built with LLVM)
+//   Generator                                            native sampling of a language model (CPU)
 //   compile_cuda, compile_cuda_bptt                      the CUDA backend (when built with CUDA)
 //   Error                                                what every bad input throws
 //
@@ -32,6 +33,7 @@
 #if CELLFUSE_HAVE_LLVM
 #include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
+#include "runtime/generate/generator.h"
 #endif
 
 #if CELLFUSE_HAVE_CUDA
