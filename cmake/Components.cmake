@@ -15,6 +15,13 @@ if(CELLFUSE_WITH_LLVM)
     # and the static OpenBLAS (runtime/cpu finds CELLFUSE_OPENBLAS already set).
     if(CELLFUSE_STATIC_DEPS)
       llvm_map_components_to_libnames(CELLFUSE_LLVM_LIBRARIES orcjit native passes)
+      get_target_property(core_location LLVMCore LOCATION)
+      if(NOT EXISTS "${core_location}")
+        message(FATAL_ERROR "cellfuse: CELLFUSE_STATIC_DEPS needs LLVM's static libraries, and "
+                "${core_location} is not there. Install them (Debian/Ubuntu: llvm-14-dev has them), "
+                "or build against the shared libLLVM: pip install . -Ccmake.define.CELLFUSE_STATIC_DEPS=OFF "
+                "(the wheel then needs LLVM on the machine it is installed on)")
+      endif()
       find_library(CELLFUSE_OPENBLAS NAMES libopenblas.a REQUIRED)
       find_package(Threads REQUIRED)
     else()
