@@ -9,7 +9,8 @@
 //   matrix (decoder)  u64 n  f32[n] (bias)
 //   u64 FNV-1a of every byte before it
 //
-// matrix = u8 format  u64 k  u64 n  u64 bytes, the bytes  u64 scales, f32[scales].
+// matrix = u8 format  u64 k  u64 n  u64 bytes, the bytes  u64 scales, f32[scales] (QuantMatrix's
+// raw_data and raw_scales: int8's row scales are f32, int4's fp16 group scales are in its bytes).
 // Reading checks the checksum first, then every length against what is left, so a truncated or
 // corrupt file is an Error that says so, never a crash or a huge allocation.
 #include <cstring>
@@ -27,7 +28,7 @@ using cpu::quant::Format;
 using cpu::quant::QuantMatrix;
 
 constexpr char kMagic[8] = {'C', 'F', 'G', 'E', 'N', 0, 0, 0};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;  // 2: int4 scales in fp16, inside the matrix's bytes
 
 std::uint64_t fnv1a(const std::string& bytes, std::size_t size) {
   std::uint64_t h = 0xcbf29ce484222325ull;

@@ -116,7 +116,8 @@ TEST(QuantMatrix, WeightsWithinTheirFormatsRounding) {
           double gmax = 0;
           for (std::int64_t j = i / 32 * 32; j < std::min(k, i / 32 * 32 + 32); ++j)
             gmax = std::max(gmax, std::fabs(double(w[static_cast<std::size_t>(r * k + j)])));
-          bound = gmax / 8 * 1.0001;  // a step of gmax / 8; the clamped top level is one step off at most
+          // A step of gmax / 8 (its fp16 rounding: 1 + 2^-11); the clamped top level is one step off.
+          bound = gmax / 8 * 1.001;
         }
         EXPECT_LE(std::fabs(got - exact), bound + 1e-12) << format_name(f) << " [" << r << "," << i << "]";
       }
@@ -161,6 +162,31 @@ TEST(QuantMatrix, SameBitsOnAnyTeamSize) {
       m.multiply(a, nullptr, shared.data(), n, team.get());
     }
     EXPECT_EQ(alone, shared) << format_name(f);
+  }
+}
+
+// fp16 (int4's group scales) against the exact values it can hold and their neighbours.
+TEST(QuantMatrix, HalfPrecisionRoundsToNearestEven) {
+  EXPECT_EQ(float_to_half(1.0f), 0x3c00);
+  EXPECT_EQ(float_to_half(-2.0f), 0xc000);
+  EXPECT_EQ(float_to_half(65504.0f), 0x7bff);
+  EXPECT_EQ(float_to_half(0x1.0p-24f), 0x0001);  // the smallest subnormal
+  EXPECT_EQ(float_to_half(0x1.0p-14f), 0x0400);  // the smallest normal
+  EXPECT_EQ(float_to_half(1.0f + 0x1.0p-11f), 0x3c00);  // a tie goes to the even mantissa
+  EXPECT_EQ(float_to_half(1.0f + 0x1.8p-11f), 0x3c01);
+  EXPECT_THROW(float_to_half(1e6f), Error);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-8.0f, 8.0f);
+  for (int i = 0; i < 2000; ++i) {
+    const float v = std::ldexp(u(rng), static_cast<int>(rng() % 30) - 25);
+    const float back = half_to_float(float_to_half(v));
+    // The nearest half: no representable neighbour of `back` is closer to v.
+    const std::uint16_t h = float_to_half(v);
+    for (int step : {-1, 1}) {
+      const std::uint16_t n = static_cast<std::uint16_t>(h + step);
+      if ((n & 0x7fff) >= 0x7c00 || ((h & 0x7fff) == 0 && step < 0)) continue;
+      EXPECT_LE(std::fabs(double(back) - v), std::fabs(double(half_to_float(n)) - v)) << v;
+    }
   }
 }
 

@@ -6,7 +6,7 @@
 
 #include "runtime/cpu/quant/quant_matrix.h"
 
-#define CF_AVX2 __attribute__((target("avx2,fma")))
+#define CF_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace cellfuse::cpu::quant {
 namespace {
@@ -103,12 +103,12 @@ CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int
   }
 }
 
-CF_AVX2 void int4_avx2(const std::uint8_t* w, const float* scales, std::int64_t kpad, const Activations& x,
+CF_AVX2 void int4_avx2(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                        std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
   const std::int64_t groups = kpad / kGroup;
   for (std::int64_t r = r0; r < r1; ++r) {
     const std::uint8_t* wr = w + r * groups * 16;
-    const float* ws = scales + r * groups;
+    const std::uint16_t* ws = scales + r * groups;
     const float add = bias ? bias[r] : 0.0f;
     for (std::int64_t b = 0; b < x.rows; b += kStreams) {
       const int s = static_cast<int>(std::min<std::int64_t>(kStreams, x.rows - b));
@@ -120,7 +120,7 @@ CF_AVX2 void int4_avx2(const std::uint8_t* w, const float* scales, std::int64_t 
         for (int j = 0; j < s; ++j) {
           const std::int64_t xg = (b + j) * groups + g;
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + xg * kGroup));
-          const float d = ws[g] * x.scale[static_cast<std::size_t>(xg)];
+          const float d = _cvtsh_ss(ws[g]) * x.scale[static_cast<std::size_t>(xg)];
           acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_bytes(wv, xv)), _mm256_set1_ps(d), acc[j]);
           offset[j] += d * static_cast<float>(8 * x.sum[static_cast<std::size_t>(xg)]);
         }

@@ -10,17 +10,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "runtime/cpu/quant/quant_matrix.h"
 
-#define CF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#define CF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
 
 namespace cellfuse::cpu::quant {
 namespace {
 
 struct Ctx {
   const std::uint8_t* w;  // the matrix's bytes
-  const float* scales;
+  const float* scales;        // int8
+  const std::uint16_t* halves;  // int4: fp16 group scales
   const std::int32_t* row_sum;
   std::int64_t kpad;
   const Activations* x;
@@ -136,7 +138,7 @@ struct Int4Tile {
   CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
     const std::int64_t groups = c.kpad / kGroup, pairs = groups / 2;
     const std::uint8_t* w = c.w + r * groups * 16;
-    const float* ws = c.scales + r * groups;
+    const std::uint16_t* ws = c.halves + r * groups;
     const Activations& a = *c.x;
     __m512 acc[R][S];
     for (int i = 0; i < R; ++i)
@@ -153,9 +155,9 @@ struct Int4Tile {
       }
       for (int i = 0; i < R; ++i) {
         const __m512i wv = unpack_int4_pair(w + i * groups * 16 + p * 32);
-        const __m512 wsv = _mm512_permutexvar_ps(
-            halves, _mm512_castps128_ps512(_mm_castsi128_ps(
-                        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ws + i * groups + 2 * p)))));
+        std::int32_t pair;  // the two groups' fp16 scales
+        std::memcpy(&pair, ws + i * groups + 2 * p, 4);
+        const __m512 wsv = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(pair))));
         for (int j = 0; j < S; ++j) {
           const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]);
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wsv, xs[j]), acc[i][j]);
@@ -174,11 +176,18 @@ struct Int4Tile {
                                                      _mm_and_si128(_mm_srli_epi16(bytes, 4), mask), 1);
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + xg * kGroup));
           const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, xv);
-          sum += static_cast<float>(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(d))) * (ws[i * groups + g] * a.scale[xg]);
+          sum += static_cast<float>(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(d))) *
+                 (_cvtsh_ss(ws[i * groups + g]) * a.scale[xg]);
         }
-        float offset = 0;  // sum over groups of w's scale times x's 8 * scale * level sum
+        // The sum over groups of w's scale times x's 8 * scale * level sum, 16 groups at a time.
         const float* xo = a.offset.data() + (b + j) * groups;
-        for (std::int64_t g = 0; g < groups; ++g) offset += ws[i * groups + g] * xo[g];
+        __m512 off = _mm512_setzero_ps();
+        for (std::int64_t g = 0; g < groups; g += 16) {
+          const __mmask16 m = groups - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (groups - g)) - 1);
+          const __m512 wsv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ws + i * groups + g));
+          off = _mm512_fmadd_ps(wsv, _mm512_maskz_loadu_ps(m, xo + g), off);
+        }
+        const float offset = _mm512_reduce_add_ps(off);
         c.out[(b + j) * c.ldo + r + i] = sum - offset + (c.bias ? c.bias[r + i] : 0.0f);
       }
   }
@@ -209,23 +218,25 @@ CF_AVX512 void drive(const Ctx& c, std::int64_t r0, std::int64_t r1) {
 
 CF_AVX512 void f32_avx512(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
                           const float* bias, float* out, std::int64_t ldo) {
-  drive<F32Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive<F32Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 CF_AVX512 void bf16_avx512(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
                            std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  drive<Bf16Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive<Bf16Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0,
+                  r1);
 }
 
 CF_AVX512 void int8_avx512(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
                            const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                            std::int64_t ldo) {
-  drive<Int8Tile>({reinterpret_cast<const std::uint8_t*>(w), scales, row_sum, kpad, &x, bias, out, ldo}, r0, r1);
+  drive<Int8Tile>({reinterpret_cast<const std::uint8_t*>(w), scales, nullptr, row_sum, kpad, &x, bias, out, ldo}, r0,
+                  r1);
 }
 
-CF_AVX512 void int4_avx512(const std::uint8_t* w, const float* scales, std::int64_t kpad, const Activations& x,
+CF_AVX512 void int4_avx512(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                            std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  drive<Int4Tile>({w, scales, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive<Int4Tile>({w, nullptr, scales, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ Isa detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
     return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::Avx2;
   return Isa::Scalar;
 }
 
@@ -72,7 +73,7 @@ void int8_scalar(const std::int8_t* w, const float* scales, const std::int32_t*,
     }
 }
 
-void int4_scalar(const std::uint8_t* w, const float* scales, std::int64_t kpad, const Activations& x,
+void int4_scalar(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                  std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
   const std::int64_t groups = kpad / kGroup;
   for (std::int64_t r = r0; r < r1; ++r)
@@ -84,13 +85,34 @@ void int4_scalar(const std::uint8_t* w, const float* scales, std::int64_t kpad, 
         std::int32_t d = 0;
         for (int i = 0; i < 16; ++i) d += (wg[i] & 15) * xg[i] + (wg[i] >> 4) * xg[i + 16];
         d -= 8 * x.sum[b * groups + g];
-        s += static_cast<float>(d) * (scales[r * groups + g] * x.scale[b * groups + g]);
+        s += static_cast<float>(d) * (half_to_float(scales[r * groups + g]) * x.scale[b * groups + g]);
       }
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
     }
 }
 
 }  // namespace
+
+std::uint16_t float_to_half(float v) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const float a = std::fabs(v);
+  if (!(a < 65520.0f))  // beyond the largest half after rounding, or NaN
+    throw Error("int4: a group scale of " + std::to_string(v) + " is outside fp16's range (weights beyond 5e5)");
+  std::uint32_t u = bits & 0x7fffffffu;
+  if (u >= 0x38800000u) {  // a normal half: round the mantissa at bit 13, rebias the exponent
+    u += 0x0fffu + ((u >> 13) & 1u);
+    return static_cast<std::uint16_t>(sign | ((u - 0x38000000u) >> 13));
+  }
+  return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::nearbyint(a * 0x1.0p24f)));  // subnormal
+}
+
+float half_to_float(std::uint16_t h) {
+  const int exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  const float a = exponent == 0 ? std::ldexp(static_cast<float>(mantissa), -24)
+                                : std::ldexp(static_cast<float>(1024 + mantissa), exponent - 25);
+  return (h & 0x8000) ? -a : a;
+}
 
 const KernelSet& scalar_kernels() {
   static const KernelSet set{f32_scalar, bf16_scalar, int8_scalar, int4_scalar};
@@ -228,8 +250,8 @@ QuantMatrix QuantMatrix::quantize(const float* w, bool n_by_k, std::int64_t k, s
       break;
     case Format::Int4: {
       const std::int64_t groups = kpad / kGroup;
-      m.data_.resize(static_cast<std::size_t>(n * groups * 16));
-      m.scales_.resize(static_cast<std::size_t>(n * groups));
+      m.data_.resize(static_cast<std::size_t>(n * groups * 18));
+      std::uint8_t* halves = m.data_.data() + n * groups * 16;
       for (std::int64_t r = 0; r < n; ++r) {
         load_row(r);
         for (std::int64_t g = 0; g < groups; ++g) {
@@ -239,8 +261,10 @@ QuantMatrix QuantMatrix::quantize(const float* w, bool n_by_k, std::int64_t k, s
           float extreme = 0;
           for (int i = 0; i < kGroup; ++i)
             if (std::fabs(v[i]) > std::fabs(extreme)) extreme = v[i];
-          const float d = extreme / -8.0f, inv = d != 0 ? 1.0f / d : 0.0f;
-          m.scales_[static_cast<std::size_t>(r * groups + g)] = d;
+          // The levels are taken against the scale as stored (rounded to fp16).
+          const std::uint16_t h = float_to_half(extreme / -8.0f);
+          std::memcpy(halves + (r * groups + g) * 2, &h, 2);
+          const float d = half_to_float(h), inv = d != 0 ? 1.0f / d : 0.0f;
           std::uint8_t* dst = m.data_.data() + (r * groups + g) * 16;
           auto level = [&](int i) {
             return static_cast<std::uint8_t>(std::clamp(std::nearbyint(v[i] * inv) + 8.0f, 0.0f, 15.0f));
@@ -267,9 +291,7 @@ QuantMatrix QuantMatrix::from_raw(Format format, std::int64_t k, std::int64_t n,
     case Format::F32: want_data = static_cast<std::size_t>(n * kpad * 4); break;
     case Format::BF16: want_data = static_cast<std::size_t>(n * kpad * 2); break;
     case Format::Int8: want_data = static_cast<std::size_t>(n * kpad), want_scales = static_cast<std::size_t>(n); break;
-    case Format::Int4:
-      want_data = static_cast<std::size_t>(n * kpad / 2), want_scales = static_cast<std::size_t>(n * kpad / kGroup);
-      break;
+    case Format::Int4: want_data = static_cast<std::size_t>(n * kpad / kGroup * 18); break;
   }
   if (k < 1 || n < 1 || data.size() != want_data || scales.size() != want_scales)
     throw Error("quantized matrix " + std::to_string(n) + " x " + std::to_string(k) + " (" + format_name(format) +
@@ -311,7 +333,7 @@ double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
       const std::int64_t groups = kpad_ / kGroup, g = col / kGroup, i = col % kGroup;
       const std::uint8_t byte = data_[static_cast<std::size_t>((row * groups + g) * 16 + i % 16)];
       const int level = i < 16 ? (byte & 15) : (byte >> 4);
-      return static_cast<double>(level - 8) * scales_[static_cast<std::size_t>(row * groups + g)];
+      return static_cast<double>(level - 8) * half_to_float(int4_scales()[row * groups + g]);
     }
   }
   return 0;
@@ -334,7 +356,7 @@ void QuantMatrix::multiply(const Activations& x, const float* bias, float* out, 
       case Format::Int8:
         return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), row_sum_.data(), kpad_, x,
                        r0, r1, bias, out, ldo);
-      case Format::Int4: return ks.int4(data_.data(), scales_.data(), kpad_, x, r0, r1, bias, out, ldo);
+      case Format::Int4: return ks.int4(data_.data(), int4_scales(), kpad_, x, r0, r1, bias, out, ldo);
     }
   };
   if (!team || team->size() == 1 || n_ * kpad_ < kMinShared || n_ < 2 * team->size()) return rows(0, n_);

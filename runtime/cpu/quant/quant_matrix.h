@@ -5,8 +5,8 @@
 //   F32   the weights as they are
 //   BF16  the upper half of each fp32 (rounded to nearest even): half the bytes
 //   Int8  symmetric, one scale per output row; activations quantized per row of x at every call
-//   Int4  groups of 32 along k, one scale each (values -8..7, as ggml's Q4_0); activations
-//         quantized to int8 per group of 32, each group with its scale (as ggml's Q8_0)
+//   Int4  groups of 32 along k, one fp16 scale each (values -8..7, as ggml's Q4_0: 4.5 bits a
+//         weight); activations quantized to int8 per group of 32, each with its scale (Q8_0)
 //
 // At batch 1 these products only stream the weights (100 MB of fp32 for a 3-layer LSTM of 1024),
 // so fewer bytes per weight is the speed-up. A weight is [n, k] (nn.Linear's layout, n output
@@ -43,6 +43,10 @@ const char* isa_name(Isa isa);
 
 constexpr std::int64_t kGroup = 32;  // int4 group size; every row is padded to a multiple of it
 inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
+
+// IEEE half precision (int4's group scales), nearest-even; Error when |v| exceeds its range.
+std::uint16_t float_to_half(float v);
+float half_to_float(std::uint16_t h);
 
 // Activations x [rows, k] prepared for one matrix format: padded (and quantized) once per call,
 // reused by every matrix of that format and k that reads the same x.
@@ -86,10 +90,14 @@ class QuantMatrix {
 
  private:
   void derive();  // the per-row sums VNNI's unsigned operand needs
+  const std::uint16_t* int4_scales() const {
+    return reinterpret_cast<const std::uint16_t*>(data_.data() + n_ * (kpad_ / kGroup) * 16);
+  }
   Format format_ = Format::F32;
   std::int64_t k_ = 0, n_ = 0, kpad_ = 0;
-  std::vector<std::uint8_t> data_;   // [n, kpad] of the format's elements; int4: [n, kpad/32, 16]
-  std::vector<float> scales_;        // Int8: [n]; Int4: [n, kpad / 32]
+  // [n, kpad] of the format's elements; Int4: [n, kpad/32, 16] nibbles, then [n, kpad/32] fp16 scales
+  std::vector<std::uint8_t> data_;
+  std::vector<float> scales_;  // Int8: [n]
   std::vector<std::int32_t> row_sum_;  // Int8: sum of each row's q (AVX-512 VNNI's offset)
 };
 
@@ -102,7 +110,7 @@ struct KernelSet {
   void (*int8)(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
                const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                std::int64_t ldo);
-  void (*int4)(const std::uint8_t* w, const float* scales, std::int64_t kpad, const Activations& x,
+  void (*int4)(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo);
 };
 const KernelSet& scalar_kernels();
