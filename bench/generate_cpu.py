@@ -191,6 +191,12 @@ def read_bandwidth_gbs(mib=256, rounds=7):
     return x.numel() * 4 / statistics.median(times) / 1e9
 
 
+def progress(rows, start):
+    for m, c, t, f in rows[start:]:
+        print(f"  {m} | {c}: {t:.3f} ms {f}", file=sys.stderr, flush=True)
+    return len(rows)
+
+
 def paired(contenders, prime, chars, slow_chars, rounds, settle_s):
     """Per contender: median ms per character over rounds, and per-round times (for ratios)."""
     per_round = {name: [] for name in contenders}
@@ -279,6 +285,7 @@ def main():
             floor_ms = g.weight_bytes / (bw * 1e9) * 1e3
             floor = f"{g.weight_bytes / 2**20:.1f} MiB, floor {floor_ms:.3f} ms, {med(pr[name]) / floor_ms:.2f}x floor"
         rows.append((title, name, med(pr[name]), floor))
+    shown = progress(rows, 0)
     figures = [
         ("fp32 / ONNX Runtime fp32", ratio(pr, "cellfuse fp32", "ONNX Runtime fp32"), "<= 1"),
         ("fp32 / its floor", med(pr["cellfuse fp32"]) / (gens["fp32"].weight_bytes / bw / 1e6), "<= 1.15"),
@@ -298,6 +305,7 @@ def main():
         rows.append((title + ", streams", name + " (ms per step)", med(pr8[name]), ""))
     for w in ("fp32", "int8"):
         figures.append((f"8 streams / 1 stream per step ({w})", ratio(pr8, f"cellfuse {w} x8", f"cellfuse {w} x1"), "<= 2"))
+    shown = progress(rows, shown)
     del gens, contenders
 
     # 3. A custom cell: the LayerNorm-LSTM char model.
@@ -318,6 +326,7 @@ def main():
     ltitle = f"LayerNorm-LSTM char model: embedding {LE} -> 2 x LN-LSTM {LH} -> Linear {V}"
     for name in contenders:
         rows.append((ltitle, name, med(prl[name]), ""))
+    shown = progress(rows, shown)
     best_ort = min(("ONNX Runtime fp32", "ONNX Runtime int8"), key=lambda n: med(prl[n]))
     figures.append((f"LN-LSTM: {best_ort} / cellfuse int8", ratio(prl, best_ort, "cellfuse int8"), ">= 2"))
     figures.append(("LN-LSTM: eager / cellfuse fp32", ratio(prl, "PyTorch eager fp32", "cellfuse fp32"), ""))
