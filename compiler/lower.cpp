@@ -1,14 +1,16 @@
 #include "compiler/lower.h"
 
+#include <chrono>
+
 #include "compiler/ir/text.h"
 #include "compiler/ir/verifier.h"
 #include "compiler/passes/passes.h"
 
 namespace cellfuse {
 
-Cell optimize(const Cell& cell, std::vector<Stage>* log) {
+Cell optimize(const Cell& cell, std::vector<StageLog>* log, bool text) {
   verify(cell);
-  if (log) log->push_back({"input", print_cell(cell)});
+  if (log) log->push_back({"input", 0, text ? print_cell(cell) : std::string()});
   Cell current = cell;
   struct Pass {
     const char* name;
@@ -24,10 +26,12 @@ Cell optimize(const Cell& cell, std::vector<Stage>* log) {
     std::uint64_t before = cell_hash(current);
     std::size_t before_size = current.graph.size();
     for (const Pass& pass : passes) {
+      auto start = std::chrono::steady_clock::now();
       current = pass.run(current);
       verify(current);
-      if (log) log->push_back({std::string(pass.name) + " (round " + std::to_string(round + 1) + ")",
-                               print_cell(current)});
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (log) log->push_back({std::string(pass.name) + " (round " + std::to_string(round + 1) + ")", ms,
+                               text ? print_cell(current) : std::string()});
     }
     if (cell_hash(current) == before && current.graph.size() == before_size) break;
   }

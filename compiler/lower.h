@@ -1,6 +1,7 @@
 #pragma once
-// The one pipeline from a captured cell to what the backends consume, stage by stage, with the
-// verifier between stages. Later issues add autodiff, hoisting, fusion and code generation here.
+// The graph optimization stage of compile() (compiler/pipeline.h): simplify, CSE and DCE run to
+// a fixed point, with the verifier after every pass. The whole pipeline, stage by stage, is
+// compiler/pipeline.h; this is its first graph stage, also used on its own by autodiff and tests.
 #include <string>
 #include <vector>
 
@@ -8,13 +9,15 @@
 
 namespace cellfuse {
 
-struct Stage {
-  std::string name;  // "input", "simplify", "cse", "dce", ...
-  std::string text;  // the cell after that stage, in text form
+// One entry of a stage log (this stage's passes, and compile()'s stages).
+struct StageLog {
+  std::string name;  // "simplify (round 1)", "forward: fuse", ...
+  double ms = 0;     // wall time of the stage
+  std::string text;  // its result in text form (empty when not asked for)
 };
 
 // Runs simplify, CSE and DCE to a fixed point (at most a few rounds). When `log` is given, each
-// stage's result is appended to it.
-Cell optimize(const Cell& cell, std::vector<Stage>* log = nullptr);
+// pass's name and wall time are appended to it, with the cell after it as text when `text` is set.
+Cell optimize(const Cell& cell, std::vector<StageLog>* log = nullptr, bool text = true);
 
 }  // namespace cellfuse

@@ -24,12 +24,14 @@ std::string col(std::int64_t offset, bool uniform) {
 }  // namespace
 
 std::string print_kernel(const Kernel& k) {
-  std::string out = "kernel " + k.name + " " + std::string(dtype_name(k.dtype)) + "\n";
+  std::string out = "kernel " + k.name + " " + std::string(dtype_name(k.dtype)) +
+                    (k.rows_hint > 0 ? " rows=" + std::to_string(k.rows_hint) : std::string()) + "\n";
   for (std::size_t b = 0; b < k.buffers.size(); ++b) {
     const Buffer& buf = k.buffers[b];
     out += "  b" + std::to_string(b) + " " + role_name(buf.role) + " " + buf.name + " [" +
            (buf.batched ? std::string("rows") : std::to_string(buf.rows)) + "," +
-           std::to_string(buf.cols) + "]" + (buf.transposed ? " transposed" : "") + "\n";
+           std::to_string(buf.cols) + "]" + (buf.transposed ? " transposed" : "") +
+           (buf.panel > 0 ? " panel=" + std::to_string(buf.panel) : std::string()) + "\n";
   }
   for (const Statement& s : k.body) {
     if (s.kind == Statement::Kind::MatVec) {

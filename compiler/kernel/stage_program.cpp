@@ -7,8 +7,11 @@
 namespace cellfuse {
 
 StageProgram compile_stage(const Cell& stage, bool fuse_small_products, const std::string& name) {
+  return lower_stage(stage, plan_fusion(stage, FusionOptions{fuse_small_products}), name);
+}
+
+StageProgram lower_stage(const Cell& stage, const FusionPlan& plan, const std::string& name) {
   const Graph& g = stage.graph;
-  FusionPlan plan = plan_fusion(stage, FusionOptions{fuse_small_products});
   StageProgram program;
   program.notes = plan.reasons;
 

@@ -10,6 +10,8 @@
 
 namespace cellfuse {
 
+struct FusionPlan;  // compiler/passes/fusion.h
+
 struct GemmStep {
   ValueId x;          // [rows, k], in memory
   ValueId weight;     // a param: [n, k] for linear (x W^T), [k, n] for matmul (x W)
@@ -39,7 +41,12 @@ struct StageProgram {
   std::vector<std::string> notes;  // fusion and scratch decisions, with reasons
 };
 
-// `name` prefixes the kernels' names (they must be unique among everything one JIT holds).
+// Lowers a fused stage to its program: every kernel group becomes kernel IR (lower_kernel.h),
+// every GEMM group a GemmStep. `name` prefixes the kernels' names (they must be unique among
+// everything one JIT or one CUDA module holds).
+StageProgram lower_stage(const Cell& stage, const FusionPlan& plan, const std::string& name);
+
+// plan_fusion, then lower_stage: the two pipeline stages in one call (for tests).
 StageProgram compile_stage(const Cell& stage, bool fuse_small_products, const std::string& name);
 
 std::string print_program(const Cell& stage, const StageProgram& program);

@@ -7,7 +7,7 @@
 #include "compiler/ir/error.h"
 #include "compiler/ir/text.h"
 #include "compiler/ir/verifier.h"
-#include "compiler/passes/autodiff.h"
+#include "compiler/pipeline.h"
 #include "frontend/builder.h"
 #include "python/src/bindings.h"
 
@@ -126,7 +126,7 @@ void bind_builder(py::module_& m) {
       .def_property_readonly("name", [](const Cell& c) { return c.name; })
       .def_property_readonly("dtype", [](const Cell& c) { return std::string(dtype_name(c.graph.dtype())); })
       .def_property_readonly("hash", &cell_hash)
-      .def("tape_widths", [](const Cell& c) { return tape_widths(differentiate(c)); },
+      .def("tape_widths", [](const Cell& c) { return tape_widths(differentiate_stage(c)); },
            "the widths of the tensors a training forward keeps for the backward")
       .def("text", &print_cell)
       .def("__str__", &print_cell);

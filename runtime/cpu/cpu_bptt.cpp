@@ -58,20 +58,17 @@ CpuBptt::CpuBptt(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
   auto start = std::chrono::steady_clock::now();
   Impl& m = *impl_;
   m.batch = batch;
-  m.backward = differentiate(cell);
-  m.forward = m.backward.forward;
-  m.first_state_output = static_cast<int>(m.forward.outputs.size());
-  for (std::size_t s = 0; s < m.forward.states.size(); ++s) {
-    std::string name = "state_at_step_" + std::to_string(s);
-    for (bool taken = true; taken;) {
-      taken = false;
-      for (const auto& o : m.forward.outputs) taken = taken || o.name == name;
-      if (taken) name = "_" + name;
-    }
-    m.forward.add_output(name, m.forward.states[s]);
-  }
-  m.forward_cell = std::make_unique<CpuCell>(m.forward, batch, threads);
-  m.backward_step = std::make_unique<CpuCell>(m.backward.step, batch, threads);
+  TargetOptions options;
+  options.target = Target::Cpu;
+  options.batch = batch;
+  options.threads = threads;
+  options.training = true;
+  CompiledCell compiled = compile(cell, options);
+  m.backward = std::move(*compiled.backward);
+  m.forward = forward_with_tape(m.backward);
+  m.first_state_output = static_cast<int>(m.forward.outputs.size() - m.forward.states.size());
+  m.forward_cell = std::make_unique<CpuCell>(std::move(compiled.forward), compiled.options);
+  m.backward_step = std::make_unique<CpuCell>(std::move(*compiled.backward_step), compiled.options);
   m.team = cpu::shared_team(m.backward_step->threads());
   m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }

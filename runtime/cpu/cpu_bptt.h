@@ -8,7 +8,7 @@
 #include <string>
 
 #include "compiler/ir/graph.h"
-#include "compiler/passes/autodiff.h"
+#include "compiler/pipeline.h"
 #include "runtime/reference/bptt.h"
 
 namespace cellfuse {

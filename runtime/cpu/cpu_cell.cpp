@@ -1,6 +1,6 @@
 #include "runtime/cpu/cpu_cell.h"
 
-#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LLVMContext.h>  // the module handed to the JIT
 #include <llvm/IR/Module.h>
 
 #include <chrono>
@@ -10,12 +10,7 @@
 #include <optional>
 #include <tuple>
 
-#include "compiler/codegen/llvm/host_target.h"
-#include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/ir/error.h"
-#include "compiler/kernel/stage_program.h"
-#include "compiler/lower.h"
-#include "compiler/passes/hoist.h"
 #include "runtime/cpu/llvm_jit.h"
 #include "runtime/cpu/stage_runner.h"
 #include "runtime/cpu/team.h"
@@ -23,9 +18,6 @@
 
 namespace cellfuse {
 namespace {
-
-// Fused small products beat a BLAS call up to this many rows.
-constexpr std::int64_t kMaxFusedProductRows = 8;
 
 std::size_t g_compile_count = 0;
 
@@ -42,8 +34,9 @@ struct Workspace {
 }  // namespace
 
 struct CpuCell::Impl {
-  Cell cell;
-  SequencePlan plan;
+  CompiledProgram program;  // what compile() made: the cell, its stages, their kernels
+  const Cell& cell = program.cell;
+  const SequencePlan& plan = program.plan;
   cpu::CompiledStage stages[3];  // pre, loop, post
   std::unique_ptr<LlvmJit> jit;
   std::shared_ptr<cpu::Team> team;  // the process's team of this size (cpu::shared_team)
@@ -61,50 +54,49 @@ struct CpuCell::Impl {
   }
 };
 
+static TargetOptions cpu_target(std::int64_t batch, int threads) {
+  TargetOptions options;
+  options.target = Target::Cpu;
+  options.batch = batch;
+  options.threads = threads;
+  return options;
+}
+
 CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std::make_unique<Impl>()) {
   auto start = std::chrono::steady_clock::now();
-  if (batch < 1) throw Error("CPU backend: batch size must be at least 1, got " + std::to_string(batch));
+  const TargetOptions options = cpu_target(batch, threads);
+  load(std::move(compile(cell, options).forward), options);
+  impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+CpuCell::CpuCell(CompiledProgram program, const TargetOptions& options) : impl_(std::make_unique<Impl>()) {
+  auto start = std::chrono::steady_clock::now();
+  load(std::move(program), options);
+  impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+void CpuCell::load(CompiledProgram program, const TargetOptions& options) {
+  if (options.target != Target::Cpu || !program.llvm)
+    throw InternalError("CpuCell: the program was not compiled for the CPU target");
   Impl& m = *impl_;
-  m.cell = optimize(cell);
-  m.batch = batch;
-  m.plan = hoist(m.cell, HoistOptions{.recompute_pointwise = true});
-  auto context = std::make_unique<llvm::LLVMContext>();
-  auto module = std::make_unique<llvm::Module>("cellfuse_" + cell.name, *context);
-  static std::atomic<std::size_t> unique{0};
-  const std::string prefix = "cf" + std::to_string(++unique) + "_" + cell.name;
+  m.program = std::move(program);
+  m.batch = options.batch;
   const SequenceStage* stages[3] = {&m.plan.pre, &m.plan.loop, &m.plan.post};
-  const char* names[3] = {"_pre", "_loop", "_post"};
   for (int s = 0; s < 3; ++s) {
     m.stages[s].stage = stages[s];
-    if (!stages[s]->cell) continue;
-    bool fuse = s == 1 && batch <= kMaxFusedProductRows;
-    m.stages[s].program = compile_stage(*stages[s]->cell, fuse, prefix + names[s]);
-    if (s == 1)  // every call of a loop-stage kernel covers the whole batch
-      for (auto& step : m.stages[s].program.steps) {
-        auto& k = step.kernel.kernel;
-        k.rows_hint = batch;
-        // Fused products read their weight in panels (see kernel::Buffer::panel).
-        const int lanes = llvm_codegen::host_target().lanes(static_cast<int>(dtype_size(k.dtype)));
-        // Only the transposed copies the runner makes are packed; a weight read in place
-        // (matmul's [k, n]) keeps its layout.
-        for (const auto& st : k.body)
-          if (st.kind == kernel::Statement::Kind::MatVec && k.buffers[st.matvec.weight].transposed)
-            k.buffers[st.matvec.weight].panel = llvm_codegen::product_unroll(batch) * lanes;
-      }
-    for (const auto& step : m.stages[s].program.steps)
-      if (step.kind == ProgramStep::Kind::Kernel) llvm_codegen::emit_kernel(*module, step.kernel.kernel);
+    m.stages[s].program = m.program.stages[s];
   }
   cpu::use_single_threaded_blas();
-  m.team = cpu::shared_team(threads > 0 ? threads : cpu::default_thread_count());
+  m.team = cpu::shared_team(options.threads > 0 ? options.threads : cpu::default_thread_count());
   m.jit = std::make_unique<LlvmJit>();
-  m.jit->add_module(std::move(module), std::move(context));
+  m.jit->add_module(std::move(m.program.llvm->module), std::move(m.program.llvm->context));
+  m.program.llvm.reset();
   for (auto& cs : m.stages)
     for (const auto& step : cs.program.steps)
       cs.functions.push_back(step.kind == ProgramStep::Kind::Kernel
                                  ? reinterpret_cast<llvm_codegen::KernelFunction>(m.jit->lookup(step.kernel.kernel.name))
                                  : nullptr);
   ++g_compile_count;
-  m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 CpuCell::~CpuCell() = default;

@@ -1,6 +1,7 @@
 #pragma once
-// A cell compiled for the CPU: hoisted into pre/loop/post stages, fused into kernels, generated
-// through LLVM and run over whole sequences in native code. Compile once, run many sequences.
+// A cell compiled for the CPU (compile() in compiler/pipeline.h: hoisted into pre/loop/post
+// stages, fused into kernels, generated as LLVM IR), JIT-compiled for the host and run over whole
+// sequences in native code. Compile once, run many sequences.
 //
 //   auto compiled = cellfuse::compile_cpu(cell, /*batch=*/8);   // cached by graph, batch, dtype
 //   auto result = compiled->run(args);                            // any sequence length
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "compiler/ir/graph.h"
+#include "compiler/pipeline.h"
 #include "runtime/reference/interpreter.h"
 
 namespace cellfuse {
@@ -32,6 +34,9 @@ class CpuCell {
   // whatever the thread count. Throws Error when the cell uses something the CPU backend cannot
   // compile, naming the op and the value.
   CpuCell(const Cell& cell, std::int64_t batch, int threads = 0);
+  // Loads a program compile() made for Target::Cpu (its LLVM module into the JIT) with the
+  // options it was compiled with.
+  CpuCell(CompiledProgram program, const TargetOptions& options);
   ~CpuCell();
   CpuCell(const CpuCell&) = delete;
   CpuCell& operator=(const CpuCell&) = delete;
@@ -56,6 +61,7 @@ class CpuCell {
   std::string describe() const;
 
  private:
+  void load(CompiledProgram program, const TargetOptions& options);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

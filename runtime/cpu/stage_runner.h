@@ -12,7 +12,7 @@
 
 #include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/kernel/stage_program.h"
-#include "compiler/passes/hoist.h"
+#include "compiler/pipeline.h"
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/packed_gemm.h"
 #include "runtime/cpu/team.h"

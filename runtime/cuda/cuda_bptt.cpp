@@ -39,20 +39,6 @@ void expect_non_null(const std::vector<DevicePointer>& list, const char* what) {
 
 }  // namespace
 
-Cell forward_with_tape(const BackwardCell& backward) {
-  Cell forward = backward.forward;
-  for (std::size_t s = 0; s < forward.states.size(); ++s) {
-    std::string name = "state_at_step_" + std::to_string(s);
-    for (bool taken = true; taken;) {
-      taken = false;
-      for (const auto& o : forward.outputs) taken = taken || o.name == name;
-      if (taken) name = "_" + name;
-    }
-    forward.add_output(name, forward.states[s]);
-  }
-  return forward;
-}
-
 struct CudaBptt::Impl {
   BackwardCell backward;
   Cell forward;  // forward_with_tape(backward)
@@ -386,7 +372,10 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
   Impl& m = *impl_;
   m.batch = batch;
   m.storage = asked.storage;
-  m.backward = differentiate(cell);
+  TargetOptions target = cuda_target(batch, options.program, Storage::Native);
+  target.training = true;
+  CompiledCell compiled = compile(cell, target);
+  m.backward = std::move(*compiled.backward);
   m.forward = forward_with_tape(m.backward);
   m.user_outputs = static_cast<std::size_t>(m.backward.user_outputs);
   m.saves = m.backward.saved_outputs.size();
@@ -399,9 +388,11 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
 
   // Two NVRTC compilations at once: the first compile of a training cell takes the longer of the
   // two, not their sum.
-  auto step = std::async(std::launch::async, [&] { return std::make_unique<CudaCell>(m.backward.step, batch, options); });
+  auto step = std::async(std::launch::async, [&] {
+    return std::make_unique<CudaCell>(std::move(*compiled.backward_step), batch, options);
+  });
   try {
-    m.forward_cell = std::make_unique<CudaCell>(m.forward, batch, options);
+    m.forward_cell = std::make_unique<CudaCell>(std::move(compiled.forward), batch, options);
   } catch (...) {
     try {
       step.get();

@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "compiler/passes/autodiff.h"
+#include "compiler/pipeline.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/reference/bptt.h"
 
@@ -86,11 +86,6 @@ class CudaBptt {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// The forward cell CudaBptt compiles: `backward.forward` (user outputs, then the saves) plus one
-// output per state, the value each step starts from. Its outputs after the user outputs are the
-// tape.
-Cell forward_with_tape(const BackwardCell& backward);
 
 // The in-memory cache of compiled training cells, like compile_cuda's.
 std::shared_ptr<const CudaBptt> compile_cuda_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});

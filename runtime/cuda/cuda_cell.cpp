@@ -13,7 +13,6 @@
 #include <tuple>
 
 #include "compiler/ir/error.h"
-#include "compiler/lower.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/host_transfer.h"
 #include "runtime/cuda/kernel_cache.h"
@@ -22,10 +21,21 @@
 
 namespace cellfuse {
 
+TargetOptions cuda_target(std::int64_t batch, const cuda_codegen::ProgramOptions& program, Storage storage) {
+  TargetOptions options;
+  options.target = Target::Cuda;
+  options.batch = batch;
+  options.storage = storage;
+  options.fuse = program.fuse;
+  options.cuda_block_threads = program.emit.max_threads;
+  options.cuda_shared_limit = program.emit.shared_limit;
+  return options;
+}
+
 CudaBinary build_cuda_binary(const Cell& cell, std::int64_t batch, const std::string& architecture,
                              const cuda_codegen::ProgramOptions& options, cuda::KernelCache* cache) {
   CudaBinary out;
-  out.program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options);
+  out.program = std::move(*compile(cell, cuda_target(batch, options, Storage::Native)).forward.cuda);
   out.architecture = architecture;
   cuda::KernelCache& c = cache ? *cache : cuda::default_kernel_cache();
   out.cubin = c.get_or_compile(out.program.source, architecture, {}, cell.name + ".cu");
@@ -740,6 +750,19 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
   if (options.storage != Storage::Native && cell.graph.dtype() != DType::f32)
     throw Error("CUDA backend: " + std::string(storage_name(options.storage)) + " storage needs an f32 cell; '" + cell.name +
                 "' is " + std::string(dtype_name(cell.graph.dtype())));
+  (void)cuda::driver();  // throws "no CUDA driver ..." on a machine without one, before compiling
+  load(std::move(compile(cell, cuda_target(batch, options.program, options.storage)).forward), batch, options);
+  impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+CudaCell::CudaCell(CompiledProgram program, std::int64_t batch, const CudaOptions& options) : impl_(std::make_unique<Impl>()) {
+  auto start = std::chrono::steady_clock::now();
+  load(std::move(program), batch, options);
+  impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+void CudaCell::load(CompiledProgram compiled, std::int64_t batch, const CudaOptions& options) {
+  if (!compiled.cuda) throw InternalError("CudaCell: the program was not compiled for the CUDA target");
   Impl& m = *impl_;
   m.storage = options.storage;
   const cuda::Driver& d = cuda::driver();  // throws "no CUDA driver ..." on a machine without one
@@ -747,9 +770,10 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
   cuda::make_current(*m.dev);
   m.batch = batch;
   m.architecture = cuda::architecture_for(m.dev->major, m.dev->minor);
-  m.program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options.program);
+  m.program = std::move(*compiled.cuda);
+  const std::string& name = m.program.cell.name;
   std::vector<char> cubin =
-      cuda::default_kernel_cache().get_or_compile(m.program.source, m.architecture, {}, cell.name + ".cu", &m.from_cache);
+      cuda::default_kernel_cache().get_or_compile(m.program.source, m.architecture, {}, name + ".cu", &m.from_cache);
   cuda::check(d.module_load_data(&m.module, cubin.data()), "cuModuleLoadData");
   m.shared.d = &d;
   m.shared.dtype = m.program.cell.graph.dtype();
@@ -772,8 +796,8 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
     for (std::size_t i = 0; i < gs.code->program.steps.size(); ++i) {
       CUfunction fn = nullptr;
       if (gs.code->program.steps[i].kind == ProgramStep::Kind::Kernel) {
-        const std::string& name = gs.code->kernels[i].name;
-        cuda::check(d.module_get_function(&fn, m.module, name.c_str()), ("cuModuleGetFunction(" + name + ")").c_str());
+        const std::string& kernel = gs.code->kernels[i].name;
+        cuda::check(d.module_get_function(&fn, m.module, kernel.c_str()), ("cuModuleGetFunction(" + kernel + ")").c_str());
       } else {
         any_gemm = true;
       }
@@ -793,7 +817,6 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
   cuda::check(d.event_create(&m.entry, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
   m.graphs = options.graphs && graphs_allowed_by_environment();
   ++g_compile_count;
-  m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
 CudaCell::~CudaCell() = default;

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/graph.h"
+#include "compiler/pipeline.h"
 #include "runtime/cuda/storage.h"
 #include "runtime/reference/interpreter.h"
 
@@ -69,6 +69,9 @@ struct DeviceSequenceArgs {
   bool reverse = false;
 };
 
+// The compile() options of a CudaCell: the CUDA target, `batch`, `storage` and the program's knobs.
+TargetOptions cuda_target(std::int64_t batch, const cuda_codegen::ProgramOptions& program, Storage storage);
+
 // The device-independent part of a compilation: the program and its cubin for `architecture`
 // (through `cache`; the default cache when null). What CudaCell does before it needs a GPU, so
 // that tests can run it without one.
@@ -86,6 +89,9 @@ class CudaCell {
   // when there is no usable GPU or driver, when the cell uses something the backend cannot
   // compile, or when NVRTC fails (with the source and its log).
   CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& options = {});
+  // Loads a program compile() made for Target::Cuda (NVRTC, through the disk cache), for the
+  // batch it was compiled for.
+  CudaCell(CompiledProgram program, std::int64_t batch, const CudaOptions& options);
   ~CudaCell();
   CudaCell(const CudaCell&) = delete;
   CudaCell& operator=(const CudaCell&) = delete;
@@ -126,6 +132,7 @@ class CudaCell {
   const std::string& source() const;
 
  private:
+  void load(CompiledProgram program, std::int64_t batch, const CudaOptions& options);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

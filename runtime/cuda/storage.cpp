@@ -5,21 +5,6 @@
 
 namespace cellfuse {
 
-std::string_view storage_name(Storage storage) {
-  switch (storage) {
-    case Storage::Native: return "native";
-    case Storage::BF16: return "bf16";
-    case Storage::F16: return "f16";
-  }
-  return "?";
-}
-
-std::optional<Storage> parse_storage(std::string_view text) {
-  for (Storage s : {Storage::Native, Storage::BF16, Storage::F16})
-    if (text == storage_name(s)) return s;
-  return std::nullopt;
-}
-
 // Each function mirrors the device's cf_* helper of the same meaning (cuda_emitter.cpp).
 
 std::uint16_t f32_to_bf16(float value) {

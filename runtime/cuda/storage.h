@@ -10,16 +10,9 @@
 #include <optional>
 #include <string_view>
 
+#include "compiler/target.h"  // Storage, storage_name, parse_storage
+
 namespace cellfuse {
-
-enum class Storage : std::uint8_t {
-  Native,  // the cell's own dtype (f32 or f64)
-  BF16,    // bfloat16: f32's range, 8 significant bits
-  F16,     // IEEE binary16: 11 significant bits, finite up to 65504
-};
-
-std::string_view storage_name(Storage storage);  // "native", "bf16", "f16"
-std::optional<Storage> parse_storage(std::string_view text);
 
 std::uint16_t f32_to_bf16(float value);
 float bf16_to_f32(std::uint16_t bits);

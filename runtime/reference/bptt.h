@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "compiler/passes/autodiff.h"
+#include "compiler/pipeline.h"
 #include "runtime/reference/interpreter.h"
 
 namespace cellfuse {

@@ -179,10 +179,27 @@ TEST(Cli, PrintShowsBeforeAndAfterPasses) {
   EXPECT_NO_THROW(cellfuse::parse_cell(optimized)) << optimized;
 }
 
-TEST(Cli, PrintStagesShowsEveryPass) {
-  Result r = cli("print lstm:5 --stages");
+TEST(Cli, PrintStagesShowsEveryStageOfThePipeline) {
+  Result r = cli("print lstm:5 --stages --target cpu --batch 2");
   ASSERT_EQ(r.status, 0) << describe(r);
-  for (const char* stage : {"# after input", "# after simplify", "# after cse", "# after dce"})
+  std::size_t at = 0;
+  for (const char* stage : {"# after verify", "# after optimize", "# after simplify (round 1)", "# after cse", "# after dce",
+                            "# after hoist", "# after fuse", "# after lower to kernel IR", "# after rewrite kernels for cpu",
+                            "# after generate LLVM IR"}) {
+    const std::size_t found = r.out.find(stage, at);
+    EXPECT_NE(found, std::string::npos) << stage << " (in this order)\n" << describe(r);
+    if (found != std::string::npos) at = found;
+  }
+  // What the CPU backend runs: the loop kernel's fused product reads its weight in panels.
+  EXPECT_NE(r.out.find("panel"), std::string::npos) << describe(r);
+  EXPECT_NE(r.out.find("define void @cf_lstm_loop_k0"), std::string::npos) << describe(r);
+}
+
+TEST(Cli, PrintStagesOfTrainingShowsBothPrograms) {
+  Result r = cli("print lstm:3,5 --stages --target cpu --backward");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  for (const char* stage : {"# after differentiate", "# after forward with tape", "# after forward: fuse",
+                            "# after backward step: generate LLVM IR"})
     EXPECT_NE(r.out.find(stage), std::string::npos) << stage << "\n" << describe(r);
 }
 

@@ -37,6 +37,13 @@
 namespace cellfuse {
 namespace {
 
+// compile() for the CUDA target, the program only (the name is the cell's: kept for the call
+// sites' readability).
+cuda_codegen::CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std::string& /*name*/,
+                                               const cuda_codegen::ProgramOptions& options = {}) {
+  return *compile(cell, cuda_target(batch, options, Storage::Native)).forward.cuda;
+}
+
 namespace fs = std::filesystem;
 using cuda_codegen::CudaKernel;
 using cuda_codegen::CudaProgram;
@@ -177,7 +184,7 @@ TEST_P(StandardCellsCompile, ToCubinsForSm90WithTheExpectedSource) {
           }
       EXPECT_NE(cubin.find(dtype == DType::f32 ? "cf_transpose_f32" : "cf_transpose_f64"), std::string::npos);
       // The persistent loop kernel (cuda_persistent.h) for small batches, in the same cubin.
-      if (batch <= cuda_codegen::kMaxPersistentRows) {
+      if (batch <= TargetOptions{}.persistent_limit) {
         ASSERT_TRUE(bin.program.persistent.ok()) << what << ": " << bin.program.persistent.reason;
         EXPECT_NE(cubin.find(bin.program.persistent.name), std::string::npos) << what;
         EXPECT_GE(bin.program.persistent.barriers_per_step, 1) << what;
@@ -277,7 +284,7 @@ TEST(CudaCompile, RandomCellsBackwardStepsCompile) {
 // every gate's math, reading the four gates of the fused [B, 4H] products at column offsets (no
 // slice copies), with the accurate device functions.
 TEST(CudaEmitter, LstmLoopIsOneGemmAndOneFusedKernel) {
-  CudaProgram p = cuda_codegen::compile_cuda_program(optimize(cells::lstm(5, 7)), 64, "lstm");
+  CudaProgram p = compile_cuda_program(optimize(cells::lstm(5, 7)), 64, "lstm");
   const auto& loop = p.stages[1];
   int gemms = 0, kernels = 0;
   for (const auto& step : loop.program.steps) (step.kind == ProgramStep::Kind::Gemm ? gemms : kernels)++;
@@ -303,7 +310,7 @@ TEST(CudaEmitter, LstmLoopIsOneGemmAndOneFusedKernel) {
 TEST(CudaEmitter, LayerNormLstmAtBatchOneIsOneKernelWithBlockReductions) {
   cuda_codegen::ProgramOptions options;
   options.fuse = FuseProducts::Always;
-  CudaProgram p = cuda_codegen::compile_cuda_program(optimize(cells::lnlstm(5, 7)), 1, "lnlstm", options);
+  CudaProgram p = compile_cuda_program(optimize(cells::lnlstm(5, 7)), 1, "lnlstm", options);
   const auto& loop = p.stages[1];
   ASSERT_EQ(loop.program.steps.size(), 1u);
   const CudaKernel& k = loop.kernels[0];
@@ -324,13 +331,13 @@ TEST(CudaEmitter, FusionOfSmallProductsFollowsTheOption) {
   };
   Cell small = optimize(cells::lstm(5, 7)), big = optimize(cells::lstm(300, 300));
   cuda_codegen::ProgramOptions options;
-  EXPECT_EQ(loop_gemms(cuda_codegen::compile_cuda_program(small, 2, "s", options)), 0);   // auto: small weight, fused
-  EXPECT_EQ(loop_gemms(cuda_codegen::compile_cuda_program(big, 2, "b", options)), 1);     // auto: 360000 weights, cuBLAS
-  EXPECT_EQ(loop_gemms(cuda_codegen::compile_cuda_program(small, 9, "s", options)), 1);   // batch too large to fuse
+  EXPECT_EQ(loop_gemms(compile_cuda_program(small, 2, "s", options)), 0);   // auto: small weight, fused
+  EXPECT_EQ(loop_gemms(compile_cuda_program(big, 2, "b", options)), 1);     // auto: 360000 weights, cuBLAS
+  EXPECT_EQ(loop_gemms(compile_cuda_program(small, 9, "s", options)), 1);   // batch too large to fuse
   options.fuse = FuseProducts::Never;
-  EXPECT_EQ(loop_gemms(cuda_codegen::compile_cuda_program(small, 2, "s", options)), 1);
+  EXPECT_EQ(loop_gemms(compile_cuda_program(small, 2, "s", options)), 1);
   options.fuse = FuseProducts::Always;
-  auto forced = cuda_codegen::compile_cuda_program(big, 2, "b", options);
+  auto forced = compile_cuda_program(big, 2, "b", options);
   EXPECT_EQ(loop_gemms(forced), 0);
   EXPECT_TRUE(forced.stages[1].fused_products);
 }
@@ -373,10 +380,10 @@ TEST(CudaPersistent, LstmStepHasTwoGridBarriersAndCompiles) {
 }
 
 TEST(CudaEmitter, TheSameCellGivesTheSameSource) {
-  auto a = cuda_codegen::compile_cuda_program(optimize(cells::gru(4, 33)), 3, "gru");
-  auto b = cuda_codegen::compile_cuda_program(optimize(cells::gru(4, 33)), 3, "gru");
+  auto a = compile_cuda_program(optimize(cells::gru(4, 33)), 3, "gru");
+  auto b = compile_cuda_program(optimize(cells::gru(4, 33)), 3, "gru");
   EXPECT_EQ(a.source, b.source);  // what lets the disk cache hit across processes
-  auto c = cuda_codegen::compile_cuda_program(optimize(cells::gru(4, 34)), 3, "gru");
+  auto c = compile_cuda_program(optimize(cells::gru(4, 34)), 3, "gru");
   EXPECT_NE(a.source, c.source);
 }
 

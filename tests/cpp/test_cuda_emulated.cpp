@@ -41,6 +41,13 @@
 namespace cellfuse {
 namespace {
 
+// compile() for the CUDA target, the program only (the name is the cell's: kept for the call
+// sites' readability).
+cuda_codegen::CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std::string& /*name*/,
+                                               const cuda_codegen::ProgramOptions& options = {}) {
+  return *compile(cell, cuda_target(batch, options, Storage::Native)).forward.cuda;
+}
+
 namespace fs = std::filesystem;
 using cuda_codegen::FuseProducts;
 using testing_support::as_f64;
@@ -170,7 +177,7 @@ std::string build_host_kernels(const cuda_codegen::CudaProgram& p) {
 
 // A CudaCell whose module is the host build of its own source.
 std::unique_ptr<CudaCell> emulated_cell(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
-  auto program = cuda_codegen::compile_cuda_program(optimize(cell), batch, cell.name, options.program);
+  auto program = compile_cuda_program(optimize(cell), batch, cell.name, options.program);
   const std::string so = build_host_kernels(program);
   ::setenv("CELLFUSE_FAKE_KERNELS", so.c_str(), 1);
   auto compiled = std::make_unique<CudaCell>(cell, batch, options);
@@ -248,7 +255,7 @@ TEST_P(StandardCellsEmulated, MatchTheInterpreter) {
   if (c.dtype == DType::f32) check_runs<float>(*compiled, cell, c.steps, c.batch, seed, what);
   else check_runs<double>(*compiled, cell, c.steps, c.batch, seed, what);
   // The persistent loop kernel (one cooperative launch for all steps), from the same module.
-  if (c.batch <= cuda_codegen::kMaxPersistentRows) {
+  if (c.batch <= TargetOptions{}.persistent_limit) {
     options.loop = LoopStrategy::Persistent;
     CudaCell persistent(cell, c.batch, options);
     ASSERT_TRUE(persistent.persistent()) << what << ": " << persistent.loop_strategy_reason();
@@ -410,7 +417,7 @@ TEST(CudaEmulated, TheFakeDriverCatchesWhatItShould) {
 
 TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
   Cell cell = cells::elman(4, 6);
-  auto program = cuda_codegen::compile_cuda_program(optimize(cell), 2, cell.name);
+  auto program = compile_cuda_program(optimize(cell), 2, cell.name);
   ::setenv("CELLFUSE_FAKE_KERNELS", build_host_kernels(program).c_str(), 1);
   const auto before = cuda_compile_count();
   auto first = compile_cuda(cell, 2);
@@ -431,8 +438,8 @@ TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
 std::unique_ptr<CudaBptt> emulated_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
   BackwardCell backward = differentiate(cell);
   Cell forward = forward_with_tape(backward);
-  auto fwd = cuda_codegen::compile_cuda_program(optimize(forward), batch, forward.name, options.program);
-  auto step = cuda_codegen::compile_cuda_program(optimize(backward.step), batch, backward.step.name, options.program);
+  auto fwd = compile_cuda_program(optimize(forward), batch, forward.name, options.program);
+  auto step = compile_cuda_program(optimize(backward.step), batch, backward.step.name, options.program);
   const std::string libraries = build_host_kernels(fwd) + ":" + build_host_kernels(step);
   ::setenv("CELLFUSE_FAKE_KERNELS", libraries.c_str(), 1);
   auto compiled = std::make_unique<CudaBptt>(cell, batch, options);

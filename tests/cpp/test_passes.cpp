@@ -783,7 +783,7 @@ TEST(Optimize, CleansUpAMessyCell) {
 }
 
 TEST(Optimize, LogsEveryStage) {
-  std::vector<Stage> log;
+  std::vector<StageLog> log;
   Cell cell = optimize(cells::gru(3, 4), &log);
   ASSERT_GE(log.size(), 4u);
   EXPECT_EQ(log.front().name, "input");
@@ -792,7 +792,7 @@ TEST(Optimize, LogsEveryStage) {
   EXPECT_EQ(log[2].name, "cse (round 1)");
   EXPECT_EQ(log[3].name, "dce (round 1)");
   EXPECT_EQ(log.back().text, print_cell(cell));
-  for (const Stage& s : log) EXPECT_THAT(s.text, HasSubstr("cell gru f32 {"));
+  for (const StageLog& s : log) EXPECT_THAT(s.text, HasSubstr("cell gru f32 {"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ void standard_cells() {
       Cell cell = cells::by_spec(spec, dtype);
       for (std::int64_t batch : {1, 3, 64}) {
         std::vector<cuda_codegen::FuseProducts> modes = {cuda_codegen::FuseProducts::Auto};
-        if (batch <= cuda_codegen::kMaxFusedProductRows)
+        if (batch <= TargetOptions{}.fusion_limit)
           modes = {cuda_codegen::FuseProducts::Always, cuda_codegen::FuseProducts::Never};
         for (auto mode : modes)
           for (std::int64_t steps : {1, 2, 37}) {

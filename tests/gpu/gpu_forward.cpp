@@ -156,7 +156,7 @@ void standard_cells() {
         // The graph path with products fused and through cuBLAS (B = 1, 3), the persistent loop
         // kernel forced (B = 1, 3, 8), Auto at B = 64.
         std::vector<std::pair<cuda_codegen::FuseProducts, LoopStrategy>> modes = {{cuda_codegen::FuseProducts::Auto, LoopStrategy::Auto}};
-        if (batch <= cuda_codegen::kMaxFusedProductRows) {
+        if (batch <= TargetOptions{}.fusion_limit) {
           modes = {{cuda_codegen::FuseProducts::Auto, LoopStrategy::Persistent}};
           if (batch != 8)
             modes.insert(modes.begin(), {{cuda_codegen::FuseProducts::Always, LoopStrategy::Graph},

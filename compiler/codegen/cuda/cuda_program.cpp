@@ -8,29 +8,10 @@
 namespace cellfuse::cuda_codegen {
 namespace {
 
-// Auto fuses a product only while its weight stays this small (elements): one block reads the
-// whole weight for its rows every step (a single SM's share of L2 bandwidth and latency), which
-// beats a cuBLAS call (spread over many SMs) plus a separate kernel launch only for small weights.
-// Measured on an H100 (bench_gpu --fuse, T=4096 B=2 elman_proj, W_hh 128x128 = 16384 elements):
-// fused 35.1 ms forward / 110.6 ms forward+backward, cuBLAS 30.6 / 62.7; lstm:256 at B=1
-// (262144 elements): fused 32.4 / 61.1, cuBLAS 5.7 / 12.4. So cuBLAS from 16K elements on; 4096
-// (16 KB) keeps the tiny cells (H <= 32) fused, where a launch saved should still pay (not
-// measured).
-constexpr std::int64_t kMaxAutoFusedWeight = 4096;
-
 std::string identifier(const std::string& text) {
   std::string out = "cf_";
   for (char c : text) out += (std::isalnum(static_cast<unsigned char>(c)) != 0) ? c : '_';
   return out;
-}
-
-std::int64_t largest_fused_weight(const StageProgram& program) {
-  std::int64_t largest = 0;
-  for (const auto& step : program.steps)
-    if (step.kind == ProgramStep::Kind::Kernel)
-      for (const auto& st : step.kernel.kernel.body)
-        if (st.kind == kernel::Statement::Kind::MatVec) largest = std::max(largest, st.matvec.k * st.matvec.n);
-  return largest;
 }
 
 std::string comment_lines(const std::string& text) {
@@ -47,12 +28,12 @@ std::string comment_lines(const std::string& text) {
 
 }  // namespace
 
-CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std::string& name,
-                                 const ProgramOptions& options) {
-  if (batch < 1) throw Error("CUDA backend: batch size must be at least 1, got " + std::to_string(batch));
+CudaProgram emit_cuda_program(const Cell& cell, const SequencePlan& plan, const std::array<StageProgram, 3>& programs,
+                              const std::array<bool, 3>& products_fused, std::int64_t batch, const std::string& name,
+                              const EmitOptions& emit, std::int64_t persistent_limit) {
   CudaProgram p;
   p.cell = cell;
-  p.plan = hoist(p.cell);
+  p.plan = plan;
   const SequenceStage* stages[3] = {&p.plan.pre, &p.plan.loop, &p.plan.post};
   const char* stage_names[3] = {"pre", "loop", "post"};
   const char* stage_titles[3] = {"all steps at once, before the loop", "every step", "all steps at once, after the loop"};
@@ -63,18 +44,8 @@ CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std
     if (!stages[s]->cell) continue;
     const Cell& stage = *stages[s]->cell;
     CudaStage& cs = p.stages[s];
-    const std::string stage_prefix = prefix + "_" + stage_names[s];
-    const bool may_fuse = s == 1 && batch <= kMaxFusedProductRows && options.fuse != FuseProducts::Never;
-    cs.program = compile_stage(stage, may_fuse, stage_prefix);
-    cs.fused_products = may_fuse;
-    if (may_fuse && options.fuse == FuseProducts::Auto && largest_fused_weight(cs.program) > kMaxAutoFusedWeight) {
-      cs.program = compile_stage(stage, false, stage_prefix);
-      cs.fused_products = false;
-      cs.program.notes.push_back("products not fused: a weight has more than " + std::to_string(kMaxAutoFusedWeight) +
-                                 " elements (cuBLAS is faster there)");
-    }
-    if (s == 1)  // every call of a loop-stage kernel covers the whole batch
-      for (auto& step : cs.program.steps) step.kernel.kernel.rows_hint = batch;
+    cs.program = programs[s];
+    cs.fused_products = products_fused[s];
     p.source += "\n// ===== stage " + std::string(stage_names[s]) + " (" + stage_titles[s] + ") =====\n";
     for (const auto& step : cs.program.steps) {
       if (step.kind == ProgramStep::Kind::Gemm) {
@@ -85,7 +56,7 @@ CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std
         cs.kernels.emplace_back();
         continue;
       }
-      cs.kernels.push_back(emit_cuda_kernel(step.kernel.kernel, options.emit));
+      cs.kernels.push_back(emit_cuda_kernel(step.kernel.kernel, emit));
       p.source += "// kernel " + step.kernel.kernel.name + "\n";
     }
     if (!cs.program.notes.empty()) p.source += "// fusion notes:\n" + comment_lines([&] {
@@ -101,8 +72,8 @@ CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std
   }
   if (!p.plan.loop.cell) {
     p.persistent.reason = "no loop stage";
-  } else if (batch > kMaxPersistentRows) {
-    p.persistent.reason = "batch " + std::to_string(batch) + " > " + std::to_string(kMaxPersistentRows);
+  } else if (batch > persistent_limit) {
+    p.persistent.reason = "batch " + std::to_string(batch) + " > " + std::to_string(persistent_limit);
   } else {
     p.persistent = compile_persistent_loop(*p.plan.loop.cell, batch, prefix + "_persistent");
   }
