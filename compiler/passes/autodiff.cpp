@@ -16,11 +16,14 @@
 #include "compiler/ir/verifier.h"
 #include "compiler/lower.h"
 #include "compiler/passes/grad_rules.h"
+#include "compiler/passes/save_policy.h"
 
 namespace cellfuse {
 namespace {
 
 using autodiff_detail::GradContext;
+using autodiff_detail::min_bytes_saves;
+using autodiff_detail::must_save;
 
 // Unique names: `fresh("x")` is "x", then "x.2", "x.3", ...
 class Names {
@@ -57,110 +60,6 @@ struct SourceKey {
   int index;
   friend auto operator<=>(const SourceKey&, const SourceKey&) = default;
 };
-
-// Never recomputed in the backward step: the batched result of a contraction on a gradient path
-// (a GEMM is not cheap to redo).
-bool must_save(const Node& n, bool active) {
-  return op_info(n.op).op_class == OpClass::Contraction && n.shape.is_batched() && active;
-}
-
-// Max flow (Edmonds-Karp) on a small graph, and the cut it leaves.
-class MaxFlow {
- public:
-  static constexpr std::int64_t kInfinite = std::int64_t{1} << 56;
-
-  explicit MaxFlow(std::size_t nodes) : out_(nodes) {}
-
-  void edge(std::size_t from, std::size_t to, std::int64_t capacity) {
-    out_[from].push_back(edges_.size());
-    edges_.push_back({to, capacity});
-    out_[to].push_back(edges_.size());
-    edges_.push_back({from, 0});
-  }
-
-  void run(std::size_t source, std::size_t sink) {
-    for (;;) {
-      std::vector<std::size_t> via(out_.size(), kNone);  // the edge that reached each node
-      std::vector<std::size_t> queue{source};
-      for (std::size_t q = 0; q < queue.size() && via[sink] == kNone; ++q)
-        for (std::size_t e : out_[queue[q]]) {
-          std::size_t to = edges_[e].to;
-          if (edges_[e].capacity > 0 && via[to] == kNone && to != source) {
-            via[to] = e;
-            queue.push_back(to);
-          }
-        }
-      if (via[sink] == kNone) return;
-      std::int64_t push = kInfinite;
-      for (std::size_t v = sink; v != source; v = edges_[via[v] ^ 1].to)
-        push = std::min(push, edges_[via[v]].capacity);
-      for (std::size_t v = sink; v != source; v = edges_[via[v] ^ 1].to) {
-        edges_[via[v]].capacity -= push;
-        edges_[via[v] ^ 1].capacity += push;
-      }
-    }
-  }
-
-  // The nodes reachable from `source` through edges with capacity left: the source side of the
-  // minimum cut closest to the source.
-  std::vector<bool> source_side(std::size_t source) const {
-    std::vector<bool> seen(out_.size(), false);
-    std::vector<std::size_t> queue{source};
-    seen[source] = true;
-    for (std::size_t q = 0; q < queue.size(); ++q)
-      for (std::size_t e : out_[queue[q]])
-        if (edges_[e].capacity > 0 && !seen[edges_[e].to]) {
-          seen[edges_[e].to] = true;
-          queue.push_back(edges_[e].to);
-        }
-    return seen;
-  }
-
- private:
-  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
-  struct Edge {
-    std::size_t to;
-    std::int64_t capacity;
-  };
-  std::vector<std::vector<std::size_t>> out_;
-  std::vector<Edge> edges_;
-};
-
-// The cheapest set of forward values to save (bytes per batch row) such that every value the
-// backward reads (`needed`) can be recomputed from step inputs and saves, contractions never
-// being recomputed: a minimum vertex cut between the contractions and the needed values. Each
-// value is split into in -> out with its cost as capacity; a contraction's `in` hangs off the
-// source (it cannot come from its operands), a needed value's `out` feeds the sink; leaves
-// (inputs, states at t, parameters) and constants are free and take no part. Among cuts of equal
-// bytes, contraction outputs and then fewer values are preferred.
-std::vector<bool> min_bytes_saves(const Cell& f, const std::vector<bool>& active,
-                                  const std::vector<bool>& needed) {
-  const Graph& g = f.graph;
-  const std::size_t n = g.size(), source = 2 * n, sink = 2 * n + 1;
-  auto in = [](std::size_t i) { return 2 * i; };
-  auto out = [](std::size_t i) { return 2 * i + 1; };
-  MaxFlow flow(2 * n + 2);
-  const auto bytes = static_cast<std::int64_t>(dtype_size(g.dtype()));
-  for (std::size_t i = 0; i < n; ++i) {
-    const Node& node = g.nodes()[i];
-    if (is_leaf(node.op) || !active[i]) continue;
-    const bool batched = node.shape.is_batched();
-    const bool contraction = must_save(node, active[i]);
-    flow.edge(in(i), out(i),
-              batched ? node.shape.features() * bytes * 1024 + (contraction ? 0 : 1)
-                      : MaxFlow::kInfinite);
-    if (contraction) flow.edge(source, in(i), MaxFlow::kInfinite);
-    for (ValueId operand : node.inputs)
-      if (!is_leaf(g.node(operand).op) && active[operand.index])
-        flow.edge(out(operand.index), in(i), MaxFlow::kInfinite);
-    if (needed[i]) flow.edge(out(i), sink, MaxFlow::kInfinite);
-  }
-  flow.run(source, sink);
-  std::vector<bool> side = flow.source_side(source);
-  std::vector<bool> saves(n, false);
-  for (std::size_t i = 0; i < n; ++i) saves[i] = side[in(i)] && !side[out(i)];
-  return saves;
-}
 
 class Differentiator final : public GradContext {
  public:
@@ -595,10 +494,6 @@ class Differentiator final : public GradContext {
   ValueId current_id_;
 };
 
-std::string shape_bytes(const Shape& shape, DType dtype) {
-  return std::to_string(shape.features() * static_cast<std::int64_t>(dtype_size(dtype)));
-}
-
 }  // namespace
 
 BackwardCell differentiate(const Cell& forward, const AutodiffOptions& options) {
@@ -610,89 +505,6 @@ BackwardCell differentiate(const Cell& forward, const AutodiffOptions& options) 
   return Differentiator(forward, options,
                         min_bytes_saves(probe.forward(), probe.active(), probe.needed()))
       .run();
-}
-
-std::int64_t saved_bytes_per_row(const BackwardCell& b) {
-  std::int64_t bytes = 0;
-  for (int o : b.saved_outputs)
-    bytes +=
-        b.forward.graph.node(b.forward.outputs[static_cast<std::size_t>(o)].value).shape.features();
-  return bytes * static_cast<std::int64_t>(dtype_size(b.forward.graph.dtype()));
-}
-
-std::int64_t state_bytes_per_row(const BackwardCell& b) {
-  std::int64_t bytes = 0;
-  for (const StepInputSource& s : b.step_inputs)
-    if (s.kind == StepInputSource::Kind::ForwardState)
-      bytes += b.forward.graph.node(b.forward.states[static_cast<std::size_t>(s.index)])
-                   .shape.features();
-  return bytes * static_cast<std::int64_t>(dtype_size(b.forward.graph.dtype()));
-}
-
-std::vector<std::int64_t> tape_widths(const BackwardCell& b) {
-  const Cell& f = b.forward;
-  std::vector<std::int64_t> widths;
-  for (std::size_t o = static_cast<std::size_t>(b.user_outputs); o < f.outputs.size(); ++o)
-    widths.push_back(f.graph.node(f.outputs[o].value).shape.features());
-  for (ValueId s : f.states) widths.push_back(f.graph.node(s).shape.features());
-  return widths;
-}
-
-std::string print_backward(const BackwardCell& b) {
-  const Cell& f = b.forward;
-  const DType dtype = f.graph.dtype();
-  std::string out = "# backward of cell " + f.name + " (" + std::string(dtype_name(dtype)) + ")\n";
-  out += "# saved per step (forward outputs the backward reads; pointwise work is recomputed):\n";
-  for (std::size_t k = 0; k < b.saved_outputs.size(); ++k) {
-    const OutputRole& o = f.outputs[static_cast<std::size_t>(b.saved_outputs[k])];
-    const Node& n = f.graph.node(o.value);
-    out += "#   " + o.name + " = " + f.graph.ref(o.value) + " (" + std::string(op_name(n.op)) +
-           ") " + to_string(n.shape) + ": " + shape_bytes(n.shape, dtype) + " bytes/row\n";
-  }
-  if (b.saved_outputs.empty()) out += "#   (nothing)\n";
-  out += "# saved bytes per step per batch row: " + std::to_string(saved_bytes_per_row(b)) + "\n";
-  out += "# forward states at t read by the backward (kept per step): " +
-         std::to_string(state_bytes_per_row(b)) + " bytes/row\n";
-  out += "# backward step inputs:\n";
-  for (std::size_t i = 0; i < b.step_inputs.size(); ++i) {
-    const StepInputSource& s = b.step_inputs[i];
-    const auto idx = static_cast<std::size_t>(s.index);
-    std::string from;
-    switch (s.kind) {
-      case StepInputSource::Kind::ForwardInput:
-        from = "forward input %" + std::string(f.leaf_name(f.inputs[idx])) + " at t";
-        break;
-      case StepInputSource::Kind::ForwardState:
-        from = "forward state %" + std::string(f.leaf_name(f.states[idx])) + " at t";
-        break;
-      case StepInputSource::Kind::Saved:
-        from =
-            "save " + f.outputs[static_cast<std::size_t>(b.saved_outputs[idx])].name + " of step t";
-        break;
-      case StepInputSource::Kind::OutputGrad:
-        from = "dL/d(output " + f.outputs[idx].name + ") at t";
-        break;
-    }
-    out += "#   %" + std::string(b.step.leaf_name(b.step.inputs[i])) + " <- " + from + "\n";
-  }
-  out += "# parameter gradients, after the loop over all T*B rows:\n";
-  auto value = [&](const StepValue& v) {
-    return v.kind == StepValue::Kind::Input
-               ? "%" +
-                     std::string(b.step.leaf_name(b.step.inputs[static_cast<std::size_t>(v.index)]))
-               : "output " + b.step.outputs[static_cast<std::size_t>(v.index)].name;
-  };
-  for (const ParamGradTerm& t : b.param_terms) {
-    std::string p(f.leaf_name(f.params[static_cast<std::size_t>(t.param)]));
-    out += "#   d" + p + " += " +
-           (t.kind == ParamGradTerm::Kind::GemmAtB
-                ? "(" + value(t.a) + ")^T (" + value(t.b) + ")  [GEMM]"
-                : "rowsum(" + value(t.a) + ")") +
-           "\n";
-  }
-  if (b.param_terms.empty()) out += "#   (none)\n";
-  out += "# forward with saves\n" + print_cell(f) + "# backward step\n" + print_cell(b.step);
-  return out;
 }
 
 }  // namespace cellfuse

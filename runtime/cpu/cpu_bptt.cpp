@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "compiler/ir/error.h"
+#include "runtime/bptt_driver.h"
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/cpu_cell.h"
 #include "runtime/cpu/team.h"
@@ -30,6 +31,40 @@ struct ArraysPerType {
     if constexpr (std::is_same_v<T, float>) return f32;
     else return f64;
   }
+};
+
+// The parameter-gradient primitives of the shared BPTT driver on the CPU, on the cells' team.
+template <class T>
+class CpuParamGradients : public ParamGradientKernels<const T*, T*> {
+ public:
+  explicit CpuParamGradients(cpu::Team& team) : team_(team) {}
+  void zero(T* out, std::int64_t elements) override { std::fill(out, out + elements, T(0)); }
+  void a_t_b(T* out, const T* a, const T* b, std::int64_t m, std::int64_t n, std::int64_t rows, bool accumulate) override {
+    if (!accumulate) zero(out, m * n);
+    std::lock_guard<std::mutex> lock(team_.user_mutex());
+    cpu::gemm_at_b(team_, a, b, out, m, n, rows);
+  }
+  void column_sum(T* out, const T* a, std::int64_t n, std::int64_t rows, bool accumulate) override {
+    if (!accumulate) zero(out, n);
+    // Columns shared among the team (16 at a time), each summed over the rows in order: the
+    // same result whatever the team's size.
+    auto sum_columns = [&](std::int64_t c0, std::int64_t c1) {
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = c0; c < c1; ++c) out[c] += a[r * n + c];
+    };
+    const std::int64_t groups = (n + 15) / 16;
+    if (rows * n < kMinSharedSum || groups < 2 || team_.size() == 1) {
+      sum_columns(0, n);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(team_.user_mutex());
+    team_.run([&](int member, int count) {
+      sum_columns(std::min(n, groups * member / count * 16), std::min(n, groups * (member + 1) / count * 16));
+    });
+  }
+
+ private:
+  cpu::Team& team_;
 };
 
 }  // namespace
@@ -87,21 +122,7 @@ std::vector<std::int64_t> CpuBptt::tape_widths() const { return cellfuse::tape_w
 
 template <class T>
 void CpuBptt::forward_view(const TrainingView<T>& v) const {
-  const Impl& m = *impl_;
-  if (v.outputs.size() != static_cast<std::size_t>(m.backward.user_outputs) ||
-      v.tape.size() != m.forward.outputs.size() - v.outputs.size())
-    throw Error("CPU training forward: expected " + std::to_string(m.backward.user_outputs) + " output(s) and " +
-                std::to_string(m.forward.outputs.size() - m.backward.user_outputs) + " tape tensor(s), got " +
-                std::to_string(v.outputs.size()) + " and " + std::to_string(v.tape.size()));
-  SequenceView<T> view;
-  view.steps = v.steps;
-  view.inputs = v.inputs;
-  view.states = v.states;
-  view.params = v.params;
-  view.outputs = v.outputs;
-  view.outputs.insert(view.outputs.end(), v.tape.begin(), v.tape.end());
-  view.final_states = v.final_states;
-  m.forward_cell->run_view(view);
+  impl_->forward_cell->run_view(forward_sequence(impl_->backward, v, "CPU training forward"));
 }
 
 template <class T>
@@ -110,91 +131,27 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
   const BackwardCell& bc = m.backward;
   const Cell& fwd = m.forward;
   const Cell& step = bc.step;
-  const std::int64_t B = m.batch, steps = v.steps;
   if (v.inputs.size() != fwd.inputs.size() || v.params.size() != fwd.params.size() ||
       v.outputs.size() != static_cast<std::size_t>(bc.user_outputs) ||
       v.tape.size() != fwd.outputs.size() - v.outputs.size() || v.output_grads.size() != v.outputs.size() ||
       v.final_state_grads.size() != fwd.states.size() || v.input_grads.size() != fwd.inputs.size() ||
-      v.state_grads.size() != fwd.states.size() || v.param_grads.size() != fwd.params.size() || steps < 0)
+      v.state_grads.size() != fwd.states.size() || v.param_grads.size() != fwd.params.size() || v.steps < 0)
     throw Error("CPU training backward: a view with the wrong number of tensors");
-  // A forward output (user output or tape tensor) by its index in the forward-with-saves cell.
-  auto forward_output = [&](std::size_t o) -> const T* {
-    return o < v.outputs.size() ? v.outputs[o] : v.tape[o - v.outputs.size()];
-  };
-
-  // The backward step's arguments, all borrowed: the forward's inputs, its states at every step,
-  // its saves, and the loss gradients. Its first outputs are the input gradients (written in
-  // place); the rest are parameter-term operands, in scratch memory of this call.
-  SequenceView<T> view;
-  view.steps = steps;
-  view.reverse = true;
-  for (const auto& source : bc.step_inputs) {
-    switch (source.kind) {
-      case StepInputSource::Kind::ForwardInput: view.inputs.push_back(v.inputs[source.index]); break;
-      case StepInputSource::Kind::ForwardState:
-        view.inputs.push_back(forward_output(static_cast<std::size_t>(m.first_state_output + source.index)));
-        break;
-      case StepInputSource::Kind::Saved:
-        view.inputs.push_back(forward_output(static_cast<std::size_t>(bc.saved_outputs[source.index])));
-        break;
-      case StepInputSource::Kind::OutputGrad: view.inputs.push_back(v.output_grads[source.index]); break;
-    }
-  }
-  view.states = v.final_state_grads;
-  view.params.assign(v.params.begin(), v.params.end());
+  // The backward step's outputs after the input gradients are parameter-term operands: scratch
+  // memory of this object, [T*B, cols] each.
   std::lock_guard<std::mutex> scratch_lock(m.scratch_mutex);
   auto& scratch = m.scratch.template of<T>();
-  scratch.resize(step.outputs.size());
-  for (std::size_t o = 0; o < step.outputs.size(); ++o) {
-    if (o < fwd.inputs.size()) {
-      view.outputs.push_back(v.input_grads[o]);
-    } else {
-      scratch[o].resize(static_cast<std::size_t>(steps * B * step.graph.node(step.outputs[o].value).shape.features()));
-      view.outputs.push_back(scratch[o].data());
-    }
+  scratch.resize(step.outputs.size() - fwd.inputs.size());
+  std::vector<T*> scratch_memory;
+  for (std::size_t o = 0; o < scratch.size(); ++o) {
+    const ValueId value = step.outputs[fwd.inputs.size() + o].value;
+    scratch[o].resize(static_cast<std::size_t>(v.steps * m.batch * step.graph.node(value).shape.features()));
+    scratch_memory.push_back(scratch[o].data());
   }
-  view.final_states = v.state_grads;
+  const SequenceView<T> view = backward_sequence(bc, v, scratch_memory);
   m.backward_step->run_view(view);
-
-  // Parameter gradients: one product or one column sum over all T*B rows per term.
-  auto value = [&](const StepValue& sv) -> const T* {
-    return sv.kind == StepValue::Kind::Input ? view.inputs[sv.index] : view.outputs[sv.index];
-  };
-  auto width = [&](const StepValue& sv) {
-    ValueId id = sv.kind == StepValue::Kind::Input ? step.inputs[sv.index] : step.outputs[sv.index].value;
-    return step.graph.node(id).shape.features();
-  };
-  for (std::size_t p = 0; p < fwd.params.size(); ++p) {
-    const std::int64_t n = fwd.graph.node(fwd.params[p]).shape.elements(B);
-    std::fill(v.param_grads[p], v.param_grads[p] + n, T(0));
-  }
-  const std::int64_t rows = steps * B;
-  if (rows == 0) return;
-  for (const ParamGradTerm& term : bc.param_terms) {
-    T* out = v.param_grads[term.param];
-    const T* a = value(term.a);
-    const std::int64_t n = width(term.a);
-    if (term.kind == ParamGradTerm::Kind::RowSum) {
-      // Columns shared among the team (16 at a time), each summed over the rows in order: the
-      // same result whatever the team's size.
-      auto sum_columns = [&](std::int64_t c0, std::int64_t c1) {
-        for (std::int64_t r = 0; r < rows; ++r)
-          for (std::int64_t c = c0; c < c1; ++c) out[c] += a[r * n + c];
-      };
-      const std::int64_t groups = (n + 15) / 16;
-      if (rows * n < kMinSharedSum || groups < 2 || m.team->size() == 1) {
-        sum_columns(0, n);
-      } else {
-        std::lock_guard<std::mutex> lock(m.team->user_mutex());
-        m.team->run([&](int member, int count) {
-          sum_columns(std::min(n, groups * member / count * 16), std::min(n, groups * (member + 1) / count * 16));
-        });
-      }
-    } else {
-      std::lock_guard<std::mutex> lock(m.team->user_mutex());
-      cpu::gemm_at_b(*m.team, a, value(term.b), out, n, width(term.b), rows);
-    }
-  }
+  CpuParamGradients<T> kernels(*m.team);
+  parameter_gradients(bc, v, view, m.batch, kernels);
 }
 
 template <class T>

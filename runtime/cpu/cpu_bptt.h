@@ -10,28 +10,15 @@
 #include "compiler/ir/graph.h"
 #include "compiler/pipeline.h"
 #include "runtime/reference/bptt.h"
+#include "runtime/sequence_buffers.h"
 
 namespace cellfuse {
 
 class CpuCell;
 
-// A training step's memory, borrowed from the caller (dense row-major; [T,B,n] per step value,
-// [B,n] per state, params in their declared shapes): what bindings to other frameworks pass, so
-// that the forward and the backward can run at different times (an autograd function).
-//
-// forward_view reads inputs, states, params and writes outputs, final_states and the tape: what the
-// backward needs from the forward, one [T,B,w] tensor per tape_widths() entry (the saves, then the
-// state each step started from). backward_view reads inputs, params, outputs, tape, output_grads and
-// final_state_grads, and overwrites input_grads, state_grads and param_grads.
-template <class T>
-struct TrainingView {
-  std::int64_t steps = 0;
-  std::vector<const T*> inputs, states, params;
-  std::vector<T*> outputs, final_states;
-  std::vector<T*> tape;
-  std::vector<const T*> output_grads, final_state_grads;
-  std::vector<T*> input_grads, state_grads, param_grads;
-};
+// TrainingView<T> (runtime/sequence_buffers.h) is a training step's memory, borrowed from the
+// caller: what bindings to other frameworks pass, so that the forward and the backward can run
+// at different times (an autograd function).
 
 class CpuBptt {
  public:

@@ -11,21 +11,9 @@
 #include "compiler/ir/graph.h"
 #include "compiler/pipeline.h"
 #include "runtime/reference/interpreter.h"
+#include "runtime/sequence_buffers.h"  // SequenceView
 
 namespace cellfuse {
-
-// A whole sequence in memory the caller owns (row-major, shapes as the cell declares them, the
-// batch the cell was compiled for): what bindings to other frameworks pass, with no copies.
-template <class T>
-struct SequenceView {
-  std::int64_t steps = 0;
-  std::vector<const T*> inputs;    // [T,B,n] per cell input
-  std::vector<const T*> states;    // [B,n] per state: the initial states
-  std::vector<const T*> params;    // per param, its declared shape
-  std::vector<T*> outputs;         // [T,B,n] per cell output, written
-  std::vector<T*> final_states;    // [B,n] per state, written
-  bool reverse = false;            // run the steps from T-1 down to 0 (a BPTT backward step)
-};
 
 class CpuCell {
  public:

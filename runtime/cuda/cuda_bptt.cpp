@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "compiler/ir/error.h"
+#include "runtime/bptt_driver.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/host_transfer.h"
 #include "runtime/sequence_check.h"
@@ -48,8 +49,6 @@ struct CudaBptt::Impl {
   const cuda::Device* dev = nullptr;
   std::size_t elem = 4;
   double compile_ms = 0;
-  // Parameter terms grouped by parameter: the first of each overwrites, the others accumulate.
-  std::vector<std::vector<const ParamGradTerm*>> terms_of_param;
 
   cublasHandle_t blas = nullptr;
   cuda::DeviceMemory blas_workspace;
@@ -84,16 +83,6 @@ struct CudaBptt::Impl {
     if (has_run) (void)d.event_synchronize(done);
     if (done) (void)d.event_destroy(done);
     if (blas) (void)cuda::cublas().destroy(blas);
-  }
-
-  // Tape index of each backward-step input that reads the tape, else -1.
-  int tape_index(const StepInputSource& source) const {
-    switch (source.kind) {
-      case StepInputSource::Kind::Saved:
-        return backward.saved_outputs[static_cast<std::size_t>(source.index)] - static_cast<int>(user_outputs);
-      case StepInputSource::Kind::ForwardState: return static_cast<int>(saves) + source.index;
-      default: return -1;
-    }
   }
 
   void check(const DeviceTrainingArgs& a, bool for_backward) const {
@@ -204,16 +193,8 @@ struct CudaBptt::Impl {
 
   // With the mutex held and the context current.
   void forward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
-    DeviceSequenceArgs s;
-    s.steps = a.steps;
     if (storage == Storage::Native) {
-      s.inputs = a.inputs;
-      s.states = a.states;
-      s.params = a.params;
-      s.outputs = a.outputs;
-      s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
-      s.final_states = a.final_states;
-      forward_cell->run_device(s, stream);
+      forward_cell->run_device(forward_sequence(backward, a, "CUDA training forward"), stream);
       return;
     }
     // 16-bit storage: widen the arguments, run in f32 (the tape is the caller's, f32), narrow.
@@ -224,6 +205,8 @@ struct CudaBptt::Impl {
     for (std::size_t o = 0; o < user_outputs; ++o) sizes.push_back(numel(forward.outputs[o].value, a.steps));
     for (ValueId v : forward.states) sizes.push_back(state_numel(v));
     const std::vector<CUdeviceptr> wide = wide_buffers(wide_forward, a.steps, sizes, stream);
+    DeviceTrainingArgs f;
+    f.steps = a.steps;
     std::size_t slot = 0;
     auto widen = [&](const std::vector<DevicePointer>& from, std::vector<DevicePointer>& into) {
       for (DevicePointer p : from) {
@@ -231,14 +214,14 @@ struct CudaBptt::Impl {
         into.push_back(wide[slot++]);
       }
     };
-    widen(a.inputs, s.inputs);
-    widen(a.states, s.states);
-    widen(a.params, s.params);
+    widen(a.inputs, f.inputs);
+    widen(a.states, f.states);
+    widen(a.params, f.params);
     const std::size_t first_output = slot;
-    for (std::size_t o = 0; o < user_outputs; ++o) s.outputs.push_back(wide[slot++]);
-    s.outputs.insert(s.outputs.end(), a.tape.begin(), a.tape.end());
-    for (std::size_t st = 0; st < forward.states.size(); ++st) s.final_states.push_back(wide[slot++]);
-    forward_cell->run_device(s, stream);
+    for (std::size_t o = 0; o < user_outputs; ++o) f.outputs.push_back(wide[slot++]);
+    f.tape = a.tape;
+    for (std::size_t st = 0; st < forward.states.size(); ++st) f.final_states.push_back(wide[slot++]);
+    forward_cell->run_device(forward_sequence(backward, f, "CUDA training forward"), stream);
     for (std::size_t o = 0; o < user_outputs; ++o)
       convert(false, wide[first_output + o], a.outputs[o], sizes[first_output + o], stream);
     for (std::size_t st = 0; st < forward.states.size(); ++st)
@@ -299,64 +282,44 @@ struct CudaBptt::Impl {
   // With the mutex held and the context current.
   void backward_locked(const DeviceTrainingArgs& a, CudaStream stream) {
     const cuda::Driver& d = cuda::driver();
-    const Cell& step = backward.step;
-    const std::int64_t total = a.steps * batch;
     // The previous backward may still read the workspace on another stream.
     if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
-    reserve(total);
-
-    DeviceSequenceArgs s;
-    s.steps = a.steps;
-    s.reverse = true;
-    for (const StepInputSource& source : backward.step_inputs) {
-      const auto i = static_cast<std::size_t>(source.index);
-      switch (source.kind) {
-        case StepInputSource::Kind::ForwardInput: s.inputs.push_back(a.inputs[i]); break;
-        case StepInputSource::Kind::OutputGrad: s.inputs.push_back(a.output_grads[i]); break;
-        default: s.inputs.push_back(a.tape[static_cast<std::size_t>(tape_index(source))]); break;
-      }
-    }
-    s.states = a.final_state_grads;
-    s.params = a.params;
-    s.outputs = a.input_grads;
-    for (const auto& m : step_scratch) s.outputs.push_back(m.get());
-    s.final_states = a.state_grads;
+    reserve(a.steps * batch);
+    std::vector<DevicePointer> scratch;
+    for (const auto& m : step_scratch) scratch.push_back(m.get());
+    const DeviceSequenceArgs s = backward_sequence(backward, a, scratch);
     backward_step->run_device(s, stream);
-
     // The parameter gradients over all T*B rows, on the caller's stream (with a null stream,
     // run_device has ordered the legacy stream after the backward step).
     cuda::check(cuda::cublas().set_stream(blas, stream), "cublasSetStream");
-    auto value = [&](const StepValue& v) -> CUdeviceptr {
-      return v.kind == StepValue::Kind::Input ? s.inputs[static_cast<std::size_t>(v.index)] : s.outputs[static_cast<std::size_t>(v.index)];
-    };
-    auto width = [&](const StepValue& v) {
-      return features(step, v.kind == StepValue::Kind::Input ? step.inputs[static_cast<std::size_t>(v.index)]
-                                                              : step.outputs[static_cast<std::size_t>(v.index)].value);
-    };
-    for (std::size_t p = 0; p < forward.params.size(); ++p) {
-      const CUdeviceptr out = a.param_grads[p];
-      if (total == 0 || terms_of_param[p].empty()) {
-        const std::int64_t numel = forward.graph.node(forward.params[p]).shape.elements(batch);
-        cuda::check(d.memset_d8_async(out, 0, static_cast<std::size_t>(numel) * elem, stream), "cuMemsetD8Async");
-        continue;
-      }
-      bool accumulate = false;
-      for (const ParamGradTerm* term : terms_of_param[p]) {
-        const std::int64_t m = width(term->a);
-        if (term->kind == ParamGradTerm::Kind::GemmAtB) {
-          // Row-major dP[m][n] = A^T B is column-major dP^T (n x m) = B' A'^T, where B' (n x rows)
-          // and A' (m x rows) are the row-major [rows, n] and [rows, m] matrices as they lie.
-          const std::int64_t n = width(term->b);
-          gemm(CUBLAS_OP_N, CUBLAS_OP_T, n, m, total, value(term->b), n, value(term->a), m, accumulate, out, n);
-        } else {
-          // dP[m] = A'(m x rows) * ones(rows).
-          gemm(CUBLAS_OP_N, CUBLAS_OP_N, m, 1, total, value(term->a), m, ones.get(), total, accumulate, out, m);
-        }
-        accumulate = true;
-      }
-    }
+    ParamGradients kernels(*this, stream);
+    parameter_gradients(backward, a, s, batch, kernels);
     finished(stream);
   }
+
+  // The parameter-gradient primitives of the shared BPTT driver: cuBLAS products in the cell's
+  // dtype, a column sum as a product with the workspace's vector of ones.
+  class ParamGradients : public ParamGradientKernels<DevicePointer, DevicePointer> {
+   public:
+    ParamGradients(const Impl& m, CudaStream stream) : m_(m), stream_(stream) {}
+    void zero(DevicePointer out, std::int64_t elements) override {
+      cuda::check(cuda::driver().memset_d8_async(out, 0, static_cast<std::size_t>(elements) * m_.elem, stream_), "cuMemsetD8Async");
+    }
+    void a_t_b(DevicePointer out, DevicePointer a, DevicePointer b, std::int64_t m, std::int64_t n, std::int64_t rows,
+               bool accumulate) override {
+      // Row-major dP[m][n] = A^T B is column-major dP^T (n x m) = B' A'^T, where B' (n x rows)
+      // and A' (m x rows) are the row-major [rows, n] and [rows, m] matrices as they lie.
+      m_.gemm(CUBLAS_OP_N, CUBLAS_OP_T, n, m, rows, b, n, a, m, accumulate, out, n);
+    }
+    void column_sum(DevicePointer out, DevicePointer a, std::int64_t n, std::int64_t rows, bool accumulate) override {
+      // dP[n] = A'(n x rows) * ones(rows).
+      m_.gemm(CUBLAS_OP_N, CUBLAS_OP_N, n, 1, rows, a, n, m_.ones.get(), rows, accumulate, out, n);
+    }
+
+   private:
+    const Impl& m_;
+    CudaStream stream_;
+  };
 };
 
 CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& asked) : impl_(std::make_unique<Impl>()) {
@@ -382,8 +345,6 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
   for (std::size_t k = 0; k < m.saves; ++k)
     if (m.backward.saved_outputs[k] != static_cast<int>(m.user_outputs + k))
       throw InternalError("CUDA backward: the saves are not the forward's outputs after the user outputs");
-  m.terms_of_param.resize(m.forward.params.size());
-  for (const ParamGradTerm& t : m.backward.param_terms) m.terms_of_param[static_cast<std::size_t>(t.param)].push_back(&t);
   m.elem = dtype_size(m.forward.graph.dtype());
 
   // Two NVRTC compilations at once: the first compile of a training cell takes the longer of the

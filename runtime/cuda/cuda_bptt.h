@@ -35,16 +35,10 @@
 
 namespace cellfuse {
 
-// One training step's device memory. Every pointer is a dense row-major device buffer; the
-// same object can serve forward_device and backward_device.
-struct DeviceTrainingArgs {
-  std::int64_t steps = 0;
-  std::vector<DevicePointer> inputs, states, params;  // forward arguments ([T,B,n], [B,n], declared shape)
-  std::vector<DevicePointer> outputs, final_states;   // forward results: user outputs [T,B,n], final states [B,n]
-  std::vector<DevicePointer> tape;                    // one [T,B,w] per tape_widths(): written by forward, read by backward
-  std::vector<DevicePointer> output_grads, final_state_grads;        // backward seeds ([T,B,n] per user output, [B,n] per state)
-  std::vector<DevicePointer> input_grads, state_grads, param_grads;  // backward results, OVERWRITTEN (not accumulated)
-};
+// One training step's device memory (runtime/sequence_buffers.h: what the forward reads and
+// writes, what the backward reads and overwrites). Every pointer is a dense row-major device
+// buffer; the same object can serve forward_device and backward_device.
+using DeviceTrainingArgs = TrainingBuffers<DevicePointer, DevicePointer>;
 
 class CudaBptt {
  public:

@@ -24,6 +24,7 @@
 #include "compiler/pipeline.h"
 #include "runtime/cuda/storage.h"
 #include "runtime/reference/interpreter.h"
+#include "runtime/sequence_buffers.h"
 
 struct CUstream_st;
 
@@ -56,18 +57,9 @@ struct CudaOptions {
   Storage storage = Storage::Native;
 };
 
-// A sequence in device memory, laid out like SequenceArgs / SequenceResult (row-major, dense).
-struct DeviceSequenceArgs {
-  std::int64_t steps = 0;
-  std::vector<DevicePointer> inputs;        // [T,B,n] per cell input
-  std::vector<DevicePointer> states;        // [B,n] initial state per cell state
-  std::vector<DevicePointer> params;        // per cell param, in its declared shape
-  std::vector<DevicePointer> outputs;       // written: [T,B,n] per cell output
-  std::vector<DevicePointer> final_states;  // written: [B,n] per cell state
-  // Run the loop stage from step T-1 down to 0 (the backward step of BPTT, cuda_bptt.h): step t
-  // still reads and writes row block t of every [T,B,n] tensor; only the order of steps changes.
-  bool reverse = false;
-};
+// A sequence in device memory, laid out like SequenceArgs / SequenceResult (row-major, dense);
+// `reverse` runs the loop stage from step T-1 down to 0 (the backward step of BPTT).
+using DeviceSequenceArgs = SequenceBuffers<DevicePointer, DevicePointer>;
 
 // The compile() options of a CudaCell: the CUDA target, `batch`, `storage` and the program's knobs.
 TargetOptions cuda_target(std::int64_t batch, const cuda_codegen::ProgramOptions& program, Storage storage);
