@@ -104,7 +104,7 @@ INSTANTIATE_TEST_SUITE_P(Cells, Golden,
                                            Case{"lstm", "lstm:5,7"}, Case{"gru", "gru:4,6"}, Case{"lnlstm", "lnlstm:5,7"},
                                            Case{"peephole", "peephole:3,7"}, Case{"sru", "sru.cell"},
                                            Case{"mlstm", "mlstm.cell"}),
-                         [](const auto& info) { return std::string(info.param.name); });
+                         [](const auto& param_info) { return std::string(param_info.param.name); });
 
 }  // namespace
 }  // namespace cellfuse
