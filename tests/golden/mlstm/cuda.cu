@@ -4,28 +4,30 @@
 //   cell MultiplicativeLSTM_pre f32 {
 //     %x = input : [B,9]
 //     %wx_weight = param : [68,9]
+//     %0 = linear %x, %wx_weight : [B,68]
 //     %wx_bias = param : [68]
-//     %0 = linear %x, %wx_weight, %wx_bias : [B,68]
+//     %1 = broadcast %wx_bias : [B,68]
+//     %2 = add %0, %1 : [B,68]
 //     %wmx_weight = param : [17,9]
-//     %1 = linear %x, %wmx_weight : [B,17]
-//     output v10 = %0
-//     output v4 = %1
+//     %3 = linear %x, %wmx_weight : [B,17]
+//     output v12 = %2
+//     output v4 = %3
 //   }
 //   
 //   # stage loop (every step)
-//   #   input %v10 <- pre output 0
+//   #   input %v12 <- pre output 0
 //   #   input %v4 <- pre output 1
 //   cell MultiplicativeLSTM_loop f32 {
 //     %state_0 = state : [B,17]
 //     %state_1 = state : [B,17]
-//     %v10 = input : [B,68]
+//     %v12 = input : [B,68]
 //     %v4 = input : [B,17]
 //     %wmh_weight = param : [17,17]
 //     %0 = linear %state_0, %wmh_weight : [B,17]
 //     %1 = mul %v4, %0 : [B,17]
 //     %wm_weight = param : [68,17]
 //     %2 = linear %1, %wm_weight : [B,68]
-//     %3 = add %v10, %2 : [B,68]
+//     %3 = add %v12, %2 : [B,68]
 //     %4 = slice %3 {start=34, len=17} : [B,17]
 //     %5 = sigmoid %4 : [B,17]
 //     %6 = slice %3 {start=17, len=17} : [B,17]
@@ -75,11 +77,32 @@ CF_DEVICE float cf_max(float a, float b) { return a != a ? a : b != b ? b : (a <
 CF_DEVICE double cf_max(double a, double b) { return a != a ? a : b != b ? b : (a < b ? b : a); }
 
 // ===== stage pre (all steps at once, before the loop) =====
-// cuBLAS: %0 [B,68] = %x x %wx_weight^T + %wx_bias
-// cuBLAS: %1 [B,17] = %x x %wmx_weight^T
+// cuBLAS: %0 [B,68] = %x x %wx_weight^T
+// cuBLAS: %3 [B,17] = %x x %wmx_weight^T
+// kernel cf_MultiplicativeLSTM_pre_k0
 // fusion notes:
 //   not fused: linear %0 [B,68] runs as a GEMM over all rows, after kernel 0 (batch too large to fuse)
-//   not fused: linear %1 [B,17] runs as a GEMM over all rows, after kernel 0 (batch too large to fuse)
+//   not fused: linear %3 [B,17] runs as a GEMM over all rows, after kernel 0 (batch too large to fuse)
+
+// kernel cf_MultiplicativeLSTM_pre_k0: 256 threads a block, 2 rows a block
+//   b0: in %0 [rows,68]
+//   b1: param %wx_bias [1,68]
+//   b2: out %2 [rows,68]
+extern "C" __global__ void __launch_bounds__(256)
+cf_MultiplicativeLSTM_pre_k0(const float* b0, const float* b1, float* b2, long long rows, float* cf_scratch) {
+  const long long row0 = static_cast<long long>(blockIdx.x) * 2;
+  (void)cf_scratch;
+  // s0: loop j < 68, stores b2[j]
+  for (int e = threadIdx.x; e < 136; e += 256) {
+    const int lr = e / 68, j = e % 68;
+    const long long row = row0 + lr;
+    if (row >= rows) break;
+    const float v0 = b0[row * 68 + j];
+    const float v1 = b1[j];
+    const float v2 = v0 + v1;
+    b2[row * 68 + j] = v2;
+  }
+}
 
 // ===== stage loop (every step) =====
 // kernel cf_MultiplicativeLSTM_loop_k0
@@ -97,7 +120,7 @@ CF_DEVICE double cf_max(double a, double b) { return a != a ? a : b != b ? b : (
 //   b5: param %wm_weight^T [17,68] transposed (K-major)
 //   b6: scratch %2 [rows,68] (shared memory)
 //   b7: in %state_1 [rows,17]
-//   b8: in %v10 [rows,68]
+//   b8: in %v12 [rows,68]
 //   b9: out %14 [rows,17]
 //   b10: out %16 [rows,17]
 extern "C" __global__ void __launch_bounds__(128)
