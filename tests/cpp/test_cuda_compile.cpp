@@ -25,6 +25,7 @@
 #include "compiler/ir/error.h"
 #include "compiler/lower.h"
 #include "compiler/passes/autodiff.h"
+#include "cuda_test_program.h"
 #include "frontend/builder.h"
 #include "frontend/cells.h"
 #include "random_cells.h"
@@ -37,13 +38,7 @@
 namespace cellfuse {
 namespace {
 
-// compile() for the CUDA target, the program only (the name is the cell's: kept for the call
-// sites' readability).
-cuda_codegen::CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std::string& /*name*/,
-                                               const cuda_codegen::ProgramOptions& options = {}) {
-  return *compile(cell, cuda_target(batch, options, Storage::Native)).forward.cuda;
-}
-
+using testing_support::compile_cuda_program;
 namespace fs = std::filesystem;
 using cuda_codegen::CudaKernel;
 using cuda_codegen::CudaProgram;

@@ -27,6 +27,7 @@
 #include <optional>
 
 #include "backend_check.h"
+#include "cuda_test_program.h"
 #include "storage_rounding.h"
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/error.h"
@@ -41,13 +42,7 @@
 namespace cellfuse {
 namespace {
 
-// compile() for the CUDA target, the program only (the name is the cell's: kept for the call
-// sites' readability).
-cuda_codegen::CudaProgram compile_cuda_program(const Cell& cell, std::int64_t batch, const std::string& /*name*/,
-                                               const cuda_codegen::ProgramOptions& options = {}) {
-  return *compile(cell, cuda_target(batch, options, Storage::Native)).forward.cuda;
-}
-
+using testing_support::compile_cuda_program;
 namespace fs = std::filesystem;
 using cuda_codegen::FuseProducts;
 using testing_support::as_f64;
