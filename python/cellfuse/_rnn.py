@@ -15,16 +15,22 @@ def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=
             has_output=None, batch_dim=None):
     """Compiles a recurrent cell written in PyTorch into a module that runs whole sequences.
 
-    cell: an nn.Module (or a function) whose step is `forward(x, *states)`: x is (B, I), each state
-        argument a (B, n) tensor or a tuple of them (`forward(x, (h, c))`, as nn.LSTMCell). It
-        returns the new states, or an output followed by the new states (`has_output` says which
-        when the count does not). A list of cells gives one per layer and direction
-        (num_layers * directions of them, layer-major as nn.LSTM orders them).
-    example_inputs: (x, *states) for one step, as the cell takes them: they fix the widths, the
-        dtype and the state structure (any batch size works later). float32 or float64; or
+    cell: an nn.Module (a torch.jit.ScriptModule too) or a function whose step is
+        `forward(x, *states)`: each state argument a tensor or a tuple of them (`forward(x, (h, c))`,
+        as nn.LSTMCell). It returns the new states, or an output followed by the new states
+        (`has_output` says which when the count does not). The step is captured once at the ATen
+        level (make_fx, functionalized): any PyTorch code made of the ops in
+        cellfuse.SUPPORTED_OPS on per-step values, with any computation on parameters and
+        constants (run by PyTorch once per sequence). A list of cells gives one per layer and
+        direction (num_layers * directions of them, layer-major as nn.LSTM orders them).
+    example_inputs: (x, *states) for one step, as the cell takes them: they fix the per-step
+        shapes, the dtype and the state structure (any batch size works later). x and each state
+        may have any shape with one batch axis: (B, n), (1, B, n), (B, 1, n), (B, heads, d), ...
+        The batch axis is axis 0 of a 2-D tensor, else the first axis of the batch size (for x: its
+        first axis of size > 1), or `batch_dim` when given. float32 or float64; or
         torch.bfloat16 / torch.float16 (with the cell's parameters in that dtype, e.g. after
         `cell.to(torch.bfloat16)` or `cell.half()`) for 16-bit storage, on CUDA only: the cell
-        is traced as a float32 cell and computes in f32 inside (states carried from step to step
+        is captured as a float32 cell and computes in f32 inside (states carried from step to step
         in f32 too); the tensors outside stay 16-bit (X, states, parameters, the output, the final
         states and every gradient), rounded once as they are written; the tape the backward
         reads is float32. A float32 cell also runs on 16-bit tensors later (and vice versa):
@@ -33,8 +39,11 @@ def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=
         layer or direction, the other layers and directions get copies of it with freshly
         initialized parameters (reset_parameters()); layers after the first take inputs of the
         output width times the directions, so such a cell must accept that width (else pass a list).
+    batch_dim: the batch axis of every example tensor, when the rule above guesses wrong.
 
-    Returns an `RNN` module: `out, state = rnn(X, state0=None, lengths=None)`.
+    Returns an `RNN` module: `out, state = rnn(X, state0=None, lengths=None)`. X is the per-step
+    inputs stacked on a new leading time axis, (T, *x.shape) (with batch_first, the time axis right
+    after the batch axis); out is the per-step outputs stacked the same way.
 
     Example: a GRU-like cell with one gate, traced once and run over a whole sequence, forward
     and backward, against the same cell stepped eagerly.
@@ -63,6 +72,21 @@ def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=
     >>> out.sum().backward()                      # gradients reach the cell's parameters
     >>> cell.f.weight.grad.shape
     torch.Size([8, 12])
+
+    Example: a cell in nn.LSTM's one-step convention, tensors (1, B, n):
+
+    >>> from torch import nn
+    >>> class Step(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.lin = nn.Linear(3 + 4, 4)
+    ...     def forward(self, x, h):
+    ...         z = self.lin(torch.cat([x, h], dim=-1).view(x.size(1), -1))
+    ...         return torch.tanh(z).unsqueeze(0)
+    >>> rnn = cellfuse.compile(Step(), (torch.randn(1, 2, 3), torch.randn(1, 2, 4)))
+    >>> out, h = rnn(torch.randn(5, 1, 2, 3), torch.zeros(1, 2, 4))
+    >>> tuple(out.shape), tuple(h.shape)
+    ((5, 1, 2, 4), (1, 2, 4))
     """
     return RNN(cell, example_inputs, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                batch_first=batch_first, has_output=has_output, batch_dim=batch_dim)
