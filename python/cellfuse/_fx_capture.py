@@ -135,6 +135,15 @@ def _naming_mode():
     return Naming()
 
 
+def _has_mutations(gm) -> bool:
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op == "call_function" and schema is not None and schema.is_mutable:
+            if node.target.overloadpacket.__name__ != "copy_":  # writes back to an input: kept
+                return True
+    return False
+
+
 def _readable(text: str) -> str:
     return text.replace(str(TRACE_BATCH), "B")
 
@@ -164,8 +173,14 @@ def trace_step(fn, module, param_names, param_tensors, make_args):
     fake = [mode.from_tensor(t) for t in param_tensors] + flat_args
     try:
         with mode, fx_traceback.preserve_node_meta():
-            return make_fx(torch.func.functionalize(step, remove="mutations"),
-                           decomposition_table=_decompositions())(*fake)
+            gm = make_fx(torch.func.functionalize(step, remove="mutations"),
+                         decomposition_table=_decompositions())(*fake)
+            if _has_mutations(gm):
+                # Python decompositions run below functionalization (nn.LSTMCell's lstm_cell uses
+                # add_): functionalize the captured graph once more.
+                gm = make_fx(torch.func.functionalize(gm, remove="mutations"),
+                             decomposition_table=_decompositions())(*fake)
+            return gm
     except CellfuseError as e:
         if "\n  at " in str(e):
             raise

@@ -483,7 +483,30 @@ def _addmm(lw, node, bias, a, b, *, beta=1, alpha=1):
     return Batched(_C.add(val, bv), prod.dims)
 
 
-@handles("bmm", "baddbmm", "einsum", "linear")
+@handles("bmm")
+def _bmm(lw, node, a, b):
+    """einsum("bi,ij->bj", x, W) runs as bmm of x.view(1, B, i) and W.view(1, i, j)."""
+    if isinstance(a, Batched) and isinstance(b, Unbatched) and a.dims[0] == 1 and a.bpos == 1 \
+            and len(a.dims) == 3 and len(b.shape) == 3 and b.shape[0] == 1:
+        K, N = b.shape[1], b.shape[2]
+        W = lw.feed(b, lambda t, K=K, N=N: t.reshape(K, N), (K, N), key="bmm")
+        return Batched(_C.matmul(a.val, W), lw.out_dims(node))
+    raise CellfuseError(f"{op_name(node.target)} on per-step values is not supported in a cell (products are "
+                        "value @ weight with a 2-D weight)")
+
+
+@handles("full_like", "zeros_like", "ones_like", "new_full", "new_zeros", "new_ones")
+def _constant_like(lw, node, x, *args, **kwargs):
+    packet = node.target.overloadpacket.__name__
+    value = {"zeros_like": 0.0, "ones_like": 1.0, "new_zeros": 0.0, "new_ones": 1.0}.get(packet)
+    if value is None:
+        value = args[0] if packet == "full_like" else args[1]
+    dims = lw.out_dims(node)
+    return Batched(lw.constant(float(value), math.prod(d for d in dims if d is not None)), dims,
+                   lw.check_boolean(node))
+
+
+@handles("baddbmm", "einsum", "linear")
 def _unsupported_product(lw, node, *args, **kwargs):
     raise CellfuseError(f"{op_name(node.target)} on per-step values is not supported in a cell (products are "
                         "value @ weight with a 2-D weight)")

@@ -551,6 +551,62 @@ class GeluSiluLSTM(nn.Module):
         return h, (h, c)
 
 
+class TorchLSTMCell(nn.Module):
+    """nn.LSTMCell itself inside a module (its ATen decomposition uses in-place ops)."""
+
+    def __init__(self, i, h):
+        super().__init__()
+        self.cell = nn.LSTMCell(i, h)
+
+    def forward(self, x, state):
+        h, c = self.cell(x, state)
+        return h, (h, c)
+
+
+class TorchGRUCell(nn.Module):
+    """nn.GRUCell with an output projection."""
+
+    def __init__(self, i, h):
+        super().__init__()
+        self.cell = nn.GRUCell(i, h)
+        self.out = nn.Linear(h, 3)
+
+    def forward(self, x, h):
+        h = self.cell(x, h)
+        return self.out(h), h
+
+
+class EinsumRNN(nn.Module):
+    """Products spelled with torch.einsum, the recurrent weight weight-normalized by
+    torch.nn.utils.parametrizations.weight_norm on a submodule."""
+
+    def __init__(self, i, h):
+        super().__init__()
+        self.W = _uniform(i, h)
+        self.rec = nn.utils.parametrizations.weight_norm(nn.Linear(h, h))
+
+    def forward(self, x, h):
+        return torch.tanh(torch.einsum("bi,ij->bj", x, self.W) + self.rec(h))
+
+
+class ConstantsAndMasks(nn.Module):
+    """Constants made in the step (torch.zeros(x.size(0), n), new_zeros, ones_like), masked_fill,
+    torch.where with a boolean buffer, F.normalize, unbind of heads, nn.Dropout in eval()."""
+
+    def __init__(self, i, h):
+        super().__init__()
+        self.lin = nn.Linear(i, h)
+        self.register_buffer("mask", torch.rand(h) > 0.5)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x, h):
+        n = h.shape[1]
+        z = self.lin(self.drop(x)) + h + torch.zeros(x.size(0), n) + x.new_zeros(x.shape[0], n) + torch.ones_like(h)
+        z = z.masked_fill(z < 0, 0.1) + torch.where(self.mask, z, -z)
+        a, b = F.normalize(z, dim=-1).view(-1, 2, n // 2).unbind(1)
+        return torch.tanh(torch.cat([b, a], 1)) * 0.9 + 0.1 * h
+
+
 # name: (make the cell, example per-step shapes of x and each state (B where the batch goes), state
 #        structure: "flat" (forward(x, *states)) or "tuple" (forward(x, (s1, s2, ...))))
 I, H = 5, 7
@@ -586,5 +642,9 @@ CORPUS = {
     "ugrnn": (lambda: UGRNN(I, H), ("B", I), [("B", H)], "flat"),
     "janet": (lambda: JANET(I, H), ("B", I), [("B", H)], "flat"),
     "highway_rhn": (lambda: HighwayRHN(I, H), ("B", I), [("B", H)], "flat"),
+    "torch_lstm_cell": (lambda: TorchLSTMCell(I, H), ("B", I), [("B", H), ("B", H)], "tuple"),
+    "torch_gru_cell": (lambda: TorchGRUCell(I, H), ("B", I), [("B", H)], "flat"),
+    "einsum_rnn": (lambda: EinsumRNN(I, H), ("B", I), [("B", H)], "flat"),
+    "constants_and_masks": (lambda: ConstantsAndMasks(I, 8).eval(), ("B", I), [("B", 8)], "flat"),
     "gelu_silu_lstm": (lambda: GeluSiluLSTM(I, H), ("B", I), [("B", H), ("B", H)], "tuple"),
 }
