@@ -73,10 +73,14 @@ def _decompositions():
     if _DECOMPOSITIONS is None:
         from torch._decomp import core_aten_decompositions
         table = dict(core_aten_decompositions())
-        # Kept whole, so that the lowering sees them: dropout (to name it in the error) and the
-        # fused normalizations (lowered to cellfuse's own layer_norm and a stable softmax).
-        for op in (torch.ops.aten.native_dropout.default,):
-            table.pop(op, None)
+        # Kept whole, so that the lowering sees them: dropout (to name it in the error),
+        # softplus, log_sigmoid and mish too: their decompositions compute log(1 + exp(x)) as
+        # written, which loses the digits of a small result in float32 (cellfuse's softplus
+        # does not).
+        aten = torch.ops.aten
+        for packet in (aten.native_dropout, aten.softplus, aten.log_sigmoid_forward, aten.mish):
+            for name in packet.overloads():
+                table.pop(getattr(packet, name), None)
         _DECOMPOSITIONS = table
     return _DECOMPOSITIONS
 
