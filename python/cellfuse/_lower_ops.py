@@ -76,8 +76,9 @@ def _clamp(v, lo, hi):
 
 
 @handles("log_sigmoid_forward")
-def _log_sigmoid(lw, node, x):
-    dims, (v,) = _operands(lw, node, x)
+def _log_sigmoid(lw, node, x):  # (output, buffer): the buffer only serves PyTorch's backward
+    dims = lw.out_dims(node, node.meta["val"][0])
+    v = broadcast_to(x, dims, lw.feed)
     y = _C.neg(_C.softplus(_C.neg(v)))
     return (Batched(y, dims), Batched(y, dims))
 
