@@ -76,16 +76,10 @@ Val operator*(double a, const Val& b) { return constant_like(b, a) * b; }
 Val operator/(double a, const Val& b) { return constant_like(b, a) / b; }
 Val operator-(const Val& a) { return unary(OpKind::neg, a); }
 
-Val sigmoid(const Val& x) { return unary(OpKind::sigmoid, x); }
-Val tanh(const Val& x) { return unary(OpKind::tanh, x); }
-Val relu(const Val& x) { return unary(OpKind::relu, x); }
-Val exp(const Val& x) { return unary(OpKind::exp, x); }
-Val log(const Val& x) { return unary(OpKind::log, x); }
-Val sqrt(const Val& x) { return unary(OpKind::sqrt, x); }
-Val rsqrt(const Val& x) { return unary(OpKind::rsqrt, x); }
-Val softplus(const Val& x) { return unary(OpKind::softplus, x); }
-Val erf(const Val& x) { return unary(OpKind::erf, x); }
-Val abs(const Val& x) { return unary(OpKind::abs, x); }
+#define CELLFUSE_OP(id, min_arity, max_arity, kind, ...) \
+  CELLFUSE_IF_UNARY(kind, min_arity, Val id(const Val& x) { return unary(OpKind::id, x); })
+#include "compiler/ir/ops.def"
+#undef CELLFUSE_OP
 Val minimum(const Val& a, const Val& b) { return binary(OpKind::min, a, b); }
 Val maximum(const Val& a, const Val& b) { return binary(OpKind::max, a, b); }
 Val clamp(const Val& x, double lo, double hi) {
@@ -143,8 +137,6 @@ std::vector<Val> split(const Val& x, const std::vector<std::int64_t>& sizes) {
   return out;
 }
 
-Val sum(const Val& x) { return unary(OpKind::sum, x); }
-Val mean(const Val& x) { return unary(OpKind::mean, x); }
 
 Val layer_norm(const Val& x, double eps) {
   Val centered = x - mean(x);

@@ -56,16 +56,14 @@ Val operator*(double a, const Val& b);
 Val operator/(double a, const Val& b);
 Val operator-(const Val& a);
 
-Val sigmoid(const Val& x);
-Val tanh(const Val& x);
-Val relu(const Val& x);
-Val exp(const Val& x);
-Val log(const Val& x);
-Val sqrt(const Val& x);
-Val rsqrt(const Val& x);
-Val softplus(const Val& x);
-Val erf(const Val& x);  // 2/sqrt(pi) * integral of e^(-t^2) from 0 to x
-Val abs(const Val& x);
+// One function per unary op of compiler/ir/ops.def, named as the op, with the op's meaning there:
+// the pointwise ops of one operand (neg, abs, sigmoid, tanh, relu, exp, log, sqrt, rsqrt,
+// softplus, erf, ...) and the reductions over the features, [R,N] -> [R,1] (sum, mean, amax).
+#define CELLFUSE_OP(id, min_arity, max_arity, kind, ...) \
+  CELLFUSE_IF_UNARY(kind, min_arity, Val id(const Val& x);)
+#include "compiler/ir/ops.def"
+#undef CELLFUSE_OP
+
 Val minimum(const Val& a, const Val& b);
 Val maximum(const Val& a, const Val& b);
 Val clamp(const Val& x, double lo, double hi);
@@ -88,8 +86,6 @@ Val slice(const Val& x, std::int64_t start, std::int64_t len);
 // last piece, which cellfuse rejects to keep gate layouts unambiguous).
 std::vector<Val> chunk(const Val& x, int n);
 std::vector<Val> split(const Val& x, const std::vector<std::int64_t>& sizes);
-Val sum(const Val& x);
-Val mean(const Val& x);
 // Layer norm over the feature axis, as PyTorch's F.layer_norm (biased variance).
 Val layer_norm(const Val& x, double eps = 1e-5);
 Val layer_norm(const Val& x, const Val& gamma, const Val& beta, double eps = 1e-5);

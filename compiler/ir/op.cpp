@@ -25,10 +25,21 @@ std::vector<AttrSpec> parse_attr_specs(std::string_view spec) {
   return out;
 }
 
+// "erf special_erf" -> {"erf", "special_erf"}
+std::vector<std::string_view> split_names(std::string_view names) {
+  std::vector<std::string_view> out;
+  while (!names.empty()) {
+    auto space = names.find(' ');
+    if (space != 0) out.push_back(names.substr(0, space));
+    names = space == std::string_view::npos ? std::string_view{} : names.substr(space + 1);
+  }
+  return out;
+}
+
 const std::vector<OpInfo>& table() {
   static const std::vector<OpInfo> infos = {
-#define CELLFUSE_OP(id, min_arity, max_arity, kind, attrs, grad) \
-  OpInfo{#id, min_arity, max_arity, OpClass::kind, parse_attr_specs(attrs), grad},
+#define CELLFUSE_OP(id, min_arity, max_arity, kind, attrs, cost, torch, grad) \
+  OpInfo{#id, min_arity, max_arity, OpClass::kind, parse_attr_specs(attrs), cost, split_names(torch), grad},
 #include "compiler/ir/ops.def"
 #undef CELLFUSE_OP
   };

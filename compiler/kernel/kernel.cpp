@@ -1,5 +1,7 @@
 #include "compiler/kernel/kernel.h"
 
+#include <limits>
+
 #include "compiler/ir/error.h"
 #include "compiler/ir/text.h"
 
@@ -22,6 +24,14 @@ std::string col(std::int64_t offset, bool uniform) {
 }
 
 }  // namespace
+
+double reduction_identity(OpKind combine) {
+  switch (combine) {
+    case OpKind::add: return 0.0;
+    case OpKind::max: return -std::numeric_limits<double>::infinity();
+    default: throw InternalError("not a reduction combine: " + std::string(op_name(combine)));
+  }
+}
 
 std::string print_kernel(const Kernel& k) {
   std::string out = "kernel " + k.name + " " + std::string(dtype_name(k.dtype)) +
@@ -64,9 +74,13 @@ std::string print_kernel(const Kernel& k) {
     for (const Store& st : l.stores)
       out += "    store b" + std::to_string(st.buffer) + "[" + col(st.offset, false) + "] = %" +
              std::to_string(st.value) + "\n";
-    for (const Reduction& r : l.reductions)
-      out += "    reduce b" + std::to_string(r.buffer) + "[" + std::to_string(r.column) +
-             "] = sum(%" + std::to_string(r.value) + ") * " + format_number(r.scale) + "\n";
+    for (const Reduction& r : l.reductions) {
+      out += "    reduce b" + std::to_string(r.buffer) + "[" + std::to_string(r.column) + "] = ";
+      if (r.combine == OpKind::add)
+        out += "sum(%" + std::to_string(r.value) + ") * " + format_number(r.scale) + "\n";
+      else
+        out += std::string(op_name(r.combine)) + "(%" + std::to_string(r.value) + ")\n";
+    }
   }
   return out;
 }
@@ -119,6 +133,7 @@ void verify_kernel(const Kernel& k) {
       writable(r.buffer);
       check_value(r.value);
       if (r.column < 0 || r.column >= buffer(r.buffer).cols) fail("reduction out of bounds");
+      if (r.combine != OpKind::add && r.combine != OpKind::max) fail("a reduction combines with neither add nor max");
     }
   }
 }

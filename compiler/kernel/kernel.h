@@ -10,7 +10,7 @@
 //   Loop    an element loop j in [0, extent) over an SSA list of element instructions: loads at
 //           a column offset (col = offset + j, or a fixed column for a "uniform" load of a
 //           per-row scalar), constants, pointwise ops; then stores (col = offset + j) and
-//           reductions (a per-row sum, scaled, written to one column of a buffer).
+//           reductions (a per-row sum, scaled, or maximum, written to one column of a buffer).
 //   MatVec  out[r, n] = sum_k x[r, x_offset + k] * Wt[k, n] (+ bias[n]): a small-batch matrix
 //           product fused into the kernel, with the weight in K-major (transposed) layout.
 //
@@ -65,9 +65,16 @@ struct Store {
 struct Reduction {
   int buffer;           // written at column `column` of the row
   std::int64_t column;
-  int value;            // instruction index summed over j
-  double scale;         // 1 for a sum, 1/extent for a mean
+  int value;            // instruction index combined over j
+  double scale;         // 1 for a sum, 1/extent for a mean; 1 (unused) for a maximum
+  // How values meet: add (a sum, starting from 0) or max (the maximum, starting from -inf, NaN
+  // wins as in the pointwise max). Code generators combine with the pointwise op itself and in a
+  // fixed order, so the result is the same on every run.
+  OpKind combine = OpKind::add;
 };
+
+// The value a reduction starts from: 0 for add, -inf for max.
+double reduction_identity(OpKind combine);
 
 struct Loop {
   std::int64_t extent;

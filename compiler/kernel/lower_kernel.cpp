@@ -11,21 +11,6 @@
 namespace cellfuse::kernel {
 namespace {
 
-int op_cost(OpKind op) {
-  switch (op) {
-    case OpKind::exp:
-    case OpKind::log:
-    case OpKind::tanh:
-    case OpKind::sigmoid:
-    case OpKind::softplus:
-    case OpKind::erf: return 8;
-    case OpKind::div:
-    case OpKind::sqrt:
-    case OpKind::rsqrt: return 4;
-    default: return is_pointwise(op) ? 1 : 0;
-  }
-}
-
 class Lowering {
  public:
   explicit Lowering(const KernelContext& ctx)
@@ -61,7 +46,7 @@ class Lowering {
     for (ValueId v : ctx_.nodes) {
       const Node& n = g_.node(v);
       OpClass cls = op_info(n.op).op_class;
-      cost[v.index] = op_cost(n.op);
+      cost[v.index] = op_info(n.op).cost;
       for (ValueId in : n.inputs)
         if (in_group_[in.index] && !materialized_[in.index]) cost[v.index] += cost[in.index];
       std::string why;
@@ -131,6 +116,8 @@ class Lowering {
         ValueId in = n.inputs[0];
         std::int64_t extent = g_.node(in).shape.features();
         double scale = n.op == OpKind::mean ? 1.0 / static_cast<double>(extent) : 1.0;
+        const OpKind combine = n.op == OpKind::amax ? OpKind::max : OpKind::add;
+        const std::string partials = combine == OpKind::add ? "partial sums" : "partial maxima";
         // An element loop reads every column j of one concatenation piece at offset + j (emit
         // picks the piece holding the loop's first column), so a reduction over an inline
         // expression that changes pieces part-way (a cat, or a slice straddling one) must be
@@ -141,20 +128,20 @@ class Lowering {
         int target = buffer_of(v);
         if (points.size() > 2) {
           Buffer partial = out_.kernel.buffers[static_cast<std::size_t>(target)];
-          partial.name = "partial sums of " + g_.ref(v);
+          partial.name = partials + " of " + g_.ref(v);
           partial.role = BufferRole::Scratch;
           partial.cols = static_cast<std::int64_t>(points.size()) - 1;
           out_.kernel.buffers.push_back(partial);
           out_.values.push_back(ValueId{});
           target = static_cast<int>(out_.kernel.buffers.size()) - 1;
-          out_.notes.push_back("scratch: partial sums of " + g_.describe(v) + ", one per concatenation piece (" +
+          out_.notes.push_back("scratch: " + partials + " of " + g_.describe(v) + ", one per concatenation piece (" +
                                std::to_string(partial.cols) + ") its input reads");
         }
         for (std::size_t s = 0; s + 1 < points.size(); ++s) {
           Loop loop{points[s + 1] - points[s], {}, {}, {}};
           Memo memo;
           int value = emit(loop, memo, in, points[s], false);
-          loop.reductions.push_back({target, static_cast<std::int64_t>(s), value, scale});
+          loop.reductions.push_back({target, static_cast<std::int64_t>(s), value, scale, combine});
           push(std::move(loop));
         }
         if (points.size() > 2) {
@@ -162,7 +149,7 @@ class Lowering {
           Inst load;
           load.kind = Inst::Kind::Load;
           load.buffer = target;
-          loop.reductions.push_back({buffer_of(v), 0, add_inst(loop, load), 1.0});
+          loop.reductions.push_back({buffer_of(v), 0, add_inst(loop, load), 1.0, combine});
           push(std::move(loop));
         }
         break;

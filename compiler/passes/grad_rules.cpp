@@ -250,6 +250,19 @@ Rule rule_for(OpKind op) {
           return o.op(OpKind::expand, {o.mul(dy, 1.0 / static_cast<double>(n))}, {n});
         });
       };
+    // amax [R,N] -> [R,1]: dy shared evenly among the positions equal to the maximum (as
+    // torch.amax, so ties get equal shares whatever their order). x >= max holds exactly there,
+    // nothing being above the maximum; a NaN maximum matches nowhere, so its row gets zeros.
+    case OpKind::amax:
+      return [](const Node&, ValueId dy, GradContext& c) {
+        grad(c, 0, [&] {
+          Ops o(c.graph());
+          const std::int64_t n = features_of(c, 0);
+          ValueId at_max = o.op(OpKind::ge, {c.operand(0), o.op(OpKind::expand, {c.result()}, {n})});
+          ValueId share = o.div(dy, o.op(OpKind::sum, {at_max}));
+          return o.keep_where(at_max, o.op(OpKind::expand, {share}, {n}));
+        });
+      };
   }
   return nullptr;
 }

@@ -94,7 +94,7 @@ class Simplifier {
         return constant(pointwise_value<double>(n.op, v[0], v[1], v[2]), n.shape);
       case OpClass::Layout: return constant(v[0], n.shape);
       case OpClass::Reduction:
-        return constant(n.op == OpKind::mean
+        return constant(n.op == OpKind::mean || n.op == OpKind::amax
                             ? v[0]
                             : v[0] * static_cast<double>(def(n.inputs[0]).shape.features()),
                         n.shape);

@@ -27,6 +27,7 @@ import traceback
 
 import torch
 
+from . import _C
 from ._errors import CellfuseError
 
 TRACE_BATCH = 7919
@@ -81,6 +82,10 @@ def _decompositions():
         for packet in (aten.native_dropout, aten.softplus, aten.log_sigmoid_forward, aten.mish):
             for name in packet.overloads():
                 table.pop(getattr(packet, name), None)
+        # And the pointwise ops of cellfuse's op table (cellfuse._C.op_table()): they lower to it.
+        native = {n for op in _C.op_table() if op["pointwise"] and op["unary"] for n in op["torch"]}
+        for op in [op for op in table if getattr(getattr(op, "overloadpacket", None), "__name__", None) in native]:
+            table.pop(op)
         _DECOMPOSITIONS = table
     return _DECOMPOSITIONS
 

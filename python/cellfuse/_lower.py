@@ -240,4 +240,4 @@ from . import _lower_ops  # noqa: E402,F401  (registers the handlers)
 
 # The ATen ops a per-step value may meet (torch.<name>), for error messages and the docs; ops on
 # parameters and constants alone are any PyTorch op (they run in the prelude).
-SUPPORTED_OPS = sorted(HANDLERS)
+SUPPORTED_OPS = sorted(set(HANDLERS) | {n for op in _C.op_table() for n in op["torch"]})

@@ -42,8 +42,6 @@ def _unary(fn):
 
 
 _UNARY = {
-    "sigmoid": _C.sigmoid, "tanh": _C.tanh, "relu": _C.relu, "exp": _C.exp, "log": _C.log, "sqrt": _C.sqrt,
-    "rsqrt": _C.rsqrt, "abs": _C.abs, "erf": _C.erf, "neg": _C.neg,
     "reciprocal": lambda v: _C.div(1.0, v),
     "expm1": lambda v: _C.sub(_C.exp(v), 1.0),
     "log1p": lambda v: _C.log(_C.add(v, 1.0)),
@@ -57,6 +55,10 @@ _UNARY = {
     "mish": lambda v: _C.mul(v, _C.tanh(_C.softplus(v))),
     "log_sigmoid_forward": None,
 }
+# Every unary pointwise op of the op table (compiler/ir/ops.def, cellfuse._C.op_table()) under its
+# torch names: sigmoid, tanh, relu, exp, log, sqrt, rsqrt, abs, erf, neg, ...
+_UNARY.update({n: getattr(_C, op["name"])
+               for op in _C.op_table() if op["pointwise"] and op["unary"] for n in op["torch"]})
 for _name, _fn in _UNARY.items():
     if _fn is not None:
         HANDLERS[_name] = _unary(_fn)

@@ -41,10 +41,26 @@ Shape shape_from(const std::vector<std::int64_t>& dims) {
   throw Error("a cellfuse parameter has rank 1 or 2, not " + std::to_string(dims.size()));
 }
 
-Val op_by_name(const std::string& name, const std::vector<Val>& operands, const std::vector<AttrValue>& attrs) {
-  auto op = parse_op(name);
-  if (!op) throw Error("no cellfuse op named '" + name + "'");
-  return apply(*op, operands, attrs);
+// cellfuse._C.op_table(): ops.def for Python (the tracer's op list, cellfuse.SUPPORTED_OPS).
+py::list op_table() {
+  static const char* kinds[] = {"leaf", "pointwise", "contraction", "reduction", "layout"};
+  py::list out;
+  for (int i = 0; i < op_count(); ++i) {
+    const auto op = static_cast<OpKind>(i);
+    const OpInfo& info = op_info(op);
+    py::dict row;
+    row["name"] = std::string(info.name);
+    row["min_arity"] = info.min_arity;
+    row["max_arity"] = info.max_arity;
+    row["kind"] = kinds[static_cast<int>(info.op_class)];
+    row["pointwise"] = info.op_class == OpClass::Pointwise;
+    row["unary"] = is_unary_function(op);
+    py::list torch;
+    for (std::string_view name : info.torch_names) torch.append(std::string(name));
+    row["torch"] = torch;
+    out.append(row);
+  }
+  return out;
 }
 
 }  // namespace
@@ -91,7 +107,6 @@ void bind_builder(py::module_& m) {
   m.def("div", [](const Val& a, const Val& b) { return a / b; });
   m.def("div", [](const Val& a, double b) { return a / b; });
   m.def("div", [](double a, const Val& b) { return a / b; });
-  m.def("neg", [](const Val& a) { return -a; });
   m.def("minimum", &minimum);
   m.def("maximum", &maximum);
   m.def("greater", &greater);
@@ -100,10 +115,17 @@ void bind_builder(py::module_& m) {
   m.def("less_equal", &less_equal);
   m.def("where", &where);
   m.def("constant_like", &constant_like);
-  for (const char* name : {"sigmoid", "tanh", "relu", "exp", "log", "sqrt", "rsqrt", "softplus", "erf", "abs"}) {
-    std::string op = name;
-    m.def(name, [op](const Val& x) { return op_by_name(op, {x}, {}); });
+  // _C.<op>(x) for every unary op of ops.def (pointwise ops of one operand, reductions over the
+  // features): a new one is bound here without an edit.
+  for (int i = 0; i < op_count(); ++i) {
+    const auto op = static_cast<OpKind>(i);
+    if (is_unary_function(op))
+      m.def(std::string(op_name(op)).c_str(), [op](const Val& x) { return apply(op, {x}); });
   }
+  m.def("op_table", &op_table,
+        "every op of the IR (compiler/ir/ops.def) as a dict: name, min_arity, max_arity (-1: any), "
+        "kind (leaf, pointwise, contraction, reduction, layout), pointwise, unary (bound as _C.<name>), "
+        "torch (the PyTorch names the tracer maps to it)");
   m.def("linear", [](const Val& x, const Val& W, std::optional<Val> b) { return b ? linear(x, W, *b) : linear(x, W); },
         py::arg("x"), py::arg("W"), py::arg("b") = py::none());
   m.def("matmul", &matmul);
@@ -111,8 +133,6 @@ void bind_builder(py::module_& m) {
   m.def("expand", &expand);
   m.def("cat", &cat);
   m.def("slice", &slice);
-  m.def("sum", &sum);
-  m.def("mean", &mean);
   m.def("layer_norm", [](const Val& x, std::optional<Val> g, std::optional<Val> b, double eps) {
     if (g && b) return layer_norm(x, *g, *b, eps);
     Val y = layer_norm(x, eps);

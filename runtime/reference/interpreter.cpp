@@ -82,6 +82,12 @@ class StepEvaluator {
       }
       case OpClass::Reduction:
         for (std::int64_t r = 0; r < R; ++r) {
+          if (n.op == OpKind::amax) {  // NaN wins, as in the pointwise max
+            T acc = -std::numeric_limits<T>::infinity();
+            for (std::int64_t k = 0; k < in(0).cols; ++k) acc = pointwise_value(OpKind::max, acc, in(0).at(r, k));
+            out.at(r, 0) = acc;
+            continue;
+          }
           T acc = T(0);
           for (std::int64_t k = 0; k < in(0).cols; ++k) acc += in(0).at(r, k);
           out.at(r, 0) = n.op == OpKind::mean ? acc / static_cast<T>(in(0).cols) : acc;

@@ -35,6 +35,7 @@
 #include "frontend/builder.h"
 #include "frontend/cells.h"
 #include "random_cells.h"
+#include "reduction_cells.h"
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
@@ -530,6 +531,25 @@ TEST(CudaEmulatedBptt, ReductionsOverConcatenations) {
   Cell small = std::move(b).finish();
   auto compiled = emulated_bptt(small, 3);
   check_bptt<float>(*compiled, small, 4, 3, 7, "sum_of_sliced_cat f32 B=3");
+}
+
+// amax (the row maximum) in a stable softmax and over a slice straddling a concatenation: the
+// block reductions and the persistent kernel's combine with cf_max from -inf, forward and BPTT.
+TEST(CudaEmulated, AmaxSoftmaxForwardAndBackward) {
+  for (DType dtype : {DType::f32, DType::f64})
+    for (std::int64_t batch : {1, 3, 17}) {
+      Cell cell = testing_support::softmax_amax_cell(dtype, 5, 33);
+      const std::string what = std::string("softmax_amax ") + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch);
+      auto forward = emulated_cell(cell, batch);
+      auto backward = emulated_bptt(cell, batch);
+      if (dtype == DType::f32) {
+        check_runs<float>(*forward, cell, 4, batch, 11, what);
+        check_bptt<float>(*backward, cell, 4, batch, 11, what);
+      } else {
+        check_runs<double>(*forward, cell, 4, batch, 11, what);
+        check_bptt<double>(*backward, cell, 4, batch, 11, what);
+      }
+    }
 }
 
 // A weight used twice (and a bias broadcast twice): several parameter terms add into one

@@ -241,7 +241,9 @@ TEST(Text, EveryOpPrintsAndParsesBack) {
   %bv = broadcast %v
   %s = sum %w
   %mn = mean %w
-  %sm = add %s, %mn
+  %mx = amax %w
+  %sm0 = add %s, %mn
+  %sm = add %sm0, %mx
   %e = expand %sm {n=4}
   %cat = cat %w, %bv, %e
   %sl = slice %cat {start=2, len=4}

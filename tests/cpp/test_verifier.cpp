@@ -189,7 +189,7 @@ TEST(Verifier, BrokenCellsStillPrint) {
 // The op table.
 
 constexpr int kDeclaredOps = 0
-#define CELLFUSE_OP(id, lo, hi, kind, attrs, grad) +1
+#define CELLFUSE_OP(id, ...) +1
 #include "compiler/ir/ops.def"
 #undef CELLFUSE_OP
     ;
@@ -197,11 +197,12 @@ constexpr int kDeclaredOps = 0
 TEST(OpTable, EveryOpOfOpsDefIsInTheTable) {
   EXPECT_EQ(op_count(), kDeclaredOps);
   // The enum, the names and the arities come from the same line of ops.def.
-#define CELLFUSE_OP(id, lo, hi, kind, attrs, grad)               \
-  EXPECT_EQ(op_name(OpKind::id), #id);                           \
-  EXPECT_EQ(op_info(OpKind::id).min_arity, lo) << #id;           \
-  EXPECT_EQ(op_info(OpKind::id).max_arity, hi) << #id;           \
-  EXPECT_EQ(op_info(OpKind::id).op_class, OpClass::kind) << #id; \
+#define CELLFUSE_OP(id, lo, hi, kind, attrs, fusion_cost, torch_names, grad, ...) \
+  EXPECT_EQ(op_name(OpKind::id), #id);                                           \
+  EXPECT_EQ(op_info(OpKind::id).min_arity, lo) << #id;                           \
+  EXPECT_EQ(op_info(OpKind::id).max_arity, hi) << #id;                           \
+  EXPECT_EQ(op_info(OpKind::id).op_class, OpClass::kind) << #id;                 \
+  EXPECT_EQ(op_info(OpKind::id).cost, fusion_cost) << #id;                       \
   EXPECT_EQ(std::string_view(op_info(OpKind::id).grad_rule), grad) << #id;
 #include "compiler/ir/ops.def"
 #undef CELLFUSE_OP
@@ -246,6 +247,28 @@ TEST(OpTable, NamesParseBackAndAritiesAreConsistent) {
   EXPECT_FALSE(parse_op("frobnicate").has_value());
   EXPECT_FALSE(parse_op("").has_value());
   EXPECT_FALSE(parse_op("Add").has_value());
+}
+
+// The tracer maps each torch name to one op (cellfuse._C.op_table() hands them to Python); fusion's
+// cost is positive exactly for what a loop computes inline.
+TEST(OpTable, TorchNamesAndCosts) {
+  std::set<std::string_view> torch_names;
+  for (int i = 0; i < op_count(); ++i) {
+    const OpInfo& info = op_info(static_cast<OpKind>(i));
+    SCOPED_TRACE(std::string(info.name));
+    for (std::string_view name : info.torch_names) {
+      EXPECT_TRUE(is_identifier(name)) << name;
+      EXPECT_TRUE(torch_names.insert(name).second) << name << " maps to two ops";
+    }
+    EXPECT_EQ(info.cost > 0, info.op_class == OpClass::Pointwise);
+  }
+  ASSERT_EQ(op_info(OpKind::erf).torch_names.size(), 2u);
+  EXPECT_EQ(op_info(OpKind::erf).torch_names[1], "special_erf");
+  EXPECT_EQ(op_info(OpKind::amax).torch_names.at(0), "amax");
+  EXPECT_TRUE(is_unary_function(OpKind::amax));
+  EXPECT_TRUE(is_unary_function(OpKind::sigmoid));
+  EXPECT_FALSE(is_unary_function(OpKind::expand));  // an attribute
+  EXPECT_FALSE(is_unary_function(OpKind::add));
 }
 
 TEST(OpTable, AttributesAndTraits) {

@@ -346,14 +346,16 @@ class Emitter {
       line("const long long row = row0 + lr;");
       line("const bool live = row < rows;");
     }
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r) line(T + " acc" + str(static_cast<std::int64_t>(r)) + " = " + lit(0) + ";");
+    for (std::size_t r = 0; r < loop.reductions.size(); ++r)
+      line(T + " acc" + str(static_cast<std::int64_t>(r)) + " = " + lit(kernel::reduction_identity(loop.reductions[r].combine)) + ";");
     line("if (live) {");
     ++indent_;
     line("for (int j = lane; j < " + str(loop.extent) + "; j += " + str(group) + ") {");
     ++indent_;
     auto v = emit_body(loop);
     for (std::size_t r = 0; r < loop.reductions.size(); ++r)
-      line("acc" + str(static_cast<std::int64_t>(r)) + " += " + v[static_cast<std::size_t>(loop.reductions[r].value)] + ";");
+      line(cuda_combine(loop.reductions[r].combine, "acc" + str(static_cast<std::int64_t>(r)),
+                        v[static_cast<std::size_t>(loop.reductions[r].value)], k_.dtype));
     --indent_;
     line("}");
     --indent_;
@@ -367,7 +369,8 @@ class Emitter {
       ++indent_;
       line("if (lane < step) {");
       ++indent_;
-      for (std::size_t r = 0; r < loop.reductions.size(); ++r) line(red_slot(r) + " += " + red_slot(r, "step") + ";");
+      for (std::size_t r = 0; r < loop.reductions.size(); ++r)
+        line(cuda_combine(loop.reductions[r].combine, red_slot(r), red_slot(r, "step"), k_.dtype));
       --indent_;
       line("}");
       line("__syncthreads();");
@@ -378,7 +381,7 @@ class Emitter {
     ++indent_;
     for (std::size_t r = 0; r < loop.reductions.size(); ++r) {
       const auto& red = loop.reductions[r];
-      line(at(red.buffer, str(red.column)) + " = " + red_slot(r) + " * " + lit(red.scale) + ";");
+      line(at(red.buffer, str(red.column)) + " = " + red_slot(r) + (red.combine == OpKind::add ? " * " + lit(red.scale) : "") + ";");
     }
     --indent_;
     line("}");
@@ -452,6 +455,10 @@ std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType d
   }
 }
 
+std::string cuda_combine(OpKind combine, const std::string& target, const std::string& value, DType dtype) {
+  if (combine == OpKind::add) return target + " += " + value + ";";
+  return target + " = " + cuda_pointwise(combine, {target, value}, dtype) + ";";
+}
 
 std::string cuda_literal(double value, DType dtype) {
   char buf[64];

@@ -81,6 +81,10 @@ std::string cuda_translation_unit(const std::vector<const CudaKernel*>& kernels,
 // The expression of pointwise op `op` over argument expressions `a` (pointwise_math.h's meaning).
 std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType dtype);
 
+// The statement that folds `value` into the accumulator `target` of a reduction combining with
+// `combine` (kernel::Reduction): "t += v;" for add, "t = cf_max(t, v);" for max.
+std::string cuda_combine(OpKind combine, const std::string& target, const std::string& value, DType dtype);
+
 // A C literal of `value` in `dtype` that reads back exactly (infinities and NaN included).
 std::string cuda_literal(double value, DType dtype);
 

@@ -225,12 +225,17 @@ class PersistentEmitter {
     const std::string th = str(out_.threads);
     line("for (long long row = blockIdx.x; row < " + str(B_) + "; row += gridDim.x) {");
     ++indent_;
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r) line(T_ + " acc" + str(static_cast<std::int64_t>(r)) + " = 0;");
+    for (std::size_t r = 0; r < loop.reductions.size(); ++r) {
+      const OpKind combine = loop.reductions[r].combine;
+      line(T_ + " acc" + str(static_cast<std::int64_t>(r)) + " = " +
+           (combine == OpKind::add ? std::string("0") : cuda_literal(kernel::reduction_identity(combine), out_.dtype)) + ";");
+    }
     line("for (int j = threadIdx.x; j < " + str(loop.extent) + "; j += " + th + ") {");
     ++indent_;
     auto v = body(ki, loop);
     for (std::size_t r = 0; r < loop.reductions.size(); ++r)
-      line("acc" + str(static_cast<std::int64_t>(r)) + " += " + v[static_cast<std::size_t>(loop.reductions[r].value)] + ";");
+      line(cuda_combine(loop.reductions[r].combine, "acc" + str(static_cast<std::int64_t>(r)),
+                        v[static_cast<std::size_t>(loop.reductions[r].value)], out_.dtype));
     --indent_;
     line("}");
     for (std::size_t r = 0; r < loop.reductions.size(); ++r)
@@ -241,7 +246,7 @@ class PersistentEmitter {
     line("if (threadIdx.x < step) {");
     for (std::size_t r = 0; r < loop.reductions.size(); ++r) {
       const std::string at = str(static_cast<std::int64_t>(r) * out_.threads) + " + threadIdx.x";
-      line("  cf_red[" + at + "] += cf_red[" + at + " + step];");
+      line("  " + cuda_combine(loop.reductions[r].combine, "cf_red[" + at + "]", "cf_red[" + at + " + step]", out_.dtype));
     }
     line("}");
     line("__syncthreads();");
@@ -250,8 +255,8 @@ class PersistentEmitter {
     line("if (threadIdx.x == 0) {");
     for (std::size_t r = 0; r < loop.reductions.size(); ++r) {
       const auto& red = loop.reductions[r];
-      line("  " + element(ki, red.buffer, str(red.column)) + " = cf_red[" + str(static_cast<std::int64_t>(r) * out_.threads) + "] * " +
-           cuda_literal(red.scale, out_.dtype) + ";");
+      line("  " + element(ki, red.buffer, str(red.column)) + " = cf_red[" + str(static_cast<std::int64_t>(r) * out_.threads) + "]" +
+           (red.combine == OpKind::add ? " * " + cuda_literal(red.scale, out_.dtype) : "") + ";");
     }
     line("}");
     line("__syncthreads();");

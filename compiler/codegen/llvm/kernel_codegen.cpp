@@ -235,30 +235,37 @@ class KernelEmitter {
         auto accumulate = [&](llvm::Type* type, Value* j, const std::vector<Value*>& carried) {
           auto v = emit_body(loop, type, row, j, uniforms);
           std::vector<Value*> next;
-          for (std::size_t r = 0; r < nred; ++r) next.push_back(b_.CreateFAdd(carried[r], v[loop.reductions[r].value]));
+          for (std::size_t r = 0; r < nred; ++r)
+            next.push_back(compute(loop.reductions[r].combine, {carried[r], v[loop.reductions[r].value]}));
           return next;
         };
-        std::vector<Value*> acc = emit_for(j_begin, j_end, lanes_, std::vector<Value*>(nred, constant(vec_, 0)),
+        std::vector<Value*> init;
+        for (const auto& red : loop.reductions) init.push_back(constant(vec_, kernel::reduction_identity(red.combine)));
+        std::vector<Value*> acc = emit_for(j_begin, j_end, lanes_, init,
                                            [&](Value* j, const std::vector<Value*>& c) { return accumulate(vec_, j, c); });
         std::vector<Value*> sums;
-        for (std::size_t r = 0; r < nred; ++r) sums.push_back(horizontal_sum(acc[r]));
+        for (std::size_t r = 0; r < nred; ++r) sums.push_back(horizontal(loop.reductions[r].combine, acc[r]));
         Value* tail_begin = b_.CreateSelect(takes_tail, b_.getInt64(vectors * lanes_), b_.getInt64(loop.extent));
         sums = emit_for(tail_begin, b_.getInt64(loop.extent), 1, sums,
                         [&](Value* j, const std::vector<Value*>& c) { return accumulate(elem_, j, c); });
         for (std::size_t r = 0; r < nred; ++r) {
           const auto& red = loop.reductions[r];
-          store(b_.CreateFMul(sums[r], constant(elem_, red.scale)), element_ptr(red.buffer, row, b_.getInt64(red.column)));
+          if (red.combine == OpKind::add)
+            store(b_.CreateFMul(sums[r], constant(elem_, red.scale)), element_ptr(red.buffer, row, b_.getInt64(red.column)));
+          else
+            store(sums[r], element_ptr(red.buffer, row, b_.getInt64(red.column)));
         }
         return std::vector<Value*>{};
       });
     });
   }
 
-  // Lanes added pairwise in a fixed order: the same result on every run.
-  Value* horizontal_sum(Value* v) {
+  // Lanes combined (added, or the maximum taken) one after another in a fixed order: the same
+  // result on every run.
+  Value* horizontal(OpKind combine, Value* v) {
     Value* sum = b_.CreateExtractElement(v, std::uint64_t{0});
     for (int l = 1; l < lanes_; ++l)
-      sum = b_.CreateFAdd(sum, b_.CreateExtractElement(v, static_cast<std::uint64_t>(l)));
+      sum = compute(combine, {sum, b_.CreateExtractElement(v, static_cast<std::uint64_t>(l))});
     return sum;
   }
 
