@@ -16,10 +16,8 @@ medians (ms) and ratios, and writes it with --out.
 --storage bf16|f16: every tensor of both sides in that dtype (cellfuse: CudaOptions::storage,
 16-bit tensors with f32 math inside; PyTorch: the module and tensors converted with .to()).
 """
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -28,23 +26,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_cpu import WORKLOADS, ElmanProj, Lstm, LnLstm, Sequence1, Sequence2, flatten, loss_of  # noqa: E402
-
-
-def median_ms(fn, runs, warmup=2):
-    """Median of `runs` calls of fn, each timed with CUDA events around it."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+from bench_common import (Workload, argument_parser, event_median_ms, flatten, loss_of,  # noqa: E402
+                          selected, table_start, write_report)
 
 
 def runs_for(ms_guess, runs):
@@ -57,16 +40,8 @@ DTYPES = {"native": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 def torch_times(kind, i, h, o, steps, batch, runs, train, log, dtype=torch.float32, with_compile=True):
     dev = torch.device("cuda")
-    torch.manual_seed(0)
-    xs = torch.randn(steps, batch, i, device=dev, dtype=dtype, requires_grad=train)
-    h0 = torch.randn(batch, h, device=dev, dtype=dtype, requires_grad=train)
-    c0 = torch.randn(batch, h, device=dev, dtype=dtype, requires_grad=train)
-    if kind == "elman_proj":
-        make, seq, args = (lambda: ElmanProj(i, h, o)), Sequence1, (xs, h0)
-    else:
-        make = (lambda: Lstm(i, h)) if kind == "lstm" else (lambda: LnLstm(i, h))
-        seq, args = Sequence2, (xs, h0, c0)
-    cell = make().to(dev, dtype)
+    w = Workload(kind, i, h, o, steps, batch, train, "cuda", dtype)
+    xs, h0, c0, cell, seq, args = w.xs, w.h0, w.c0, w.cell, w.seq, w.args
     out = {}
 
     def measure(name, fn, params):
@@ -75,8 +50,8 @@ def torch_times(kind, i, h, o, steps, batch, runs, train, log, dtype=torch.float
             with torch.no_grad():
                 fn()  # first call: compiles where anything compiles
                 first = (time.perf_counter() - t0) * 1e3
-                guess = median_ms(fn, 1, warmup=1)
-                ms = median_ms(fn, runs_for(guess, runs))
+                guess = event_median_ms(fn, 1, warmup=1)
+                ms = event_median_ms(fn, runs_for(guess, runs))
         else:
             seeds = [torch.randn_like(r) for r in flatten(fn())]
             first = (time.perf_counter() - t0) * 1e3
@@ -87,8 +62,8 @@ def torch_times(kind, i, h, o, steps, batch, runs, train, log, dtype=torch.float
                 for a in args:
                     a.grad = None
                 loss_of(fn(), seeds).backward()
-            guess = median_ms(step, 1, warmup=1)
-            ms = median_ms(step, runs_for(guess, runs))
+            guess = event_median_ms(step, 1, warmup=1)
+            ms = event_median_ms(step, runs_for(guess, runs))
         log(f"  {name:12s} {'train' if train else 'forward':8s} {ms:10.3f} ms  (first call {first:.0f} ms)")
         out[name] = ms
 
@@ -120,11 +95,7 @@ def cellfuse_times(build, runs, only, storage):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--build", default="build-gpu")
-    parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--out", help="also write the table (markdown) to this file")
-    parser.add_argument("--only", help="comma-separated workload ids")
+    parser = argument_parser(__doc__, runs=11, build="build-gpu")
     parser.add_argument("--storage", choices=sorted(DTYPES), default="native",
                         help="tensor dtype of both sides: native (f32), bf16 or f16")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile baseline")
@@ -142,16 +113,10 @@ def main():
     baselines = ["eager", "torchscript", "torch.compile", "cuDNN nn.LSTM"]
     sections = []
     for mode, title in (("forward", "Forward"), ("train", "Forward + backward (BPTT, every gradient)")):
-        lines = [
-            f"### {title}",
-            "",
-            "| workload | shape | cellfuse ms | eager ms | TorchScript ms | torch.compile ms | cuDNN nn.LSTM ms "
-            "| eager / cellfuse | TorchScript / cellfuse | torch.compile / cellfuse | cellfuse / cuDNN |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for wid, kind, i, h, o, steps, batch in WORKLOADS:
-            if only and wid not in only:
-                continue
+        lines = table_start(title, ["workload", "shape", "cellfuse ms", "eager ms", "TorchScript ms",
+                                    "torch.compile ms", "cuDNN nn.LSTM ms", "eager / cellfuse",
+                                    "TorchScript / cellfuse", "torch.compile / cellfuse", "cellfuse / cuDNN"])
+        for wid, kind, i, h, o, steps, batch in selected(args.only):
             log(f"{wid} {kind} T={steps} B={batch} ({mode})")
             ms = times[(mode, wid)]["ms"]
             t = torch_times(kind, i, h, o, steps, batch, args.runs, mode == "train", log, DTYPES[args.storage],
@@ -181,11 +146,7 @@ def main():
         "cellfuse / cuDNN below 1 means cellfuse is faster; the other ratios are how many times faster cellfuse is.",
         "",
     ]
-    text = "\n".join(header) + "\n" + "\n".join(sections)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_report(header, sections, args.out)
 
 
 if __name__ == "__main__":

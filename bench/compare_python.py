@@ -15,9 +15,7 @@ bench/bench_cpu, its time for the built-in cell of the workload is shown as well
 Medians of --runs timed runs after a warm-up (cellfuse and native: 2 * runs + 1, alternating);
 CUDA timings synchronize the device.
 """
-import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,36 +24,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_cpu import (WORKLOADS, ElmanProj, LnLstm, Lstm, Sequence1, Sequence2,  # noqa: E402
-                         cellfuse_times, flatten, loss_of)
+from bench_common import (Workload, alternating_ms, argument_parser, cpu_description,  # noqa: E402
+                          loss_of, median_ms, selected, step_of, table_start, write_report)
+from compare_cpu import cellfuse_times  # noqa: E402
 
 import cellfuse  # noqa: E402
-
-
-def median_ms(fn, runs, device):
-    timed_ms(fn, device)  # warm up (and compile)
-    return statistics.median(timed_ms(fn, device) for _ in range(runs))
-
-
-def timed_ms(fn, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
-
-
-def step_of(fn, train):
-    """One timed unit: a forward without autograd, or a forward and a backward from fixed seeds."""
-    if not train:
-        def forward():
-            with torch.no_grad():
-                fn()
-        return forward
-    seeds = [torch.randn_like(r) for r in flatten(fn())]
-    return lambda: loss_of(fn(), seeds).backward()
 
 
 def measure(fn, runs, device, train):
@@ -65,12 +38,8 @@ def measure(fn, runs, device, train):
 def paired_ms(a, b, runs, device):
     """Medians of two steps timed alternately, so that the machine's drift (large on a shared VM)
     falls on both alike: the ratio of the two is what this is for."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(runs):
-        ta.append(timed_ms(a, device))
-        tb.append(timed_ms(b, device))
-    return statistics.median(ta), statistics.median(tb)
+    times = alternating_ms({"a": a, "b": b}, runs, device)
+    return statistics.median(times["a"]), statistics.median(times["b"])
 
 
 def native_step(rnn, xs, state0, device, train):
@@ -110,18 +79,9 @@ def native_step(rnn, xs, state0, device, train):
 
 
 def workload_times(kind, i, h, o, steps, batch, runs, train, device, use_torch_compile):
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    xs = torch.randn(steps, batch, i, device=dev, requires_grad=train)
-    h0 = torch.randn(batch, h, device=dev, requires_grad=train)
-    c0 = torch.randn(batch, h, device=dev, requires_grad=train)
-    if kind == "elman_proj":
-        cell, seq, args = ElmanProj(i, h, o).to(dev), Sequence1, (xs, h0)
-        example, state0 = (xs[0].detach(), h0.detach()), h0
-    else:
-        cell = (Lstm(i, h) if kind == "lstm" else LnLstm(i, h)).to(dev)
-        seq, args = Sequence2, (xs, h0, c0)
-        example, state0 = (xs[0].detach(), h0.detach(), c0.detach()), (h0, c0)
+    w = Workload(kind, i, h, o, steps, batch, train, device)
+    dev, xs, h0, c0, cell, seq, args = torch.device(device), w.xs, w.h0, w.c0, w.cell, w.seq, w.args
+    example, state0 = w.example, w.state0
     out = {}
     rnn = cellfuse.compile(cell, example)
     start = time.perf_counter()
@@ -154,15 +114,11 @@ def fmt(x):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser(__doc__, runs=7)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--build", default="build", help="CMake build with bench/bench_cpu (CPU only)")
-    parser.add_argument("--out", help="also write the table (markdown) to this file")
-    parser.add_argument("--only", help="comma-separated workload ids")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip torch.compile (slow to compile)")
     args = parser.parse_args()
-    only = set(args.only.split(",")) if args.only else None
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -173,15 +129,12 @@ def main():
 
     sections = []
     for mode, title in (("forward", "Forward"), ("train", "Forward + backward (every gradient)")):
-        lines = [f"### {title}", "",
-                 "| workload | shape | cellfuse (Python) ms | native ms | Python / native | bench_cpu ms "
-                 "| eager ms | TorchScript ms | torch.compile ms | nn.LSTM ms | eager / cellfuse "
-                 "| TorchScript / cellfuse | torch.compile / cellfuse | cellfuse / nn.LSTM |",
-                 "| --- " * 14 + "|"]
+        lines = table_start(title, ["workload", "shape", "cellfuse (Python) ms", "native ms", "Python / native",
+                                    "bench_cpu ms", "eager ms", "TorchScript ms", "torch.compile ms", "nn.LSTM ms",
+                                    "eager / cellfuse", "TorchScript / cellfuse", "torch.compile / cellfuse",
+                                    "cellfuse / nn.LSTM"])
         compiles = []
-        for wid, kind, i, h, o, steps, batch in WORKLOADS:
-            if only and wid not in only:
-                continue
+        for wid, kind, i, h, o, steps, batch in selected(args.only):
             t = workload_times(kind, i, h, o, steps, batch, args.runs, mode == "train", args.device,
                                not args.no_torch_compile)
             ours = t["cellfuse"]
@@ -196,16 +149,11 @@ def main():
             print(lines[-1], file=sys.stderr, flush=True)
         lines += ["", "First call (trace done, compiles the forward) ms: " + ", ".join(compiles), ""]
         sections.append("\n".join(lines))
-    device = (torch.cuda.get_device_name() if args.device == "cuda"
-              else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_description()
     header = [f"Device: {device}; PyTorch {torch.__version__} ({torch.get_num_threads()} threads); "
               f"medians of {args.runs} runs.",
               "Command: python3 bench/compare_python.py " + " ".join(sys.argv[1:]), ""]
-    text = "\n".join(header) + "\n" + "\n".join(sections)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_report(header, sections, args.out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ which no cellfuse run can go while its GEMMs run at the library's rate.
 import argparse
 import ctypes
 import ctypes.util
-import time
+import os
+import sys
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import best_ms  # noqa: E402
 
 SHAPES = [  # (what, m, k, n, transposed B)
     ("W2 input product (T*B rows)", 6400, 512, 2048, True),
@@ -36,16 +40,6 @@ def openblas():
                                                              ctypes.c_void_p, ctypes.c_int]
             return lib
     raise SystemExit("OpenBLAS not found (apt-get install libopenblas-dev)")
-
-
-def best_ms(fn, runs=15):
-    fn()
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
 
 
 def main():

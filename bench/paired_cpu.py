@@ -11,36 +11,26 @@ the median of the per-round ratios beside the medians of the times. Baselines: t
 loop (eager) and, for the LSTM workloads, nn.LSTM. Forward without autograd, and forward+backward
 with every output and final state seeded (as compare_cpu.py).
 """
-import argparse
 import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_cpu import WORKLOADS, ElmanProj, LnLstm, Lstm, Sequence1, Sequence2  # noqa: E402
-from compare_python import native_step, step_of, timed_ms  # noqa: E402
+from bench_common import Workload, argument_parser, alternating_ms, selected, step_of  # noqa: E402
+from compare_python import native_step  # noqa: E402
 
 import cellfuse  # noqa: E402
 
 
 def baselines(kind, i, h, o, steps, batch, train):
     """cellfuse's step and the PyTorch steps it is compared with, all on the same tensors."""
-    torch.manual_seed(0)
-    xs = torch.randn(steps, batch, i, requires_grad=train)
-    h0 = torch.randn(batch, h, requires_grad=train)
-    c0 = torch.randn(batch, h, requires_grad=train)
-    if kind == "elman_proj":
-        cell, seq, args, example, state0 = ElmanProj(i, h, o), Sequence1, (xs, h0), (xs[0].detach(), h0.detach()), h0
-    else:
-        cell = Lstm(i, h) if kind == "lstm" else LnLstm(i, h)
-        seq, args, state0 = Sequence2, (xs, h0, c0), (h0, c0)
-        example = (xs[0].detach(), h0.detach(), c0.detach())
-    rnn = cellfuse.compile(cell, example)
+    w = Workload(kind, i, h, o, steps, batch, train)
+    xs, h0, c0, cell, seq, args, state0 = w.xs, w.h0, w.c0, w.cell, w.seq, w.args, w.state0
+    rnn = cellfuse.compile(cell, w.example)
     with torch.no_grad():
         rnn(xs, state0)  # compiles the forward; the training pair compiles on its first run
     steps_ = {"cellfuse": native_step(rnn, xs, state0, "cpu", train), "eager": step_of(lambda: seq(cell)(*args), train)}
@@ -55,13 +45,7 @@ def paired(steps_, runs, settle_ms):
     "cellfuse/NAME") of cellfuse/baseline. Each timed call starts after `settle_ms` of sleep: after
     a PyTorch call its OpenMP workers keep spinning for some milliseconds (libgomp's default wait
     policy) and, on two cores, took one from whatever ran next (W5: 10.6 -> 14.0 ms)."""
-    for fn in steps_.values():
-        fn()  # warm-up
-    times = {name: [] for name in steps_}
-    for _ in range(runs):
-        for name, fn in steps_.items():
-            time.sleep(settle_ms / 1e3)
-            times[name].append(timed_ms(fn, "cpu"))
+    times = alternating_ms(steps_, runs, "cpu", settle_ms)
     ratios = {name: statistics.median(b / c for b, c in zip(times[name], times["cellfuse"]))
               for name in steps_ if name != "cellfuse"}
     ratios.update({"cellfuse/" + name: statistics.median(c / b for b, c in zip(times[name], times["cellfuse"]))
@@ -70,15 +54,11 @@ def paired(steps_, runs, settle_ms):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=9)
-    parser.add_argument("--only", help="comma-separated workload ids")
-    parser.add_argument("--out", help="also write the table (markdown) to this file")
+    parser = argument_parser(__doc__, runs=9)
     parser.add_argument("--settle-ms", type=float, default=50.0,
                         help="idle time before each timed call, so that the previous contender's spinning "
                              "threads have gone to sleep (default 50)")
     args = parser.parse_args()
-    only = set(args.only.split(",")) if args.only else None
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores; PyTorch {torch.__version__} "
              f"({torch.get_num_threads()} threads); {args.runs} alternating rounds, medians; "
              f"{args.settle_ms:g} ms idle before each timed call.",
@@ -86,9 +66,7 @@ def main():
              "| workload | pass | cellfuse ms | eager ms | nn.LSTM ms | eager / cellfuse | cellfuse / nn.LSTM |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     print("\n".join(lines), flush=True)
-    for wid, kind, i, h, o, steps, batch in WORKLOADS:
-        if only and wid not in only:
-            continue
+    for wid, kind, i, h, o, steps, batch in selected(args.only):
         for train in (False, True):
             ms, ratio = paired(baselines(kind, i, h, o, steps, batch, train), args.runs, args.settle_ms)
             lstm = f"{ms['nn.LSTM']:.1f}" if "nn.LSTM" in ms else "—"
