@@ -140,21 +140,27 @@ std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.f
 
 CudaOptions g_options;  // --fuse, --strategy, --storage
 
-Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
-  Cell cell = cells::by_spec(w.cell);
-  const std::int64_t T = w.steps, B = w.batch;
-  auto compiled = compile_cuda(cell, B, g_options);
-  Buffers buf(stream, g_options.storage);
+// A forward's device arguments for `cell` over (T, B), random inputs, states and parameters in
+// `buf`. Parameters scaled like nn.Linear's init would not change the time; uniform [-1, 1) keeps
+// every value away from zero.
+DeviceSequenceArgs forward_args(const Cell& cell, std::int64_t T, std::int64_t B, Buffers& buf) {
   DeviceSequenceArgs a;
   a.steps = T;
   std::uint64_t seed = 1;
   for (ValueId x : cell.inputs) a.inputs.push_back(buf.random(T * B * features(cell, x), seed++));
   for (ValueId s : cell.states) a.states.push_back(buf.random(B * features(cell, s), seed++));
-  // Parameters scaled like nn.Linear's init would not change the time; uniform [-1, 1) keeps
-  // every value away from zero.
   for (ValueId p : cell.params) a.params.push_back(buf.random(cell.graph.node(p).shape.elements(B), seed++));
   for (const auto& o : cell.outputs) a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
   for (ValueId s : cell.states) a.final_states.push_back(buf.empty(B * features(cell, s)));
+  return a;
+}
+
+Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
+  Cell cell = cells::by_spec(w.cell);
+  const std::int64_t T = w.steps, B = w.batch;
+  auto compiled = compile_cuda(cell, B, g_options);
+  Buffers buf(stream, g_options.storage);
+  DeviceSequenceArgs a = forward_args(cell, T, B, buf);
   Timer timer(stream);
   double ms = timer.median_ms([&] { compiled->run_device(a, stream); }, 5, runs);
   return {w.id, w.cell, "forward", T, B, ms, compiled->compile_ms()};
@@ -205,14 +211,7 @@ double time_forward_spec(const std::string& spec, std::int64_t T, std::int64_t B
   CudaCell compiled(cell, B, options);
   *blocks = compiled.persistent_blocks();
   Buffers buf(stream, g_options.storage);
-  DeviceSequenceArgs a;
-  a.steps = T;
-  std::uint64_t seed = 1;
-  for (ValueId x : cell.inputs) a.inputs.push_back(buf.random(T * B * features(cell, x), seed++));
-  for (ValueId s : cell.states) a.states.push_back(buf.random(B * features(cell, s), seed++));
-  for (ValueId p : cell.params) a.params.push_back(buf.random(cell.graph.node(p).shape.elements(B), seed++));
-  for (const auto& o : cell.outputs) a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
-  for (ValueId s : cell.states) a.final_states.push_back(buf.empty(B * features(cell, s)));
+  DeviceSequenceArgs a = forward_args(cell, T, B, buf);
   Timer timer(stream);
   return timer.median_ms([&] { compiled.run_device(a, stream); }, 5, runs);
 }

@@ -38,8 +38,8 @@ std::vector<std::string_view> split_names(std::string_view names) {
 
 const std::vector<OpInfo>& table() {
   static const std::vector<OpInfo> infos = {
-#define CELLFUSE_OP(id, min_arity, max_arity, kind, attrs, cost, torch, grad) \
-  OpInfo{#id, min_arity, max_arity, OpClass::kind, parse_attr_specs(attrs), cost, split_names(torch), grad},
+#define CELLFUSE_OP(id, min_arity, max_arity, kind, attrs, cost, torch, grad, math, cuda) \
+  OpInfo{#id, min_arity, max_arity, OpClass::kind, parse_attr_specs(attrs), cost, split_names(torch), grad, cuda},
 #include "compiler/ir/ops.def"
 #undef CELLFUSE_OP
   };

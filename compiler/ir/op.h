@@ -16,11 +16,18 @@
 #define CELLFUSE_IF_UNARY_Pointwise_2(...)
 #define CELLFUSE_IF_UNARY_Pointwise_3(...)
 #define CELLFUSE_IF_UNARY_Layout_1(...)
+// CELLFUSE_IF_POINTWISE(kind, text) is `text` for a pointwise op, nothing for any other op.
+#define CELLFUSE_IF_POINTWISE(kind, ...) CELLFUSE_IF_POINTWISE_##kind(__VA_ARGS__)
+#define CELLFUSE_IF_POINTWISE_Pointwise(...) __VA_ARGS__
+#define CELLFUSE_IF_POINTWISE_Leaf(...)
+#define CELLFUSE_IF_POINTWISE_Contraction(...)
+#define CELLFUSE_IF_POINTWISE_Reduction(...)
+#define CELLFUSE_IF_POINTWISE_Layout(...)
 
 namespace cellfuse {
 
 enum class OpKind : std::uint8_t {
-#define CELLFUSE_OP(id, min_arity, max_arity, kind, attrs, cost, torch, grad) id,
+#define CELLFUSE_OP(id, ...) id,
 #include "compiler/ir/ops.def"
 #undef CELLFUSE_OP
 };
@@ -43,6 +50,7 @@ struct OpInfo {
   int cost;                                  // fusion's cost of one element computed inline
   std::vector<std::string_view> torch_names; // what the Python tracer maps to this op
   std::string_view grad_rule;
+  std::string_view cuda;  // a pointwise op's CUDA C expression template ("" if composite or none)
 };
 
 const OpInfo& op_info(OpKind op);

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "compiler/ir/composite_ops.h"
 #include "compiler/ir/error.h"
 #include "compiler/passes/autodiff.h"
 
@@ -56,8 +57,19 @@ void grad(GradContext& c, int k, Make make) {
 
 std::int64_t features_of(const GradContext& c, int k) { return c.operand_shape(k).features(); }
 
+// Graph values as a domain of composite_ops.h: a composite op's gradient is its formula.
+struct GraphDomain {
+  using Value = ValueId;
+  Ops& o;
+  ValueId op(OpKind k, ValueId a) { return o.op(k, {a}); }
+  ValueId op(OpKind k, ValueId a, ValueId b) { return o.op(k, {a, b}); }
+  ValueId constant(double value, ValueId like) { return o.constant(value, like); }
+  ValueId keep_where(ValueId mask, ValueId dy) { return o.keep_where(mask, dy); }
+};
+
 // The rule of every op: one exhaustive switch, so that a new op in ops.def is reported by
-// -Wswitch here and, until its rule is written, rejected at run time (nullptr).
+// -Wswitch here and, until its rule is written, rejected at run time (nullptr). The composite
+// ops' rules come from their formulas (composite_ops.h).
 Rule rule_for(OpKind op) {
   switch (op) {
     // Leaves: an input's or a state's gradient is read by the pass; a parameter's comes only
@@ -196,6 +208,17 @@ Rule rule_for(OpKind op) {
         grad(c, 0, [&] { return o.keep_where(first(), dy); });
         grad(c, 1, [&] { return o.keep_where_not(first(), dy); });
       };
+#define CELLFUSE_COMPOSITE_CASE(id) case OpKind::id:
+    CELLFUSE_COMPOSITE_OPS(CELLFUSE_COMPOSITE_CASE)
+#undef CELLFUSE_COMPOSITE_CASE
+      return [](const Node& n, ValueId dy, GradContext& c) {
+        grad(c, 0, [&] {
+          Ops o(c.graph());
+          GraphDomain d{o};
+          return composite_grad(d, n.op, c.operand(0), dy);
+        });
+      };
+
     // Comparisons are piecewise constant: no gradient.
     case OpKind::gt:
     case OpKind::ge:

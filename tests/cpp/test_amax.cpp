@@ -10,7 +10,7 @@
 #include "backend_check.h"
 #include "compiler/ir/op.h"
 #include "frontend/builder.h"
-#include "reduction_cells.h"
+#include "op_cells.h"
 #include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
 #include "runtime/reference/bptt.h"

@@ -198,6 +198,8 @@ std::vector<OpCase> op_cases() {
       // Later additions at the end, so that the cases above keep their indices and seeds.
       {"erf", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return erf(x * 2.0 - h); }, {}},
       {"amax", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return amax(x * h) * h; }, {}},
+      {"hardsigmoid", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return hardsigmoid(x * 4.0 + h) * h; }, {}},
+      {"softsign", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return softsign(x * 3.0 - h) * h; }, {}},
   };
   return cases;
 }

@@ -409,7 +409,7 @@ TEST(CudaEmitter, EveryOpAndSpecialConstantsCompile) {
     Val nan = b.constant(std::nan(""), Shape::batched(5));
     Val y = -x + abs(h) + sigmoid(x) + tanh(h) + relu(x) + exp(h) + log(abs(x) + 1.0) + sqrt(abs(h)) + rsqrt(abs(x) + 1.0) +
             softplus(h) + x / (abs(h) + 1.0) + minimum(x, inf) + maximum(h, nan) + greater(x, h) + greater_equal(x, h) +
-            less(x, h) + less_equal(x, h) + where(x, h, x * 2.0) + erf(x);
+            less(x, h) + less_equal(x, h) + where(x, h, x * 2.0) + erf(x) + hardsigmoid(x) + softsign(h);
     b.next(h, tanh(y) - mean(y) - amax(y));
     b.output("y", y);
     Cell cell = std::move(b).finish();

@@ -35,7 +35,7 @@
 #include "frontend/builder.h"
 #include "frontend/cells.h"
 #include "random_cells.h"
-#include "reduction_cells.h"
+#include "op_cells.h"
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
@@ -533,23 +533,32 @@ TEST(CudaEmulatedBptt, ReductionsOverConcatenations) {
   check_bptt<float>(*compiled, small, 4, 3, 7, "sum_of_sliced_cat f32 B=3");
 }
 
+// Forward (three runs) and BPTT of `cell` on the emulated GPU against the reference.
+void check_forward_and_bptt(const Cell& cell, std::int64_t batch, std::int64_t steps, std::uint64_t seed, const std::string& what) {
+  auto forward = emulated_cell(cell, batch);
+  auto backward = emulated_bptt(cell, batch);
+  if (cell.graph.dtype() == DType::f32) {
+    check_runs<float>(*forward, cell, steps, batch, seed, what);
+    check_bptt<float>(*backward, cell, steps, batch, seed, what);
+  } else {
+    check_runs<double>(*forward, cell, steps, batch, seed, what);
+    check_bptt<double>(*backward, cell, steps, batch, seed, what);
+  }
+}
+
 // amax (the row maximum) in a stable softmax and over a slice straddling a concatenation: the
-// block reductions and the persistent kernel's combine with cf_max from -inf, forward and BPTT.
+// persistent kernel (B=1) and the block reductions (B=17) combine with cf_max from -inf.
 TEST(CudaEmulated, AmaxSoftmaxForwardAndBackward) {
-  for (DType dtype : {DType::f32, DType::f64})
-    for (std::int64_t batch : {1, 3, 17}) {
-      Cell cell = testing_support::softmax_amax_cell(dtype, 5, 33);
-      const std::string what = std::string("softmax_amax ") + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch);
-      auto forward = emulated_cell(cell, batch);
-      auto backward = emulated_bptt(cell, batch);
-      if (dtype == DType::f32) {
-        check_runs<float>(*forward, cell, 4, batch, 11, what);
-        check_bptt<float>(*backward, cell, 4, batch, 11, what);
-      } else {
-        check_runs<double>(*forward, cell, 4, batch, 11, what);
-        check_bptt<double>(*backward, cell, 4, batch, 11, what);
-      }
-    }
+  for (auto [dtype, batch] : {std::pair{DType::f32, std::int64_t{1}}, std::pair{DType::f64, std::int64_t{17}}})
+    check_forward_and_bptt(testing_support::softmax_amax_cell(dtype, 5, 33), batch, 4, 11,
+                           std::string("softmax_amax ") + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch));
+}
+
+// The composite ops (hardsigmoid, softsign): their formulas emitted as CUDA C, forward and BPTT.
+TEST(CudaEmulated, CompositeOpsForwardAndBackward) {
+  for (auto [dtype, batch] : {std::pair{DType::f64, std::int64_t{1}}, std::pair{DType::f32, std::int64_t{17}}})
+    check_forward_and_bptt(testing_support::composite_cell(dtype, 4, 33), batch, 3, 13,
+                           std::string("composite ") + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch));
 }
 
 // A weight used twice (and a bias broadcast twice): several parameter terms add into one

@@ -227,8 +227,10 @@ TEST(Text, EveryOpPrintsAndParsesBack) {
   %a8 = rsqrt %a5
   %a9 = softplus %a8
   %a10 = erf %a9
+  %a11 = hardsigmoid %a10
+  %a12 = softsign %a11
   %b0 = add %a6, %a7
-  %b1 = sub %b0, %a10
+  %b1 = sub %b0, %a12
   %b2 = mul %b1, %l2
   %b3 = div %b2, %one
   %b4 = min %b3, %m

@@ -1,11 +1,13 @@
 """The op table (compiler/ir/ops.def) as Python sees it, cellfuse._C.op_table(): every unary op is a
 builder function of the native module, SUPPORTED_OPS lists every torch name of the table, and ops
-that reach Python only through the table (amax) trace, run and differentiate like PyTorch
-(against eager float64, at odd sizes, on the CPU and, where there is one, the GPU)."""
+that reach Python only through the table (amax, hardsigmoid, softsign) capture, run and
+differentiate like PyTorch (against eager float64, at odd sizes, on the CPU and, where there is
+one, the GPU)."""
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cellfuse
@@ -42,13 +44,17 @@ def test_supported_ops_lists_every_torch_name_of_the_table():
     assert cellfuse.SUPPORTED_OPS == sorted(set(cellfuse.SUPPORTED_OPS))
 
 
-class SoftmaxStep(nn.Module):
-    """A stable softmax over the features through amax, every spelling of it."""
+class Recurrent(nn.Module):
+    """z = lin(x) + rec(h), what the steps below build on."""
 
     def __init__(self, i, h):
         super().__init__()
         self.lin = nn.Linear(i, h)
         self.rec = nn.Linear(h, h, bias=False)
+
+
+class SoftmaxStep(Recurrent):
+    """A stable softmax over the features through amax, every spelling of it."""
 
     def forward(self, x, h):
         z = self.lin(x) + self.rec(h)
@@ -59,16 +65,14 @@ class SoftmaxStep(nn.Module):
         return torch.tanh(p * top + 0.5 * h)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 1), (6, 3, 5, 33), (4, 17, 7, 9)])
-def test_amax_traces_runs_and_differentiates_as_pytorch(device, T, B, I, H):
-    torch.manual_seed(T * 100 + B)
-    cell = SoftmaxStep(I, H)
+def check_against_eager_float64(cell, device, T, B, I, H, op):
+    """The cell compiled (its IR must hold `op`, the native op) against itself run eagerly in
+    float64: outputs, final state, and the gradients of the input and every parameter."""
     ref = copy.deepcopy(cell).double()
     cell = cell.to(device)
     X, h0 = torch.randn(T, B, I) * 2, torch.randn(B, H)
     rnn = cellfuse.compile(cell, (X[0].to(device), h0.to(device)))
-    assert "amax" in rnn.cell_text()
+    assert f"= {op} " in rnn.cell_text()
     Xa, Xr = X.to(device, copy=True).requires_grad_(), X.double().clone().requires_grad_()
     out, fin = rnn(Xa, h0.to(device))
     rout, rfin = eager_sequence(ref, Xr, h0.double(), False)
@@ -82,6 +86,13 @@ def test_amax_traces_runs_and_differentiates_as_pytorch(device, T, B, I, H):
         assert rel(p.grad.cpu(), q.grad) <= 1e-4, pname
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 1), (6, 3, 5, 33), (4, 17, 7, 9)])
+def test_amax_traces_runs_and_differentiates_as_pytorch(device, T, B, I, H):
+    torch.manual_seed(T * 100 + B)
+    check_against_eager_float64(SoftmaxStep(I, H), device, T, B, I, H, "amax")
+
+
 def test_amax_over_the_batch_axis_is_refused_with_its_name():
     class Step(nn.Module):
         def forward(self, x, h):
@@ -89,3 +100,43 @@ def test_amax_over_the_batch_axis_is_refused_with_its_name():
 
     with pytest.raises(cellfuse.CellfuseError, match=r"amax"):
         cellfuse.compile(Step(), (torch.randn(2, 5), torch.randn(2, 5)))
+
+
+class ActivationStep(Recurrent):
+    """hardsigmoid (every spelling: F., in place, the module) and softsign (F. and the module)."""
+
+    def __init__(self, i, h):
+        super().__init__(i, h)
+        self.hs, self.ss = nn.Hardsigmoid(), nn.Softsign()
+
+    def forward(self, x, h):
+        z = (self.lin(x) + self.rec(h)) * 3.0  # wide enough to reach both flat parts of hardsigmoid
+        a = F.hardsigmoid(z) + self.hs(z * 0.5)
+        b = z * 0.25
+        F.hardsigmoid(b, inplace=True)
+        return torch.tanh(a * F.softsign(z) + b + self.ss(h))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 1), (5, 3, 4, 33), (3, 17, 6, 9)])
+def test_hardsigmoid_and_softsign_trace_run_and_differentiate_as_pytorch(device, T, B, I, H):
+    torch.manual_seed(T * 10 + B)
+    check_against_eager_float64(ActivationStep(I, H), device, T, B, I, H, "hardsigmoid")
+
+
+def test_builder_functions_of_the_new_ops_match_pytorch():
+    """_C.hardsigmoid and _C.softsign (bound from the op table) in a hand-built cell, against
+    torch.nn.functional on fresh values, special values included."""
+    x = torch.cat([torch.randn(40, dtype=torch.float64) * 5,
+                   torch.tensor([-3.0, 3.0, -0.0, 1e30, -1e30], dtype=torch.float64)])
+    b = _C.Builder("acts", "f64")
+    v = b.input("x", x.numel())
+    b.output("hs", _C.hardsigmoid(v))
+    b.output("ss", _C.softsign(v))
+    cell = b.finish()
+    program = _C.CpuProgram(cell, 1)
+    hs, ss = torch.empty(1, 1, x.numel(), dtype=torch.float64), torch.empty(1, 1, x.numel(), dtype=torch.float64)
+    xs = x.reshape(1, 1, -1).contiguous()
+    program.forward(1, [xs.data_ptr()], [], [], [hs.data_ptr(), ss.data_ptr()], [])
+    assert (hs.flatten() - F.hardsigmoid(x)).abs().max().item() <= 1e-15
+    assert rel(ss.flatten(), F.softsign(x)) <= 1e-15

@@ -7,6 +7,8 @@
 #include <functional>
 #include <set>
 
+#include "compiler/codegen/cuda/cuda_text.h"
+#include "compiler/ir/composite_ops.h"
 #include "compiler/ir/error.h"
 
 namespace cellfuse::cuda_codegen {
@@ -21,27 +23,19 @@ std::int64_t next_pow2(std::int64_t v) {
   return p;
 }
 
-std::string str(std::int64_t v) { return std::to_string(v); }
-
 struct Names {
   const char* type;
-  const char* exp;
-  const char* log;
-  const char* tanh;
-  const char* sqrt;
-  const char* fabs;
   const char* fma;
-  const char* erf;
 };
 
 Names names_of(DType dtype) {
-  if (dtype == DType::f32) return {"float", "expf", "logf", "tanhf", "sqrtf", "fabsf", "fmaf", "erff"};
-  return {"double", "exp", "log", "tanh", "sqrt", "fabs", "fma", "erf"};
+  if (dtype == DType::f32) return {"float", "fmaf"};
+  return {"double", "fma"};
 }
 
 enum class Place : std::uint8_t { Param, Shared, Global, Unused };
 
-class Emitter {
+class Emitter : SourceText {
  public:
   Emitter(const kernel::Kernel& k, const EmitOptions& options)
       : k_(k), opt_(options), n_(names_of(k.dtype)), place_(k.buffers.size(), Place::Param) {}
@@ -100,17 +94,7 @@ class Emitter {
   // Scratch buffers go to shared memory in order while they fit, the rest to global scratch.
   void place_buffers() {
     std::set<int> used;
-    for (const auto& st : k_.body) {
-      if (st.kind == kernel::Statement::Kind::MatVec) {
-        used.insert({st.matvec.x, st.matvec.weight, st.matvec.out});
-        if (st.matvec.bias >= 0) used.insert(st.matvec.bias);
-        continue;
-      }
-      for (const auto& in : st.loop.insts)
-        if (in.kind == kernel::Inst::Kind::Load) used.insert(in.buffer);
-      for (const auto& s : st.loop.stores) used.insert(s.buffer);
-      for (const auto& r : st.loop.reductions) used.insert(r.buffer);
-    }
+    for (const auto& st : k_.body) accesses(st, used, used);
     const auto elem = static_cast<std::int64_t>(dtype_size(k_.dtype));
     std::int64_t shared = static_cast<std::int64_t>(reductions_) * out_.threads * elem;
     scratch_offset_.assign(k_.buffers.size(), 0);
@@ -141,12 +125,6 @@ class Emitter {
   }
 
   // ---- text --------------------------------------------------------------------------------
-
-  void line(const std::string& text) {
-    src_.append(static_cast<std::size_t>(indent_) * 2, ' ');
-    src_ += text;
-    src_ += '\n';
-  }
 
   std::string lit(double v) const { return cuda_literal(v, k_.dtype); }
 
@@ -226,10 +204,6 @@ class Emitter {
     return name + "[" + base + " + " + col + "]";
   }
 
-  static std::string column(std::int64_t offset, const std::string& j) {
-    return offset == 0 ? j : j + " + " + str(offset);
-  }
-
   // ---- barriers ----------------------------------------------------------------------------
 
   void accesses(const kernel::Statement& st, std::set<int>& reads, std::set<int>& writes) const {
@@ -271,31 +245,10 @@ class Emitter {
 
   // ---- statements --------------------------------------------------------------------------
 
-  std::string compute(OpKind op, const std::vector<std::string>& a) const { return cuda_pointwise(op, a, k_.dtype); }
-
   // The instructions and stores of one element at column j; returns each instruction's name.
   std::vector<std::string> emit_body(const kernel::Loop& loop) {
-    std::vector<std::string> v(loop.insts.size());
-    for (std::size_t i = 0; i < loop.insts.size(); ++i) {
-      const kernel::Inst& in = loop.insts[i];
-      v[i] = "v" + str(static_cast<std::int64_t>(i));
-      std::string value;
-      switch (in.kind) {
-        case kernel::Inst::Kind::Load:
-          value = at(in.buffer, in.uniform ? str(in.offset) : column(in.offset, "j"));
-          break;
-        case kernel::Inst::Kind::Const: value = lit(in.value); break;
-        case kernel::Inst::Kind::Compute: {
-          std::vector<std::string> args;
-          for (int a : in.args) args.push_back(v[static_cast<std::size_t>(a)]);
-          value = compute(in.op, args);
-          break;
-        }
-      }
-      line("const " + std::string(n_.type) + " " + v[i] + " = " + value + ";");
-    }
-    for (const auto& s : loop.stores) line(at(s.buffer, column(s.offset, "j")) + " = " + v[static_cast<std::size_t>(s.value)] + ";");
-    return v;
+    auto at_column = [this](int b, const std::string& col) { return at(b, col); };
+    return emit_element([this](const std::string& text) { line(text); }, loop, k_.dtype, {at_column, at_column});
   }
 
   std::string describe_stores(const kernel::Loop& loop) const {
@@ -346,16 +299,13 @@ class Emitter {
       line("const long long row = row0 + lr;");
       line("const bool live = row < rows;");
     }
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r)
-      line(T + " acc" + str(static_cast<std::int64_t>(r)) + " = " + lit(kernel::reduction_identity(loop.reductions[r].combine)) + ";");
+    auto emit_line = [this](const std::string& text) { line(text); };
+    declare_accumulators(emit_line, loop, k_.dtype, lit(0));
     line("if (live) {");
     ++indent_;
     line("for (int j = lane; j < " + str(loop.extent) + "; j += " + str(group) + ") {");
     ++indent_;
-    auto v = emit_body(loop);
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r)
-      line(cuda_combine(loop.reductions[r].combine, "acc" + str(static_cast<std::int64_t>(r)),
-                        v[static_cast<std::size_t>(loop.reductions[r].value)], k_.dtype));
+    fold_accumulators(emit_line, loop, emit_body(loop), k_.dtype);
     --indent_;
     line("}");
     --indent_;
@@ -417,42 +367,45 @@ class Emitter {
   std::vector<std::int64_t> scratch_offset_;
   int reductions_ = 0;
   CudaKernel out_;
-  std::string src_;
-  int indent_ = 0;
   std::set<int> pending_reads_, pending_writes_;
+};
+
+// CUDA C text as a domain of composite_ops.h: a composite op is emitted as its formula, each
+// part parenthesized so that it composes with any operator around it.
+struct CudaTextDomain {
+  using Value = std::string;
+  DType dtype;
+  Value op(OpKind k, const Value& a) const { return "(" + cuda_pointwise(k, {a}, dtype) + ")"; }
+  Value op(OpKind k, const Value& a, const Value& b) const { return "(" + cuda_pointwise(k, {a, b}, dtype) + ")"; }
+  Value constant(double value, const Value&) const { return cuda_literal(value, dtype); }
 };
 
 }  // namespace
 
+// The op's template from ops.def's cuda column, its placeholders filled in.
 std::string cuda_pointwise(OpKind op, const std::vector<std::string>& a, DType dtype) {
-  const Names n_ = names_of(dtype);
-  auto lit = [&](double v) { return cuda_literal(v, dtype); };
-  const std::string zero = lit(0), one = lit(1);
-  switch (op) {
-    case OpKind::neg: return "-" + a[0];
-    case OpKind::abs: return std::string(n_.fabs) + "(" + a[0] + ")";
-    case OpKind::sigmoid: return "cf_sigmoid(" + a[0] + ")";
-    case OpKind::tanh: return std::string(n_.tanh) + "(" + a[0] + ")";
-    case OpKind::relu: return "cf_relu(" + a[0] + ")";
-    case OpKind::exp: return std::string(n_.exp) + "(" + a[0] + ")";
-    case OpKind::log: return std::string(n_.log) + "(" + a[0] + ")";
-    case OpKind::sqrt: return std::string(n_.sqrt) + "(" + a[0] + ")";
-    case OpKind::rsqrt: return "cf_rsqrt(" + a[0] + ")";
-    case OpKind::softplus: return "cf_softplus(" + a[0] + ")";
-    case OpKind::erf: return std::string(n_.erf) + "(" + a[0] + ")";
-    case OpKind::add: return a[0] + " + " + a[1];
-    case OpKind::sub: return a[0] + " - " + a[1];
-    case OpKind::mul: return a[0] + " * " + a[1];
-    case OpKind::div: return a[0] + " / " + a[1];
-    case OpKind::min: return "cf_min(" + a[0] + ", " + a[1] + ")";
-    case OpKind::max: return "cf_max(" + a[0] + ", " + a[1] + ")";
-    case OpKind::gt: return a[0] + " > " + a[1] + " ? " + one + " : " + zero;
-    case OpKind::ge: return a[0] + " >= " + a[1] + " ? " + one + " : " + zero;
-    case OpKind::lt: return a[0] + " < " + a[1] + " ? " + one + " : " + zero;
-    case OpKind::le: return a[0] + " <= " + a[1] + " ? " + one + " : " + zero;
-    case OpKind::where: return a[0] + " != " + zero + " ? " + a[1] + " : " + a[2];
-    default: throw InternalError("no CUDA lowering for " + std::string(op_name(op)));
+  const std::string_view text = op_info(op).cuda;
+  if (text.empty()) {
+    if (!is_composite(op) || a.size() != 1) throw InternalError("no CUDA lowering for " + std::string(op_name(op)));
+    CudaTextDomain d{dtype};
+    return composite_value(d, op, a[0]);
   }
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const std::size_t close = text[i] == '{' ? text.find('}', i) : std::string_view::npos;
+    if (close == std::string_view::npos) {
+      out += text[i];
+      continue;
+    }
+    const std::string_view key = text.substr(i + 1, close - i - 1);
+    if (key == "f") out += dtype == DType::f32 ? "f" : "";
+    else if (key == "zero") out += cuda_literal(0, dtype);
+    else if (key == "one") out += cuda_literal(1, dtype);
+    else if (key.size() == 1 && key[0] >= '0' && static_cast<std::size_t>(key[0] - '0') < a.size()) out += a[static_cast<std::size_t>(key[0] - '0')];
+    else throw InternalError("bad CUDA template for " + std::string(op_name(op)) + ": " + std::string(text));
+    i = close;
+  }
+  return out;
 }
 
 std::string cuda_combine(OpKind combine, const std::string& target, const std::string& value, DType dtype) {

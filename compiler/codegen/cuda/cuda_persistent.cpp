@@ -5,12 +5,11 @@
 #include <set>
 
 #include "compiler/codegen/cuda/cuda_emitter.h"
+#include "compiler/codegen/cuda/cuda_text.h"
 #include "compiler/ir/error.h"
 
 namespace cellfuse::cuda_codegen {
 namespace {
-
-std::string str(std::int64_t v) { return std::to_string(v); }
 
 // The barrier every launch of a persistent kernel meets at: a counter of arrivals and a
 // generation. The last block to arrive resets the counter and starts the next generation; the
@@ -40,7 +39,7 @@ static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
 #endif
 )";
 
-class PersistentEmitter {
+class PersistentEmitter : SourceText {
  public:
   PersistentEmitter(const Cell& stage, std::int64_t batch, const std::string& name, int threads)
       : c_(stage), g_(stage.graph), B_(batch) {
@@ -160,34 +159,10 @@ class PersistentEmitter {
     return "__ldcg(&" + element(ki, b, col) + ")";
   }
 
-  void line(const std::string& text) {
-    src_.append(static_cast<std::size_t>(indent_) * 2, ' ');
-    src_ += text;
-    src_ += '\n';
-  }
-
-  static std::string column(std::int64_t offset, const std::string& j) { return offset == 0 ? j : j + " + " + str(offset); }
-
   std::vector<std::string> body(std::size_t ki, const kernel::Loop& loop) {
-    std::vector<std::string> v(loop.insts.size());
-    for (std::size_t i = 0; i < loop.insts.size(); ++i) {
-      const kernel::Inst& in = loop.insts[i];
-      v[i] = "v" + str(static_cast<std::int64_t>(i));
-      std::string value;
-      switch (in.kind) {
-        case kernel::Inst::Kind::Load: value = load(ki, in.buffer, in.uniform ? str(in.offset) : column(in.offset, "j")); break;
-        case kernel::Inst::Kind::Const: value = cuda_literal(in.value, out_.dtype); break;
-        case kernel::Inst::Kind::Compute: {
-          std::vector<std::string> args;
-          for (int a : in.args) args.push_back(v[static_cast<std::size_t>(a)]);
-          value = cuda_pointwise(in.op, args, out_.dtype);
-          break;
-        }
-      }
-      line("const " + T_ + " " + v[i] + " = " + value + ";");
-    }
-    for (const auto& s : loop.stores) line(element(ki, s.buffer, column(s.offset, "j")) + " = " + v[static_cast<std::size_t>(s.value)] + ";");
-    return v;
+    return emit_element([this](const std::string& text) { line(text); }, loop, out_.dtype,
+                        {[this, ki](int b, const std::string& col) { return load(ki, b, col); },
+                         [this, ki](int b, const std::string& col) { return element(ki, b, col); }});
   }
 
   void accesses(std::size_t ki, const kernel::Statement& st, std::set<std::string>& reads, std::set<std::string>& writes) const {
@@ -225,17 +200,11 @@ class PersistentEmitter {
     const std::string th = str(out_.threads);
     line("for (long long row = blockIdx.x; row < " + str(B_) + "; row += gridDim.x) {");
     ++indent_;
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r) {
-      const OpKind combine = loop.reductions[r].combine;
-      line(T_ + " acc" + str(static_cast<std::int64_t>(r)) + " = " +
-           (combine == OpKind::add ? std::string("0") : cuda_literal(kernel::reduction_identity(combine), out_.dtype)) + ";");
-    }
+    auto emit_line = [this](const std::string& text) { line(text); };
+    declare_accumulators(emit_line, loop, out_.dtype, "0");
     line("for (int j = threadIdx.x; j < " + str(loop.extent) + "; j += " + th + ") {");
     ++indent_;
-    auto v = body(ki, loop);
-    for (std::size_t r = 0; r < loop.reductions.size(); ++r)
-      line(cuda_combine(loop.reductions[r].combine, "acc" + str(static_cast<std::int64_t>(r)),
-                        v[static_cast<std::size_t>(loop.reductions[r].value)], out_.dtype));
+    fold_accumulators(emit_line, loop, body(ki, loop), out_.dtype);
     --indent_;
     line("}");
     for (std::size_t r = 0; r < loop.reductions.size(); ++r)
@@ -421,8 +390,6 @@ class PersistentEmitter {
   std::map<std::uint32_t, std::pair<char, int>> role_;
   std::map<std::uint32_t, std::int64_t> temp_;
   std::map<std::pair<std::size_t, std::size_t>, std::int64_t> scratch_;
-  std::string src_;
-  int indent_ = 0;
 };
 
 }  // namespace

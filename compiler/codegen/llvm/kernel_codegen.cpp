@@ -10,6 +10,7 @@
 
 #include "compiler/codegen/llvm/host_target.h"
 #include "compiler/codegen/llvm/vector_math.h"
+#include "compiler/ir/composite_ops.h"
 #include "compiler/ir/error.h"
 
 namespace cellfuse::llvm_codegen {
@@ -150,7 +151,8 @@ class KernelEmitter {
     return b_.CreateCall(f, args);
   }
 
-  // The scalar semantics are compiler/ir/pointwise_math.h's; NaN handling included.
+  // The scalar semantics are compiler/ir/pointwise_math.h's (ops.def's math column), NaN handling
+  // included; a composite op (composite_ops.h) is its formula over these.
   Value* compute(OpKind op, const std::vector<Value*>& a) {
     llvm::Type* t = a[0]->getType();
     auto is_nan = [&](Value* x) { return b_.CreateFCmpUNO(x, x); };
@@ -184,9 +186,22 @@ class KernelEmitter {
       case OpKind::lt: return as_float(b_.CreateFCmpOLT(a[0], a[1]));
       case OpKind::le: return as_float(b_.CreateFCmpOLE(a[0], a[1]));
       case OpKind::where: return b_.CreateSelect(b_.CreateFCmpUNE(a[0], constant(t, 0)), a[1], a[2]);
-      default: throw InternalError("no LLVM lowering for " + std::string(op_name(op)));
+      default: {
+        if (!is_composite(op) || a.size() != 1) throw InternalError("no LLVM lowering for " + std::string(op_name(op)));
+        LlvmDomain d{*this};
+        return composite_value(d, op, a[0]);
+      }
     }
   }
+
+  // LLVM values as a domain of composite_ops.h: a composite op is emitted as its formula.
+  struct LlvmDomain {
+    using Value = llvm::Value*;
+    KernelEmitter& e;
+    Value op(OpKind k, Value a) { return e.compute(k, {a}); }
+    Value op(OpKind k, Value a, Value b) { return e.compute(k, {a, b}); }
+    Value constant(double value, Value like) { return e.constant(like->getType(), value); }
+  };
 
   // One iteration of a loop's body at column j, `type` wide (the vector or the scalar type).
   // Returns the value of every instruction.

@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -290,6 +291,17 @@ class Math {
     return select(b_.CreateFCmpOGT(x, c(f_.exp_ovf)), inf(), fmin(result, c(f_.max_finite)));
   }
 
+  // An odd function that is exactly 1 from `sat` on (tanh, erf): `of(a, ac)` computes it for
+  // a = |x| and ac = a clamped to `sat` (inf and NaN give a finite garbage value there); the
+  // result is 1 from `sat` on, takes the sign of x (copysign also keeps the sign of zero), and is
+  // NaN for NaN.
+  Value* odd_saturating(Value* x, double sat, const std::function<Value*(Value* a, Value* ac)>& of) {
+    Value* a = fabs(x);
+    Value* r = of(a, fmin(a, c(sat)));
+    r = select(b_.CreateFCmpOGE(a, c(sat)), c(1.0), r);
+    return keep_nan(x, copysign(r, x));
+  }
+
   llvm::IRBuilderBase& builder() { return b_; }
 
  private:
@@ -348,14 +360,11 @@ llvm::Value* emit_log1p(llvm::IRBuilderBase& b, llvm::Value* x) {
 
 llvm::Value* emit_tanh(llvm::IRBuilderBase& b, llvm::Value* x) {
   Math m(b, x, "tanh");
-  const Format& f = m.format();
   // tanh|x| = e / (e + 2) with e = expm1(2|x|); saturated to 1 where that rounds to 1.
-  Value* a = m.fabs(x);
-  Value* ac = m.fmin(a, m.c(f.tanh_sat));
-  Value* e = m.expm1_clamped(m.add(ac, ac), false);
-  Value* t = m.div(e, m.add(e, m.c(2.0)));
-  t = m.select(m.builder().CreateFCmpOGE(a, m.c(f.tanh_sat)), m.c(1.0), t);
-  return m.keep_nan(x, m.copysign(t, x));
+  return m.odd_saturating(x, m.format().tanh_sat, [&](Value*, Value* ac) {
+    Value* e = m.expm1_clamped(m.add(ac, ac), false);
+    return m.div(e, m.add(e, m.c(2.0)));
+  });
 }
 
 llvm::Value* emit_sigmoid(llvm::IRBuilderBase& b, llvm::Value* x) {
@@ -380,17 +389,14 @@ llvm::Value* emit_erf(llvm::IRBuilderBase& b, llvm::Value* x) {
   Math m(b, x, "erf");
   const Format& f = m.format();
   auto& ir = m.builder();
-  // On a = |x| clamped to [0, sat] (inf and NaN give a finite garbage value, replaced below).
-  Value* a = m.fabs(x);
-  Value* ac = m.fmin(a, m.c(f.erf_sat));
-  Value* z = m.mul(ac, ac);
-  Value* small = m.mul(ac, m.poly(z, f.erf_p));
-  Value* g = m.poly(m.sub(ac, m.c(f.erf_centre)), f.erf_g);
-  Value* complement = m.mul(m.exp_clamped(ir.CreateFNeg(z)), g);  // erfc(a) for a >= 1
-  Value* r = m.select(ir.CreateFCmpOLT(a, m.c(1.0)), small, m.sub(m.c(1.0), complement));
-  r = m.select(ir.CreateFCmpOGE(a, m.c(f.erf_sat)), m.c(1.0), r);
-  // erf is odd; copysign also keeps the sign of zero.
-  return m.keep_nan(x, m.copysign(r, x));
+  // erf(a) = a P(a^2) below 1, 1 - e^(-a^2) G(a - c) above; 1 from sat on.
+  return m.odd_saturating(x, f.erf_sat, [&](Value* a, Value* ac) {
+    Value* z = m.mul(ac, ac);
+    Value* small = m.mul(ac, m.poly(z, f.erf_p));
+    Value* g = m.poly(m.sub(ac, m.c(f.erf_centre)), f.erf_g);
+    Value* complement = m.mul(m.exp_clamped(ir.CreateFNeg(z)), g);  // erfc(a) for a >= 1
+    return m.select(ir.CreateFCmpOLT(a, m.c(1.0)), small, m.sub(m.c(1.0), complement));
+  });
 }
 
 }  // namespace cellfuse::llvm_codegen
