@@ -2,6 +2,7 @@
 import copy
 import os
 import sys
+import zlib
 
 import pytest
 import torch
@@ -13,6 +14,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    # A different seed per test (from its name), never a fixed all-zero input.
-    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
+    # A different seed per test, from its name through a stable hash: Python's hash() of a str
+    # changes with every process, which made a failure at a marginal tolerance impossible to
+    # reproduce (CELLFUSE_TEST_SEED=N adds N, to try other inputs on purpose).
+    extra = int(os.environ.get("CELLFUSE_TEST_SEED", "0"))
+    torch.manual_seed((zlib.crc32(request.node.nodeid.encode()) + extra) % (2**31))
     yield
