@@ -8,7 +8,7 @@ from torch import nn
 
 from ._capture import capture
 from ._errors import CellfuseError
-from ._program import STORAGE_16, cell_dtype_of, sixteen_bit_on_cpu
+from ._program import STORAGE_16, _features, cell_dtype_of, sixteen_bit_on_cpu
 
 
 def compile(cell, example_inputs, *, num_layers=1, bidirectional=False, dropout=0.0, batch_first=False,
@@ -407,14 +407,6 @@ def _features_of(sizes):
     out = 1
     for d in sizes:
         out *= d
-    return out
-
-
-def _features(dims):
-    out = 1
-    for d in dims:
-        if d is not None:
-            out *= d
     return out
 
 
