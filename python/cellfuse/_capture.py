@@ -24,7 +24,7 @@ from torch import nn
 
 from . import _C
 from ._errors import CellfuseError
-from ._fx_capture import TRACE_BATCH, trace_step
+from ._fx_capture import trace_step
 from ._lower import Lowerer, lower_graph
 from ._prelude import Prelude
 from ._program import Program
@@ -145,10 +145,10 @@ def capture(fn, example_inputs, *, has_output=None, masked=False, batch_dim=None
             raise CellfuseError(f"a parameter of dtype {t.dtype} in a {x.dtype} cell ('{n}'): convert the module "
                                 f"(module.to({x.dtype})) or the inputs")
 
-    def traced(dims):
-        return torch.empty([TRACE_BATCH if d is None else d for d in dims], dtype=x.dtype, device=x.device)
+    def make_args(batch):
+        def traced(dims):
+            return torch.empty([batch if d is None else d for d in dims], dtype=x.dtype, device=x.device)
 
-    def make_args():
         args, i = [traced(x_dims)], 0
         for shape in structure:
             if shape is None:

@@ -11,6 +11,10 @@ The batch axis is traced at a sentinel size, `TRACE_BATCH`, a prime larger than 
 a cell uses: every dimension of that size in the graph is the batch axis, and shape arithmetic on
 `x.size(0)` (`h.view(1, h.size(0), -1)`, `torch.zeros(x.size(0), n)`) keeps that meaning. This
 costs a fraction of symbolic shapes (one ShapeEnv guard per broadcast) and gives the same graph.
+The step is traced a second time at another prime, `CHECK_BATCH`, and the two graphs must agree
+but for multiples of the batch in shapes: a step that uses the batch size as a value (`1 / B`,
+`torch.arange(x.size(0))`, `torch.full(..., x.size(0))`) would otherwise have the sentinel baked
+into its arithmetic, and gets an error naming its line instead.
 
 Source lines: a TorchFunctionMode sees every torch call the step makes and records the innermost
 frame of the user's code as the current stack trace (torch.fx.traceback's preserved node meta),
@@ -31,6 +35,7 @@ from . import _C
 from ._errors import CellfuseError
 
 TRACE_BATCH = 7919
+CHECK_BATCH = 7927  # the next prime: a second trace that must give the same graph
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -159,8 +164,60 @@ def _readable(text: str) -> str:
 
 def trace_step(fn, module, param_names, param_tensors, make_args):
     """make_fx graph of the step: the lifted module tensors first (as placeholders), then the
-    flattened step arguments, which `make_args()` creates (under the fake mode) at their traced
-    shapes. `module` is the nn.Module whose tensors are lifted (None: nothing is lifted)."""
+    flattened step arguments, which `make_args(batch)` creates (under the fake mode) at their traced
+    shapes. `module` is the nn.Module whose tensors are lifted (None: nothing is lifted). Traced at
+    TRACE_BATCH and checked against a trace at CHECK_BATCH (see the module's docstring)."""
+    gm = _trace_once(fn, module, param_names, param_tensors, lambda: make_args(TRACE_BATCH))
+    check = _trace_once(fn, module, param_names, param_tensors, lambda: make_args(CHECK_BATCH))
+    leak = _batch_dependent_node(gm, check)
+    if leak is not None:
+        raise CellfuseError("the step uses the batch size as a number (for example 1 / x.size(0), "
+                            "torch.arange(x.size(0)), or a shape that is not the batch times a constant): "
+                            "cellfuse compiles one step for every batch size, so the batch size may only "
+                            f"give the batch axis its length (in {_readable(leak.format_node() or str(leak))})"
+                            f"\n  at {user_line_of_node(leak)}")
+    return gm
+
+
+def _same_arg(a, b, nodes):
+    """Whether argument `a` of the TRACE_BATCH graph matches `b` of the CHECK_BATCH graph: the same
+    node (by position), the same constant, or the same multiple of the batch."""
+    if isinstance(a, torch.fx.Node) or isinstance(b, torch.fx.Node):
+        return isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and nodes.get(a) is b
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(_same_arg(x, y, nodes) for x, y in zip(a, b)))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_arg(a[k], b[k], nodes) for k in a))
+    if type(a) is int and type(b) is int and a != b:
+        return a % TRACE_BATCH == 0 and b % CHECK_BATCH == 0 and a // TRACE_BATCH == b // CHECK_BATCH
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # both NaN
+    return type(a) is type(b) and a == b
+
+
+def _batch_dependent_node(gm, check):
+    """The first node of `gm` (traced at TRACE_BATCH) whose op, arguments or constant differs in
+    `check` (traced at CHECK_BATCH) beyond multiples of the batch; None when they agree."""
+    mine, theirs = list(gm.graph.nodes), list(check.graph.nodes)
+    nodes = {}
+    for a, b in zip(mine, theirs):
+        if a.op != b.op or a.target != b.target or not _same_arg(a.args, b.args, nodes) \
+                or not _same_arg(dict(a.kwargs), dict(b.kwargs), nodes):
+            return a
+        if a.op == "get_attr":
+            x, y = getattr(gm, a.target, None), getattr(check, b.target, None)
+            if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+                if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+                    return a
+        nodes[a] = b
+    if len(mine) != len(theirs):
+        return mine[min(len(mine), len(theirs)) - 1] if mine else None
+    return None
+
+
+def _trace_once(fn, module, param_names, param_tensors, make_args):
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -43,6 +43,34 @@ def test_data_dependent_control_flow_is_rejected_with_line():
         cellfuse.compile(step2, (torch.randn(2, 3), torch.randn(2, 3)))
 
 
+def test_batch_size_used_as_a_number_is_rejected_with_line():
+    # The batch is traced at a stand-in size: used as a number it would be baked into the step.
+    def mean_over_batch(x, h):
+        return torch.tanh(x + h) * (1.0 / x.size(0))
+
+    def constant_from_batch(x, h):
+        return h + torch.full((x.size(0), 3), float(x.size(0)))
+
+    for step in (mean_over_batch, constant_from_batch):
+        with pytest.raises(Err) as e:
+            cellfuse.compile(step, (torch.randn(2, 3), torch.randn(2, 3)))
+        assert "batch size as a number" in str(e.value)
+        assert "test_errors.py" in str(e.value) and "x.size(0)" in str(e.value)
+
+    # The batch size as a shape (a view, a zeros of its length) is fine, and runs at any batch.
+    def shaped(x, h):
+        z = torch.zeros(x.size(0), 3)
+        return torch.tanh(x + h.view(1, h.size(0), -1)[0] + z)
+
+    rnn = cellfuse.compile(shaped, (torch.randn(2, 3), torch.randn(2, 3)))
+    X, h0 = torch.randn(4, 5, 3), torch.randn(5, 3)
+    out, h = rnn(X, h0)
+    ref = h0
+    for x in X:
+        ref = shaped(x, ref)
+    assert rel(h, ref) < 1e-5
+
+
 def test_shape_error_names_shapes():
     W = torch.randn(5, 4)
 
