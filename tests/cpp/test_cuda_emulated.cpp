@@ -27,6 +27,7 @@
 #include <optional>
 
 #include "backend_check.h"
+#include "cuda_device_args.h"
 #include "cuda_test_program.h"
 #include "storage_rounding.h"
 #include "compiler/codegen/cuda/cuda_program.h"
@@ -48,6 +49,11 @@ namespace fs = std::filesystem;
 using cuda_codegen::FuseProducts;
 using testing_support::as_f64;
 using testing_support::convert;
+using testing_support::DeviceScratch;
+using testing_support::device_sequence_args;
+using testing_support::device_training_args;
+using testing_support::download;
+using testing_support::same_bits;
 using testing_support::convert_seeds;
 using testing_support::expect_grads;
 using testing_support::expect_matches;
@@ -179,15 +185,6 @@ std::unique_ptr<CudaCell> emulated_cell(const Cell& cell, std::int64_t batch, co
   auto compiled = std::make_unique<CudaCell>(cell, batch, options);
   EXPECT_EQ(compiled->source(), program.source) << "the host build is of another source";
   return compiled;
-}
-
-template <class T>
-bool same_bits(const SequenceResult<T>& a, const SequenceResult<T>& b) {
-  for (std::size_t o = 0; o < a.outputs.size(); ++o)
-    if (a.outputs[o].data != b.outputs[o].data) return false;
-  for (std::size_t s = 0; s < a.final_states.size(); ++s)
-    if (a.final_states[s].data != b.final_states[s].data) return false;
-  return true;
 }
 
 // Three runs (a direct launch, a graph capture, a graph replay), each against the interpreter.
@@ -356,42 +353,20 @@ TEST(CudaEmulated, RejectsArgumentsOfTheWrongShapeOrType) {
 
 // The device-pointer API on a stream of the caller's gives the host API's bits.
 TEST(CudaEmulated, RunDeviceOnACallersStream) {
-  const cuda::Driver& d = cuda::driver();
   Cell cell = cells::lnlstm(9, 21);
   const std::int64_t B = 3, T = 6;
   auto compiled = emulated_cell(cell, B);
   auto args = random_sequence_args<float>(cell, T, B, 5);
   auto host = compiled->run(args);
-  CUstream stream = nullptr;
-  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-  std::vector<cuda::DeviceMemory> memory;
-  auto upload = [&](const HostTensor<float>& t) {
-    memory.emplace_back(t.data.size() * sizeof(float));
-    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
-    return static_cast<DevicePointer>(memory.back().get());
-  };
-  DeviceSequenceArgs dev;
-  dev.steps = T;
-  for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
-  for (const auto& t : args.states) dev.states.push_back(upload(t));
-  for (const auto& t : args.params) dev.params.push_back(upload(t));
-  for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
-  for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
-  for (int r = 0; r < 3; ++r) {
-    compiled->run_device(dev, stream);
-    SequenceResult<float> got = host;
-    for (std::size_t o = 0; o < got.outputs.size(); ++o)
-      cuda::check(d.memcpy_dtoh_async(got.outputs[o].data.data(), dev.outputs[o], got.outputs[o].data.size() * sizeof(float), stream), "DtoH");
-    for (std::size_t s = 0; s < got.final_states.size(); ++s)
-      cuda::check(d.memcpy_dtoh_async(got.final_states[s].data.data(), dev.final_states[s], got.final_states[s].data.size() * sizeof(float),
-                                      stream),
-                  "DtoH");
-    cuda::check(d.stream_synchronize(stream), "sync");
-    EXPECT_TRUE(same_bits(got, host)) << "run " << r;
+  {
+    DeviceScratch scratch;
+    DeviceSequenceArgs dev = device_sequence_args(scratch, args, host, T);
+    for (int r = 0; r < 3; ++r) {
+      compiled->run_device(dev, scratch.stream());
+      EXPECT_TRUE(same_bits(download(scratch, dev, host), host)) << "run " << r;
+    }
+    EXPECT_EQ(compiled->graph_captures(), 1u);  // the host API ran once (direct); these: direct, capture, replay
   }
-  EXPECT_EQ(compiled->graph_captures(), 1u);  // the host API ran once (direct); these: direct, capture, replay
-  memory.clear();
-  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
   EXPECT_EQ(fake_errors(), "");
 }
 
@@ -442,17 +417,6 @@ std::unique_ptr<CudaBptt> emulated_bptt(const Cell& cell, std::int64_t batch, co
   EXPECT_EQ(compiled->forward_cell().source(), fwd.source) << "the host build is of another source";
   EXPECT_EQ(compiled->backward_step().source(), step.source) << "the host build is of another source";
   return compiled;
-}
-
-template <class T>
-bool same_bits(const BpttResult<T>& a, const BpttResult<T>& b) {
-  auto same = [](const std::vector<HostTensor<T>>& x, const std::vector<HostTensor<T>>& y) {
-    for (std::size_t i = 0; i < x.size(); ++i)
-      if (x[i].data != y[i].data) return false;
-    return true;
-  };
-  return same_bits(a.forward, b.forward) && same(a.grads.inputs, b.grads.inputs) && same(a.grads.states, b.grads.states) &&
-         same(a.grads.params, b.grads.params);
 }
 
 // Three runs (direct, graph capture, replay) against the reference BPTT in f64.
@@ -611,7 +575,6 @@ TEST(CudaEmulatedBptt, ZeroStepsPassTheStateGradientsThrough) {
 // The device-pointer API on a caller's stream, with the tape in the caller's memory: the host
 // API's bits, and gradients overwritten (a second backward gives the same, not twice as much).
 TEST(CudaEmulatedBptt, DeviceApiOnACallersStream) {
-  const cuda::Driver& d = cuda::driver();
   Cell cell = cells::gru(5, 6);
   const std::int64_t B = 3, T = 4;
   auto compiled = emulated_bptt(cell, B);
@@ -619,50 +582,15 @@ TEST(CudaEmulatedBptt, DeviceApiOnACallersStream) {
   auto seeds = random_loss_gradients<float>(cell, T, B, 2);
   auto host = compiled->run(args, seeds);
   EXPECT_EQ(compiled->tape_widths().size(), compiled->backward_cell().saved_outputs.size() + 1);
-  CUstream stream = nullptr;
-  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-  std::vector<cuda::DeviceMemory> memory;
-  auto upload = [&](const HostTensor<float>& t) {
-    memory.emplace_back(t.data.size() * sizeof(float));
-    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
-    return static_cast<DevicePointer>(memory.back().get());
-  };
-  auto fresh = [&](const HostTensor<float>& t) {  // NaN until written
-    memory.emplace_back(t.data.size() * sizeof(float));
-    return static_cast<DevicePointer>(memory.back().get());
-  };
-  memory.reserve(64);
-  DeviceTrainingArgs dev;
-  dev.steps = T;
-  for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
-  for (const auto& t : args.states) dev.states.push_back(upload(t));
-  for (const auto& t : args.params) dev.params.push_back(upload(t));
-  for (const auto& t : host.forward.outputs) dev.outputs.push_back(fresh(t));
-  for (const auto& t : host.forward.final_states) dev.final_states.push_back(fresh(t));
-  for (std::int64_t w : compiled->tape_widths()) dev.tape.push_back(fresh(HostTensor<float>({T, B, w})));
-  for (const auto& t : seeds.outputs) dev.output_grads.push_back(upload(t));
-  for (const auto& t : seeds.final_states) dev.final_state_grads.push_back(upload(t));
-  for (const auto& t : host.grads.inputs) dev.input_grads.push_back(fresh(t));
-  for (const auto& t : host.grads.states) dev.state_grads.push_back(fresh(t));
-  for (const auto& t : host.grads.params) dev.param_grads.push_back(fresh(t));
-  auto download = [&](std::vector<HostTensor<float>>& to, const std::vector<DevicePointer>& from) {
-    for (std::size_t i = 0; i < to.size(); ++i)
-      cuda::check(d.memcpy_dtoh_async(to[i].data.data(), from[i], to[i].data.size() * sizeof(float), stream), "DtoH");
-  };
-  compiled->forward_device(dev, stream);
-  for (int r = 0; r < 3; ++r) {
-    compiled->backward_device(dev, stream);
-    BpttResult<float> got = host;
-    download(got.forward.outputs, dev.outputs);
-    download(got.forward.final_states, dev.final_states);
-    download(got.grads.inputs, dev.input_grads);
-    download(got.grads.states, dev.state_grads);
-    download(got.grads.params, dev.param_grads);
-    cuda::check(d.stream_synchronize(stream), "sync");
-    EXPECT_TRUE(same_bits(got, host)) << "backward " << r;
+  {
+    DeviceScratch scratch;
+    DeviceTrainingArgs dev = device_training_args(scratch, args, seeds, host, compiled->tape_widths(), T, B);
+    compiled->forward_device(dev, scratch.stream());
+    for (int r = 0; r < 3; ++r) {
+      compiled->backward_device(dev, scratch.stream());
+      EXPECT_TRUE(same_bits(download(scratch, dev, host), host)) << "backward " << r;
+    }
   }
-  memory.clear();
-  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
   EXPECT_EQ(fake_errors(), "");
 }
 
@@ -681,46 +609,26 @@ TEST(CudaEmulatedBptt, RejectsMissingOrMisshapenArguments) {
 // Two sets of device buffers used in turn (what a caching allocator does to a training loop's
 // outputs) each get their own graph: two captures, then replays, the same bits every time.
 TEST(CudaEmulated, AlternatingBuffersEachKeepTheirGraph) {
-  const cuda::Driver& d = cuda::driver();
   Cell cell = cells::gru(5, 7);
   const std::int64_t B = 2, T = 4;
   auto compiled = emulated_cell(cell, B);
   auto args = random_sequence_args<float>(cell, T, B, 11);
   auto host = compiled->run(args);
-  CUstream stream = nullptr;
-  cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-  std::vector<cuda::DeviceMemory> memory;
-  auto upload = [&](const HostTensor<float>& t) {
-    memory.emplace_back(t.data.size() * sizeof(float));
-    cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "HtoD");
-    return static_cast<DevicePointer>(memory.back().get());
-  };
-  DeviceSequenceArgs sets[2];
-  for (auto& dev : sets) {
-    dev.steps = T;
-    for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
-    for (const auto& t : args.states) dev.states.push_back(upload(t));
-    for (const auto& t : args.params) dev.params.push_back(upload(t));
-    for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
-    for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
+  {
+    DeviceScratch scratch;
+    DeviceSequenceArgs sets[2] = {device_sequence_args(scratch, args, host, T),
+                                  device_sequence_args(scratch, args, host, T)};
+    const auto captures_before = compiled->graph_captures();
+    const Counters before = fake_counters();
+    for (int r = 0; r < 6; ++r) {
+      const DeviceSequenceArgs& dev = sets[r % 2];
+      compiled->run_device(dev, scratch.stream());
+      EXPECT_TRUE(same_bits(download(scratch, dev, host), host)) << "run " << r;
+    }
+    // Runs 0 and 1 launch directly, 2 and 3 capture, 4 and 5 replay.
+    EXPECT_EQ(compiled->graph_captures(), captures_before + 2);
+    EXPECT_EQ(fake_counters().graph_launches - before.graph_launches, 4u);
   }
-  const auto captures_before = compiled->graph_captures();
-  const Counters before = fake_counters();
-  for (int r = 0; r < 6; ++r) {
-    const DeviceSequenceArgs& dev = sets[r % 2];
-    compiled->run_device(dev, stream);
-    SequenceResult<float> got = host;
-    for (std::size_t o = 0; o < got.outputs.size(); ++o)
-      cuda::check(d.memcpy_dtoh_async(got.outputs[o].data.data(), dev.outputs[o], got.outputs[o].data.size() * sizeof(float), stream),
-                  "DtoH");
-    cuda::check(d.stream_synchronize(stream), "sync");
-    EXPECT_TRUE(same_bits(got, host)) << "run " << r;
-  }
-  // Runs 0 and 1 launch directly, 2 and 3 capture, 4 and 5 replay.
-  EXPECT_EQ(compiled->graph_captures(), captures_before + 2);
-  EXPECT_EQ(fake_counters().graph_launches - before.graph_launches, 4u);
-  memory.clear();
-  cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
   EXPECT_EQ(fake_errors(), "");
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../cpp/cell_conversion.h"
+#include "../cpp/cuda_device_args.h"
 #include "../cpp/storage_rounding.h"
 #include "../cpp/random_cells.h"
 #include "compiler/ir/error.h"
@@ -43,6 +44,11 @@ void report(bool ok, const std::string& what, const std::string& detail) {
 
 using testing_support::as_f64;
 using testing_support::convert;
+using testing_support::DeviceScratch;
+using testing_support::device_training_args;
+using testing_support::download;
+using testing_support::fuse_name;
+using testing_support::same_bits;
 
 // Every tensor of a BPTT result, named, in one list.
 template <class T>
@@ -95,24 +101,6 @@ double worst_error(const BpttResult<T>& got, const BpttResult<double>& want, std
     }
   }
   return worst;
-}
-
-template <class T>
-bool same_bits(const BpttResult<T>& a, const BpttResult<T>& b) {
-  auto x = tensors(a);
-  auto y = tensors(b);
-  for (std::size_t i = 0; i < x.size(); ++i)
-    if (std::memcmp(x[i].second->data.data(), y[i].second->data.data(), x[i].second->data.size() * sizeof(T)) != 0) return false;
-  return true;
-}
-
-const char* fuse_name(cuda_codegen::FuseProducts f) {
-  switch (f) {
-    case cuda_codegen::FuseProducts::Auto: return "auto";
-    case cuda_codegen::FuseProducts::Always: return "fused";
-    case cuda_codegen::FuseProducts::Never: return "cublas";
-  }
-  return "?";
 }
 
 // Forward and backward three times (direct launches, graph captures, graph replays) against the
@@ -275,7 +263,6 @@ void random_cells() {
 void device_pointers() {
   const std::string what = "bptt forward_device/backward_device on a caller's stream == run";
   try {
-    const cuda::Driver& d = cuda::driver();
     Cell cell = cells::lnlstm(9, 21);
     const std::int64_t B = 4, T = 6;
     auto compiled = compile_cuda_bptt(cell, B);
@@ -283,54 +270,16 @@ void device_pointers() {
     auto seeds = random_loss_gradients<float>(cell, T, B, 6);
     auto host = compiled->run(args, seeds);
     cuda::make_current(cuda::device(0));
-    CUstream stream = nullptr;
-    cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-    std::vector<cuda::DeviceMemory> memory;
-    memory.reserve(128);
-    auto upload = [&](const HostTensor<float>& t) {
-      memory.emplace_back(t.data.size() * sizeof(float));
-      cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "cuMemcpyHtoDAsync");
-      return static_cast<DevicePointer>(memory.back().get());
-    };
-    auto poisoned = [&](std::int64_t elements) {
-      memory.emplace_back(static_cast<std::size_t>(elements) * sizeof(float));
-      cuda::check(d.memset_d8_async(memory.back().get(), 0xff, memory.back().bytes(), stream), "cuMemsetD8Async");
-      return static_cast<DevicePointer>(memory.back().get());
-    };
-    DeviceTrainingArgs dev;
-    dev.steps = T;
-    for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
-    for (const auto& t : args.states) dev.states.push_back(upload(t));
-    for (const auto& t : args.params) dev.params.push_back(upload(t));
-    for (const auto& t : host.forward.outputs) dev.outputs.push_back(poisoned(t.numel()));
-    for (const auto& t : host.forward.final_states) dev.final_states.push_back(poisoned(t.numel()));
-    for (std::int64_t w : compiled->tape_widths()) dev.tape.push_back(poisoned(T * B * w));
-    for (const auto& t : seeds.outputs) dev.output_grads.push_back(upload(t));
-    for (const auto& t : seeds.final_states) dev.final_state_grads.push_back(upload(t));
-    for (const auto& t : host.grads.inputs) dev.input_grads.push_back(poisoned(t.numel()));
-    for (const auto& t : host.grads.states) dev.state_grads.push_back(poisoned(t.numel()));
-    for (const auto& t : host.grads.params) dev.param_grads.push_back(poisoned(t.numel()));
-    auto download = [&](std::vector<HostTensor<float>>& to, const std::vector<DevicePointer>& from) {
-      for (std::size_t i = 0; i < to.size(); ++i)
-        cuda::check(d.memcpy_dtoh_async(to[i].data.data(), from[i], to[i].data.size() * sizeof(float), stream), "cuMemcpyDtoHAsync");
-    };
-    compiled->forward_device(dev, stream);
+    DeviceScratch scratch;
+    DeviceTrainingArgs dev = device_training_args(scratch, args, seeds, host, compiled->tape_widths(), T, B);
+    compiled->forward_device(dev, scratch.stream());
     for (int r = 0; r < 3; ++r) {
-      compiled->backward_device(dev, stream);
-      BpttResult<float> got = host;
-      download(got.forward.outputs, dev.outputs);
-      download(got.forward.final_states, dev.final_states);
-      download(got.grads.inputs, dev.input_grads);
-      download(got.grads.states, dev.state_grads);
-      download(got.grads.params, dev.param_grads);
-      cuda::check(d.stream_synchronize(stream), "cuStreamSynchronize");
-      if (!same_bits(got, host)) {
+      compiled->backward_device(dev, scratch.stream());
+      if (!same_bits(download(scratch, dev, host), host)) {
         report(false, what, "backward " + std::to_string(r) + " differs");
         return;
       }
     }
-    memory.clear();
-    cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
     report(true, what, "forward once, backward 3 times, same bits");
   } catch (const std::exception& e) {
     report(false, what, std::string("threw: ") + e.what());

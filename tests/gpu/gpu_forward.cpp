@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../cpp/cell_conversion.h"
+#include "../cpp/cuda_device_args.h"
 #include "../cpp/storage_rounding.h"
 #include "../cpp/random_cells.h"
 #include "compiler/ir/error.h"
@@ -44,6 +45,11 @@ void report(bool ok, const std::string& what, const std::string& detail) {
 
 using testing_support::as_f64;
 using testing_support::convert;
+using testing_support::DeviceScratch;
+using testing_support::device_sequence_args;
+using testing_support::download;
+using testing_support::fuse_name;
+using testing_support::same_bits;
 
 // Worst relative error ||got - want|| / ||want|| over every output and final state; -1 when a
 // shape differs or NaNs are not where the reference has them.
@@ -78,25 +84,6 @@ double relative_error(const SequenceResult<T>& got, const SequenceResult<double>
   for (std::size_t s = 0; s < want.final_states.size(); ++s)
     if (!one(got.final_states[s], want.final_states[s], "state " + std::to_string(s))) return -1;
   return worst;
-}
-
-template <class T>
-bool same_bits(const SequenceResult<T>& a, const SequenceResult<T>& b) {
-  for (std::size_t o = 0; o < a.outputs.size(); ++o)
-    if (std::memcmp(a.outputs[o].data.data(), b.outputs[o].data.data(), a.outputs[o].data.size() * sizeof(T)) != 0) return false;
-  for (std::size_t s = 0; s < a.final_states.size(); ++s)
-    if (std::memcmp(a.final_states[s].data.data(), b.final_states[s].data.data(), a.final_states[s].data.size() * sizeof(T)) != 0)
-      return false;
-  return true;
-}
-
-const char* fuse_name(cuda_codegen::FuseProducts f) {
-  switch (f) {
-    case cuda_codegen::FuseProducts::Auto: return "auto";
-    case cuda_codegen::FuseProducts::Always: return "fused";
-    case cuda_codegen::FuseProducts::Never: return "cublas";
-  }
-  return "?";
 }
 
 // Runs `cell` three times (a direct launch, a graph capture, a graph replay) and checks each
@@ -261,47 +248,21 @@ void nan_propagation() {
 void device_pointers() {
   const std::string what = "run_device on a caller's stream == run";
   try {
-    const cuda::Driver& d = cuda::driver();
     Cell cell = cells::lstm(9, 21);
     const std::int64_t B = 4, T = 6;
     auto compiled = compile_cuda(cell, B);
     auto args = random_sequence_args<float>(cell, T, B, 5);
     auto host = compiled->run(args);
     cuda::make_current(cuda::device(0));
-    CUstream stream = nullptr;
-    cuda::check(d.stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
-    std::vector<cuda::DeviceMemory> memory;
-    auto upload = [&](const HostTensor<float>& t) {
-      memory.emplace_back(t.data.size() * sizeof(float));
-      cuda::check(d.memcpy_htod_async(memory.back().get(), t.data.data(), t.data.size() * sizeof(float), stream), "cuMemcpyHtoDAsync");
-      return static_cast<DevicePointer>(memory.back().get());
-    };
-    memory.reserve(64);
-    DeviceSequenceArgs dev;
-    dev.steps = T;
-    for (const auto& t : args.inputs) dev.inputs.push_back(upload(t));
-    for (const auto& t : args.states) dev.states.push_back(upload(t));
-    for (const auto& t : args.params) dev.params.push_back(upload(t));
-    for (const auto& t : host.outputs) dev.outputs.push_back(upload(HostTensor<float>(t.shape)));
-    for (const auto& t : host.final_states) dev.final_states.push_back(upload(HostTensor<float>(t.shape)));
-    SequenceResult<float> got = host;
+    DeviceScratch scratch;
+    DeviceSequenceArgs dev = device_sequence_args(scratch, args, host, T);
     for (int r = 0; r < 3; ++r) {  // direct, capture, replay
-      compiled->run_device(dev, stream);
-      for (std::size_t o = 0; o < got.outputs.size(); ++o)
-        cuda::check(d.memcpy_dtoh_async(got.outputs[o].data.data(), dev.outputs[o], got.outputs[o].data.size() * sizeof(float), stream),
-                    "cuMemcpyDtoHAsync");
-      for (std::size_t s = 0; s < got.final_states.size(); ++s)
-        cuda::check(d.memcpy_dtoh_async(got.final_states[s].data.data(), dev.final_states[s],
-                                        got.final_states[s].data.size() * sizeof(float), stream),
-                    "cuMemcpyDtoHAsync");
-      cuda::check(d.stream_synchronize(stream), "cuStreamSynchronize");
-      if (!same_bits(got, host)) {
+      compiled->run_device(dev, scratch.stream());
+      if (!same_bits(download(scratch, dev, host), host)) {
         report(false, what, "run " + std::to_string(r) + " differs");
         return;
       }
     }
-    memory.clear();
-    cuda::check(d.stream_destroy(stream), "cuStreamDestroy");
     report(true, what, "3 runs, same bits");
   } catch (const std::exception& e) {
     report(false, what, std::string("threw: ") + e.what());
