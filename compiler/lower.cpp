@@ -31,7 +31,8 @@ Cell optimize(const Cell& cell, std::vector<StageLog>* log, bool text) {
       verify(current);
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (log) log->push_back({std::string(pass.name) + " (round " + std::to_string(round + 1) + ")", ms,
-                               text ? print_cell(current) : std::string()});
+                               text ? print_cell(current) : std::string(),
+                               std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count()});
     }
     if (cell_hash(current) == before && current.graph.size() == before_size) break;
   }

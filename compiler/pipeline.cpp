@@ -30,7 +30,8 @@ class StageDriver {
     auto start = std::chrono::steady_clock::now();
     auto result = fn();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    log_.push_back({name, ms, options_.stage_text ? text(result) : std::string()});
+    log_.push_back({name, ms, options_.stage_text ? text(result) : std::string(),
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count()});
     return result;
   }
 
@@ -58,7 +59,7 @@ CompiledProgram compile_program(const Cell& cell, const TargetOptions& o, const 
   std::vector<StageLog> passes;
   p.cell = driver.run(at + "optimize", [&] { return optimize(cell, &passes, o.stage_text); }, print_cell);
   for (std::size_t i = 1; i < passes.size(); ++i)  // [0] is the input, logged by verify
-    log.push_back({at + passes[i].name, passes[i].ms, std::move(passes[i].text)});
+    log.push_back({at + passes[i].name, passes[i].ms, std::move(passes[i].text), passes[i].start_ns});
   p.plan = driver.run(at + "hoist", [&] { return hoist_stage(p.cell, o); }, print_plan);
   auto fusion = driver.run(at + "fuse", [&] { return fuse_stage(p.plan, o); }, [&](const std::array<StageFusion, 3>& f) {
     std::string out;

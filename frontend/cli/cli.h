@@ -36,6 +36,7 @@ Target compiled_target_option(const Options& o);
 
 int print_command(const Options& o);
 int run_command(const Options& o);
+int profile_command(const Options& o);
 
 extern const char* const kUsage;
 

@@ -22,7 +22,8 @@ Options parse_args(int argc, char** argv) {
       o.cuda = true;
     } else if (a == "--backward") {
       o.backward = true;
-    } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" || a == "--dtype" || a == "--storage") {
+    } else if (a == "--seq" || a == "--batch" || a == "--seed" || a == "--target" || a == "--dtype" || a == "--storage" ||
+               a == "--trace" || a == "--json" || a == "--png" || a == "--runs") {
       if (i + 1 >= argc) throw Error(a + " needs a value");
       o.values[a.substr(2)] = argv[++i];
     } else if (a.rfind("--", 0) == 0) {

@@ -38,6 +38,15 @@ const char* const kUsage = R"(usage:
       --storage bf16|f16 (--target cuda, f32 cells): the GPU tensors hold 16-bit values, the
       math stays f32; arguments are rounded to the format, so the checksums agree with
       --target ref only to the format's precision (~1e-2 relative for bf16)
+  cellfuse profile CELL --seq T --batch B [--target cpu|cuda] [--backward] [--runs N] [--seed S]
+                   [--trace FILE] [--json FILE] [--png FILE]
+      runs CELL with the profiler on (a warm-up run, then N profiled runs, default 3) and
+      prints the overhead report: ops, kernels and GEMMs per step after fusion, launches,
+      host and device time per step split into GEMMs / pointwise / host overhead, FLOPs and
+      bytes against the machine's measured ceilings, compile time, cache hits, fusion
+      boundaries; --trace writes a Chrome trace (Perfetto, chrome://tracing) of the compile
+      phases and every GEMM and kernel call, --json the report as JSON, --png (pip's
+      command, needs matplotlib) a chart of the per-step time split
 
   cellfuse generate MODEL --prime TEXT --length N [--temperature T] [--top-k K] [--seed S]
       samples text from a generator file (cellfuse.Generator.save); see `cellfuse generate --help`
@@ -60,6 +69,7 @@ int main_checked(int argc, char** argv) {
   Options o = parse_args(argc, argv);
   if (o.command == "print") return print_command(o);
   if (o.command == "run") return run_command(o);
+  if (o.command == "profile") return profile_command(o);
   throw Error("unknown command '" + o.command + "'\n" + kUsage);
 }
 

@@ -11,6 +11,7 @@
 //   compile_cpu, compile_cpu_bptt                        the CPU backend (when built with LLVM)
 //   Generator                                            native sampling of a language model (CPU)
 //   compile_cuda, compile_cuda_bptt                      the CUDA backend (when built with CUDA)
+//   Profiler                                             trace and overhead report of what runs
 //   Error                                                what every bad input throws
 //
 // Each line includes the header that declares it: those headers (and what they include) are
@@ -28,6 +29,7 @@
 #include "runtime/random_args.h"
 #include "runtime/reference/bptt.h"
 #include "runtime/reference/interpreter.h"
+#include "runtime/profile/profiler.h"
 #include "runtime/tensor.h"
 
 #if CELLFUSE_HAVE_LLVM

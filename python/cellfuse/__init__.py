@@ -14,6 +14,7 @@ from ._C import CellfuseError, cuda_available  # noqa: F401
 from ._rnn import RNN, compile  # noqa: F401
 from ._generate import Generator  # noqa: F401
 from ._lower import SUPPORTED_OPS  # noqa: F401
+from ._profile import ProfileReport, profile  # noqa: F401
 
-__all__ = ["compile", "RNN", "Generator", "CellfuseError", "cuda_available", "SUPPORTED_OPS"]
+__all__ = ["compile", "RNN", "Generator", "CellfuseError", "cuda_available", "SUPPORTED_OPS", "profile", "ProfileReport"]
 __version__ = "0.1.0"

@@ -16,5 +16,6 @@ void bind_cpu(pybind11::module_& m);
 void bind_cuda(pybind11::module_& m);
 void bind_generate(pybind11::module_& m);
 void bind_cli(pybind11::module_& m);
+void bind_profile(pybind11::module_& m);
 
 }  // namespace cellfuse::python

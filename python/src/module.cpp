@@ -36,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   cellfuse::python::bind_cuda(m);
   cellfuse::python::bind_generate(m);
   cellfuse::python::bind_cli(m);
+  cellfuse::python::bind_profile(m);
 }

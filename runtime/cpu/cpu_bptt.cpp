@@ -14,6 +14,7 @@
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/cpu_cell.h"
 #include "runtime/cpu/team.h"
+#include "runtime/profile/recorder.h"
 #include "runtime/sequence_check.h"
 
 namespace cellfuse {
@@ -33,18 +34,57 @@ struct ArraysPerType {
   }
 };
 
+// The profiler's call sites of the parameter-gradient products, registered once per recorder
+// and shape.
+class ParamGradSites {
+ public:
+  int a_t_b(profile::Recorder& rec, std::int64_t m, std::int64_t n, std::int64_t rows, std::size_t elem) {
+    const double r = static_cast<double>(rows), dm = static_cast<double>(m), dn = static_cast<double>(n);
+    return site(rec, {"param grad A^T B [" + std::to_string(m) + " x " + std::to_string(n) + "]", "param grads",
+                      profile::CallKind::Gemm, 2 * r * dm * dn, (r * (dm + dn) + dm * dn) * static_cast<double>(elem)});
+  }
+  int column_sum(profile::Recorder& rec, std::int64_t n, std::int64_t rows, std::size_t elem) {
+    const double r = static_cast<double>(rows), dn = static_cast<double>(n);
+    return site(rec, {"param grad column sum [" + std::to_string(n) + "]", "param grads", profile::CallKind::Kernel, r * dn,
+                      (r * dn + dn) * static_cast<double>(elem)});
+  }
+
+ private:
+  int site(profile::Recorder& rec, profile::CallSite s) {
+    if (generation_ != rec.generation()) ids_.clear(), generation_ = rec.generation();
+    const std::string key = s.name + "/" + std::to_string(s.flops);
+    if (auto it = ids_.find(key); it != ids_.end()) return it->second;
+    return ids_[key] = rec.add_site(std::move(s));
+  }
+  std::uint64_t generation_ = 0;
+  std::map<std::string, int> ids_;
+};
+
 // The parameter-gradient primitives of the shared BPTT driver on the CPU, on the cells' team.
 template <class T>
 class CpuParamGradients : public ParamGradientKernels<const T*, T*> {
  public:
-  explicit CpuParamGradients(cpu::Team& team) : team_(team) {}
+  CpuParamGradients(cpu::Team& team, ParamGradSites& sites) : team_(team), sites_(sites) {}
   void zero(T* out, std::int64_t elements) override { std::fill(out, out + elements, T(0)); }
   void a_t_b(T* out, const T* a, const T* b, std::int64_t m, std::int64_t n, std::int64_t rows, bool accumulate) override {
+    profile::Recorder* rec = profile::active();
+    const std::int64_t begin = rec ? profile::Recorder::now_ns() : 0;
     if (!accumulate) zero(out, m * n);
-    std::lock_guard<std::mutex> lock(team_.user_mutex());
-    cpu::gemm_at_b(team_, a, b, out, m, n, rows);
+    {
+      std::lock_guard<std::mutex> lock(team_.user_mutex());
+      cpu::gemm_at_b(team_, a, b, out, m, n, rows);
+    }
+    if (rec) rec->call(sites_.a_t_b(*rec, m, n, rows, sizeof(T)), begin, profile::Recorder::now_ns());
   }
   void column_sum(T* out, const T* a, std::int64_t n, std::int64_t rows, bool accumulate) override {
+    profile::Recorder* rec = profile::active();
+    const std::int64_t begin = rec ? profile::Recorder::now_ns() : 0;
+    column_sum_untimed(out, a, n, rows, accumulate);
+    if (rec) rec->call(sites_.column_sum(*rec, n, rows, sizeof(T)), begin, profile::Recorder::now_ns());
+  }
+
+ private:
+  void column_sum_untimed(T* out, const T* a, std::int64_t n, std::int64_t rows, bool accumulate) {
     if (!accumulate) zero(out, n);
     // Columns shared among the team (16 at a time), each summed over the rows in order: the
     // same result whatever the team's size.
@@ -63,8 +103,8 @@ class CpuParamGradients : public ParamGradientKernels<const T*, T*> {
     });
   }
 
- private:
   cpu::Team& team_;
+  ParamGradSites& sites_;
 };
 
 }  // namespace
@@ -82,6 +122,7 @@ struct CpuBptt::Impl {
   // one backward to the next: fresh arrays of this size cost a page fault per 4 KB every call.
   mutable std::mutex scratch_mutex;
   mutable ArraysPerType scratch;
+  mutable ParamGradSites param_grad_sites;  // under scratch_mutex
   // run()'s tape, kept from one call to the next like the scratch above.
   mutable std::mutex tape_mutex;
   mutable ArraysPerType tape;
@@ -99,6 +140,7 @@ CpuBptt::CpuBptt(const Cell& cell, std::int64_t batch, int threads) : impl_(std:
   options.threads = threads;
   options.training = true;
   CompiledCell compiled = compile(cell, options);
+  if (profile::Recorder* rec = profile::active()) rec->compile_log(compiled.log, cell.name + " (training)");
   m.backward = std::move(*compiled.backward);
   m.forward = forward_with_tape(m.backward);
   m.first_state_output = static_cast<int>(m.forward.outputs.size() - m.forward.states.size());
@@ -122,6 +164,7 @@ std::vector<std::int64_t> CpuBptt::tape_widths() const { return cellfuse::tape_w
 
 template <class T>
 void CpuBptt::forward_view(const TrainingView<T>& v) const {
+  profile::PhaseScope phase(profile::Phase::Forward);
   impl_->forward_cell->run_view(forward_sequence(impl_->backward, v, "CPU training forward"));
 }
 
@@ -131,6 +174,8 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
   const BackwardCell& bc = m.backward;
   const Cell& fwd = m.forward;
   const Cell& step = bc.step;
+  profile::PhaseScope phase(profile::Phase::Backward);
+  profile::SpanTimer pass("backward pass " + fwd.name);
   if (v.inputs.size() != fwd.inputs.size() || v.params.size() != fwd.params.size() ||
       v.outputs.size() != static_cast<std::size_t>(bc.user_outputs) ||
       v.tape.size() != fwd.outputs.size() - v.outputs.size() || v.output_grads.size() != v.outputs.size() ||
@@ -150,7 +195,8 @@ void CpuBptt::backward_view(const TrainingView<T>& v) const {
   }
   const SequenceView<T> view = backward_sequence(bc, v, scratch_memory);
   m.backward_step->run_view(view);
-  CpuParamGradients<T> kernels(*m.team);
+  CpuParamGradients<T> kernels(*m.team, m.param_grad_sites);
+  profile::SpanTimer grads("parameter gradients");
   parameter_gradients(bc, v, view, m.batch, kernels);
 }
 
@@ -239,7 +285,10 @@ std::shared_ptr<const CpuBptt> compile_cpu_bptt(const Cell& cell, std::int64_t b
   static std::map<std::tuple<std::uint64_t, std::int64_t, int>, std::shared_ptr<const CpuBptt>> cache;
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()));
   std::lock_guard<std::mutex> lock(mutex);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  auto it = cache.find(key);
+  if (profile::Recorder* rec = profile::active())
+    rec->cache("CPU training program " + cell.name + " (batch " + std::to_string(batch) + ")", it != cache.end());
+  if (it != cache.end()) return it->second;
   auto compiled = std::make_shared<const CpuBptt>(cell, batch);
   cache[key] = compiled;
   return compiled;

@@ -14,6 +14,7 @@
 #include "runtime/cpu/llvm_jit.h"
 #include "runtime/cpu/stage_runner.h"
 #include "runtime/cpu/team.h"
+#include "runtime/profile/recorder.h"
 #include "runtime/sequence_check.h"
 
 namespace cellfuse {
@@ -46,6 +47,7 @@ struct CpuCell::Impl {
   std::mutex mutex;
   Workspace<float> f32;
   Workspace<double> f64;
+  std::uint64_t profiled = 0;  // the profiler generation this program was registered with
 
   template <class T>
   Workspace<T>& workspace() {
@@ -65,7 +67,9 @@ static TargetOptions cpu_target(std::int64_t batch, int threads) {
 CpuCell::CpuCell(const Cell& cell, std::int64_t batch, int threads) : impl_(std::make_unique<Impl>()) {
   auto start = std::chrono::steady_clock::now();
   const TargetOptions options = cpu_target(batch, threads);
-  load(std::move(compile(cell, options).forward), options);
+  CompiledCell compiled = compile(cell, options);
+  if (profile::Recorder* rec = profile::active()) rec->compile_log(compiled.log, cell.name);
+  load(std::move(compiled.forward), options);
   impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -88,6 +92,7 @@ void CpuCell::load(CompiledProgram program, const TargetOptions& options) {
   }
   cpu::use_single_threaded_blas();
   m.team = cpu::shared_team(options.threads > 0 ? options.threads : cpu::default_thread_count());
+  const std::int64_t jit_begin = profile::Recorder::now_ns();
   m.jit = std::make_unique<LlvmJit>();
   m.jit->add_module(std::move(m.program.llvm->module), std::move(m.program.llvm->context));
   m.program.llvm.reset();
@@ -96,6 +101,8 @@ void CpuCell::load(CompiledProgram program, const TargetOptions& options) {
       cs.functions.push_back(step.kind == ProgramStep::Kind::Kernel
                                  ? reinterpret_cast<llvm_codegen::KernelFunction>(m.jit->lookup(step.kernel.kernel.name))
                                  : nullptr);
+  if (profile::Recorder* rec = profile::active())  // the lookups optimized and compiled the module
+    rec->compile_event("LLVM JIT (-O3, native code)", m.cell.name, jit_begin, profile::Recorder::now_ns());
   ++g_compile_count;
 }
 
@@ -156,6 +163,11 @@ void CpuCell::run_view(const SequenceView<T>& view) const {
 
   std::lock_guard<std::mutex> lock(m.mutex);
   std::lock_guard<std::mutex> team_lock(m.team->user_mutex());
+  profile::RunSpans spans(cell.name, steps);
+  if (profile::Recorder* rec = spans.recorder(); rec && m.profiled != rec->generation()) {
+    rec->add_program(profile::program_info(m.program, rec->phase(), "cpu"));
+    m.profiled = rec->generation();
+  }
   Workspace<T>& ws = m.template workspace<T>();
   if (ws.steps != steps) {
     ws.steps = steps;
@@ -199,7 +211,9 @@ void CpuCell::run_view(const SequenceView<T>& view) const {
     run.bind_params(params);
     for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], source(m.stages[s].stage->inputs[i]));
     run.bind_outputs(output_memory[s].data());
+    spans.stage_begin();
     run.run();
+    spans.stage_end(static_cast<profile::RunSpans::Stage>(s));
   };
 
   run_batch_stage(0);
@@ -217,8 +231,10 @@ void CpuCell::run_view(const SequenceView<T>& view) const {
     }
     for (const auto& o : c.outputs) output_size.push_back(B * cols(c, o.value));
     // The step reads `current` and its next states are copied into `next`; then they swap.
+    spans.stage_begin();
     for (std::int64_t i = 0; i < steps; ++i) {
       const std::int64_t t = view.reverse ? steps - 1 - i : i;
+      spans.step_begin(t);
       for (std::size_t k = 0; k < c.inputs.size(); ++k) run.bind(c.inputs[k], inputs[k] + t * input_size[k]);
       for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], ws.current[s].data());
       for (std::size_t o = 0; o < c.outputs.size(); ++o) step_outputs[o] = output_memory[1][o] + t * output_size[o];
@@ -227,7 +243,9 @@ void CpuCell::run_view(const SequenceView<T>& view) const {
       for (std::size_t s = 0; s < c.states.size(); ++s)
         std::memcpy(ws.next[s].data(), run.at(c.next_states[s]), ws.next[s].size() * sizeof(T));
       std::swap(ws.current, ws.next);
+      spans.step_end(t);
     }
+    spans.stage_end(profile::RunSpans::Loop);
   }
   for (std::size_t s = 0; s < cell.states.size(); ++s)
     std::memcpy(view.final_states[s], ws.current[s].data(), ws.current[s].size() * sizeof(T));
@@ -254,6 +272,8 @@ std::shared_ptr<const CpuCell> compile_cpu(const Cell& cell, std::int64_t batch)
   auto key = std::make_tuple(cell_hash(cell), batch, static_cast<int>(cell.graph.dtype()));
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(key);
+  profile::Recorder* rec = profile::active();
+  if (rec) rec->cache("CPU program " + cell.name + " (batch " + std::to_string(batch) + ")", it != cache.end());
   if (it != cache.end()) return it->second;
   auto compiled = std::make_shared<const CpuCell>(cell, batch);
   cache[key] = compiled;

@@ -16,6 +16,7 @@
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/packed_gemm.h"
 #include "runtime/cpu/team.h"
+#include "runtime/profile/recorder.h"
 #include "runtime/tensor.h"
 
 namespace cellfuse::cpu {
@@ -94,20 +95,17 @@ class StageRunner {
   }
 
   void run() {
-    for (std::size_t i = 0; i < cs_.program.steps.size(); ++i) {
-      const ProgramStep& step = cs_.program.steps[i];
-      if (step.kind == ProgramStep::Kind::Gemm) {
-        const GemmStep& gm = step.gemm;
-        if constexpr (std::is_same_v<T, float>)
-          if (packed_[i]) {
-            packed_[i]->multiply(team_, at(gm.x), gm.bias.valid() ? at(gm.bias) : nullptr, at(gm.out), rows_);
-            continue;
-          }
-        gemm<T>(team_, at(gm.x), at(gm.weight), gm.transposed, gm.bias.valid() ? at(gm.bias) : nullptr,
-                at(gm.out), rows_, gm.k, gm.n);
-        continue;
+    // Profiling (runtime/profile): off, one load of a null pointer per stage run.
+    profile::Recorder* rec = profile::active();
+    if (rec) {
+      const auto& sites = profile::sites_for(*rec, sites_generation_, sites_, stage_, cs_.program.steps, rows_, sizeof(T));
+      for (std::size_t i = 0; i < cs_.program.steps.size(); ++i) {
+        const std::int64_t begin = profile::Recorder::now_ns();
+        run_step(i);
+        rec->call(sites[i], begin, profile::Recorder::now_ns());
       }
-      run_kernel(i);
+    } else {
+      for (std::size_t i = 0; i < cs_.program.steps.size(); ++i) run_step(i);
     }
     for (std::size_t o = 0; o < output_memory_.size(); ++o)
       if (!direct_output_[o]) {
@@ -118,6 +116,22 @@ class StageRunner {
   }
 
  private:
+  void run_step(std::size_t i) {
+    const ProgramStep& step = cs_.program.steps[i];
+    if (step.kind == ProgramStep::Kind::Gemm) {
+      const GemmStep& gm = step.gemm;
+      if constexpr (std::is_same_v<T, float>)
+        if (packed_[i]) {
+          packed_[i]->multiply(team_, at(gm.x), gm.bias.valid() ? at(gm.bias) : nullptr, at(gm.out), rows_);
+          return;
+        }
+      gemm<T>(team_, at(gm.x), at(gm.weight), gm.transposed, gm.bias.valid() ? at(gm.bias) : nullptr,
+              at(gm.out), rows_, gm.k, gm.n);
+      return;
+    }
+    run_kernel(i);
+  }
+
   struct KernelCall {
     bool by_columns = false, by_rows = false;
     std::vector<std::vector<void*>> pointers;    // one set per part that needs its own scratch
@@ -250,6 +264,8 @@ class StageRunner {
   std::vector<KernelCall> calls_;
   std::vector<bool> direct_output_;
   std::vector<T*> output_memory_;
+  std::vector<int> sites_;  // the profiler's ids of the steps, for the recorder of this generation
+  std::uint64_t sites_generation_ = 0;
 };
 
 }  // namespace cellfuse::cpu

@@ -12,6 +12,7 @@
 #include "runtime/bptt_driver.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/host_transfer.h"
+#include "runtime/profile/recorder.h"
 #include "runtime/sequence_check.h"
 
 namespace cellfuse {
@@ -338,6 +339,7 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
   TargetOptions target = cuda_target(batch, options.program, Storage::Native);
   target.training = true;
   CompiledCell compiled = compile(cell, target);
+  if (profile::Recorder* rec = profile::active()) rec->compile_log(compiled.log, cell.name + " (training)");
   m.backward = std::move(*compiled.backward);
   m.forward = forward_with_tape(m.backward);
   m.user_outputs = static_cast<std::size_t>(m.backward.user_outputs);
@@ -402,6 +404,7 @@ void CudaBptt::forward_device(const DeviceTrainingArgs& a, CudaStream stream) co
   m.check(a, false);
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
+  profile::PhaseScope phase(profile::Phase::Forward);
   m.forward_locked(a, stream);
 }
 
@@ -410,6 +413,7 @@ void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) c
   m.check(a, true);
   std::lock_guard<std::mutex> lock(m.mutex);
   cuda::make_current(*m.dev);
+  profile::PhaseScope phase(profile::Phase::Backward);
   m.backward_any(a, stream);
 }
 
@@ -499,7 +503,11 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
   upload(n_in + n_fwd, n_seed);
   m.check(d, false);
   m.check(d, true);
-  m.forward_locked(d, stream);
+  {
+    profile::PhaseScope phase(profile::Phase::Forward);
+    m.forward_locked(d, stream);
+  }
+  profile::PhaseScope phase(profile::Phase::Backward);
   m.backward_any(d, stream);
   download(n_in, result.forward.outputs.size() + result.forward.final_states.size());
   download(n_in + n_fwd + n_seed, slots.size() - (n_in + n_fwd + n_seed));

@@ -63,7 +63,9 @@ CudaCell::CudaCell(const Cell& cell, std::int64_t batch, const CudaOptions& opti
     throw Error("CUDA backend: " + std::string(storage_name(options.storage)) + " storage needs an f32 cell; '" + cell.name +
                 "' is " + std::string(dtype_name(cell.graph.dtype())));
   (void)cuda::driver();  // throws "no CUDA driver ..." on a machine without one, before compiling
-  load(std::move(compile(cell, cuda_target(batch, options.program, options.storage)).forward), batch, options);
+  CompiledCell compiled = compile(cell, cuda_target(batch, options.program, options.storage));
+  if (profile::Recorder* rec = profile::active()) rec->compile_log(compiled.log, cell.name);
+  load(std::move(compiled.forward), batch, options);
   impl_->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -84,8 +86,13 @@ void CudaCell::load(CompiledProgram compiled, std::int64_t batch, const CudaOpti
   m.architecture = cuda::architecture_for(m.dev->major, m.dev->minor);
   m.program = std::move(*compiled.cuda);
   const std::string& name = m.program.cell.name;
+  const std::int64_t nvrtc_begin = profile::Recorder::now_ns();
   std::vector<char> cubin =
       cuda::default_kernel_cache().get_or_compile(m.program.source, m.architecture, {}, name + ".cu", &m.from_cache);
+  if (profile::Recorder* rec = profile::active()) {
+    rec->cache("cubin " + name + ".cu (" + m.architecture + ", disk cache)", m.from_cache);
+    rec->compile_event(m.from_cache ? "cubin from the disk cache" : "NVRTC", name, nvrtc_begin, profile::Recorder::now_ns());
+  }
   cuda::check(d.module_load_data(&m.module, cubin.data()), "cuModuleLoadData");
   m.shared.d = &d;
   m.shared.dtype = m.program.cell.graph.dtype();

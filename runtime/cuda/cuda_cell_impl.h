@@ -102,6 +102,12 @@ struct CudaCell::Impl {
   std::vector<CachedGraph> graphs_cached;
   std::vector<GraphKey> seen_once;  // keys run without a graph once; the second run captures
   std::size_t captures = 0;
+  // The profiler (runtime/profile; cuda_profile.cpp): device times of a profiled run, and what
+  // was registered with which recorder.
+  cuda_run::DeviceTimer timer;
+  std::uint64_t profiled = 0;
+  int persistent_site = -1;
+  std::uint64_t persistent_site_generation = 0;
 
   ~Impl();
 
@@ -135,6 +141,10 @@ struct CudaCell::Impl {
 
   // With the mutex held and the context current.
   void run_locked(const DeviceSequenceArgs& a, CUstream stream);
+  // run_locked while a profiler is on: kernel by kernel (no graph), each timed by CUDA events.
+  void run_profiled(profile::Recorder& rec, const DeviceSequenceArgs& a, CUstream stream);
+  // The persistent loop kernel's launch as the profiler's call site.
+  int persistent_call_site(profile::Recorder& rec, std::int64_t steps);
 
   void check_device_args(const DeviceSequenceArgs& a) const;
 

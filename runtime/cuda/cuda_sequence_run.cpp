@@ -41,6 +41,7 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
   const std::int64_t B = batch, steps = a.steps;
   auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
   if (shared.blas) cuda::check(cuda::cublas().set_stream(shared.blas, stream), "cublasSetStream");
+  profile::RunSpans spans(cell.name, steps);  // the profiler's; nothing when it is off
   if (steps == 0) {
     for (std::size_t s = 0; s < cell.states.size(); ++s)
       shared.copy(a.final_states[s], a.states[s], B * cols(cell, cell.states[s]), stream);
@@ -67,7 +68,9 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
     run.bind_params(a.params, stream);
     for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], source(stages[s].stage->inputs[i]));
     run.bind_outputs(output_memory[s]);
+    spans.stage_begin();
     run.run(stream);
+    spans.stage_end(static_cast<profile::RunSpans::Stage>(s));
   };
 
   run_batch_stage(0);
@@ -87,10 +90,20 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
     for (auto& p : pointers) args.push_back(&p);
     args.push_back(&n);
     args.push_back(&reverse);
+    profile::Recorder* rec = spans.recorder();
+    const std::int64_t begin = rec ? profile::Recorder::now_ns() : 0;
+    if (rec && shared.timer) shared.timer->before(stream);
+    spans.stage_begin();
     cuda::check(shared.d->launch_cooperative_kernel(persistent_fn, persistent_grid, 1, 1,
                                                     static_cast<unsigned>(program.persistent.threads), 1, 1, persistent_shared,
                                                     stream, args.data()),
                 ("cuLaunchCooperativeKernel(" + program.persistent.name + ")").c_str());
+    if (rec) {
+      const int site = persistent_call_site(*rec, steps);
+      if (shared.timer) shared.timer->after(stream, site, -1, rec->phase(), rec->run());
+      rec->call(site, begin, profile::Recorder::now_ns());
+    }
+    spans.stage_end(profile::RunSpans::Loop);
     run_batch_stage(2);
     return;
   }
@@ -116,8 +129,10 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
     std::vector<Keep> keep;
     for (ValueId v : c.next_states)
       keep.push_back(run.is_direct_output(v) ? Keep::InOutput : run.is_temporary(v) ? Keep::Alternate : Keep::Copy);
+    spans.stage_begin();
     for (std::int64_t k = 0; k < steps; ++k) {
       const std::int64_t t = a.reverse ? steps - 1 - k : k;
+      spans.step_begin(t);
       auto& turn = k % 2 == 0 ? ws.current : ws.next;
       for (std::size_t i = 0; i < c.inputs.size(); ++i) run.bind(c.inputs[i], offset(inputs[i], t * input_size[i], shared.elem));
       for (std::size_t s = 0; s < c.states.size(); ++s) run.bind(c.states[s], state_at[s]);
@@ -134,7 +149,9 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
           state_at[s] = turn[s].get();
         }
       }
+      spans.step_end(t);
     }
+    spans.stage_end(profile::RunSpans::Loop);
   }
   for (std::size_t s = 0; s < cell.states.size(); ++s)
     shared.copy(a.final_states[s], state_at[s], B * cols(cell, cell.states[s]), stream);

@@ -49,6 +49,7 @@ namespace cellfuse::cuda {
   X(event_record, cuEventRecord, "cuEventRecord")                                  \
   X(event_synchronize, cuEventSynchronize, "cuEventSynchronize")                   \
   X(event_destroy, cuEventDestroy, "cuEventDestroy_v2")                            \
+  X(event_elapsed_time, cuEventElapsedTime, "cuEventElapsedTime")                  \
   X(graph_instantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags") \
   X(graph_launch, cuGraphLaunch, "cuGraphLaunch")                                  \
   X(graph_exec_destroy, cuGraphExecDestroy, "cuGraphExecDestroy")                  \

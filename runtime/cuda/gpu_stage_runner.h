@@ -14,6 +14,7 @@
 #include "compiler/ir/error.h"
 #include "compiler/pipeline.h"
 #include "runtime/cuda/cuda_cell.h"
+#include "runtime/cuda/cuda_profile.h"
 #include "runtime/cuda/driver.h"
 
 namespace cellfuse::cuda_run {
@@ -38,6 +39,7 @@ struct Shared {
   std::size_t elem = 4;
   CUfunction transpose = nullptr, fill_rows = nullptr;
   cublasHandle_t blas = nullptr;
+  DeviceTimer* timer = nullptr;  // set only during a profiled run (runtime/profile)
 
   void launch_support(CUfunction fn, CUdeviceptr a, CUdeviceptr b, std::int64_t rows, std::int64_t cols,
                       CUstream stream, const char* what) const {
@@ -132,9 +134,18 @@ class GpuStageRunner {
 
   void run(CUstream stream) {
     const auto& program = gs_.code->program;
-    for (std::size_t i = 0; i < program.steps.size(); ++i) {
-      if (program.steps[i].kind == ProgramStep::Kind::Gemm) gemm(program.steps[i].gemm, stream);
-      else launch(i, stream);
+    // Profiling (runtime/profile): off, one load of a null pointer per stage run.
+    if (profile::Recorder* rec = profile::active()) {
+      const auto& sites = profile::sites_for(*rec, sites_generation_, sites_, stage_, program.steps, rows_, sh_.elem);
+      for (std::size_t i = 0; i < program.steps.size(); ++i) {
+        const std::int64_t begin = profile::Recorder::now_ns();
+        if (sh_.timer) sh_.timer->before(stream);
+        run_step(i, stream);
+        if (sh_.timer) sh_.timer->after(stream, sites[i], rec->step(), rec->phase(), rec->run());
+        rec->call(sites[i], begin, profile::Recorder::now_ns());
+      }
+    } else {
+      for (std::size_t i = 0; i < program.steps.size(); ++i) run_step(i, stream);
     }
     for (std::size_t o = 0; o < output_memory_.size(); ++o)
       if (!direct_output_[o]) {
@@ -144,6 +155,12 @@ class GpuStageRunner {
   }
 
  private:
+  void run_step(std::size_t i, CUstream stream) {
+    const auto& program = gs_.code->program;
+    if (program.steps[i].kind == ProgramStep::Kind::Gemm) gemm(program.steps[i].gemm, stream);
+    else launch(i, stream);
+  }
+
   struct Call {
     cuda::DeviceMemory scratch;
   };
@@ -214,6 +231,8 @@ class GpuStageRunner {
   std::vector<Call> calls_;
   std::vector<bool> direct_output_;
   std::vector<CUdeviceptr> output_memory_;
+  std::vector<int> sites_;  // the profiler's ids of the steps, for the recorder of this generation
+  std::uint64_t sites_generation_ = 0;
 };
 
 }  // namespace cellfuse::cuda_run

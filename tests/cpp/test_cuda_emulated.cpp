@@ -24,6 +24,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <set>
 #include <optional>
 
 #include "backend_check.h"
@@ -40,6 +41,7 @@
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/profile/profiler.h"
 
 namespace cellfuse {
 namespace {
@@ -779,6 +781,60 @@ TEST(CudaEmulatedStorage, RejectsWhatItCannotStore) {
   auto compiled = emulated_cell(cells::lstm(3, 4), 2, options);
   auto args = random_sequence_args<double>(cells::lstm(3, 4, DType::f64), 2, 2, 1);
   EXPECT_THAT([&] { compiled->run(args); }, ::testing::ThrowsMessage<Error>(HasSubstr("the cell is f32 but the arguments are f64")));
+}
+
+// The profiler on the GPU runner (runtime/profile, runtime/cuda/cuda_profile.h): every GEMM and
+// kernel the runner launched while it was on is one host event and one device event (from CUDA
+// events), and the fake driver's own counters of launches and cuBLAS calls agree; no graph is
+// replayed under the profiler; the trace has the GPU track.
+TEST(CudaEmulatedProfiler, EventsAreTheLaunchesTheDriverSaw) {
+  for (std::int64_t batch : {2, 16}) {  // products fused into the loop kernel at 2, cuBLAS at 16
+    const Cell cell = cells::lstm(5, 7);
+    const std::int64_t T = 6;
+    auto compiled = emulated_cell(cell, batch);
+    const auto args = random_sequence_args<float>(cell, T, batch, 5);
+    (void)compiled->run(args);
+    (void)compiled->run(args);  // a graph is captured: profiling must not replay it
+    const auto program = compile_cuda_program(optimize(cell), batch, cell.name);
+    std::size_t biased = 0, transposed = 0;  // support launches: fill_rows per biased GEMM, weight transposes
+    for (int s = 0; s < 3; ++s) {
+      const std::int64_t calls = s == 1 ? T : 1;
+      if (program.stages[s].program.steps.empty()) continue;
+      std::set<std::uint32_t> seen;
+      for (const auto& step : program.stages[s].program.steps) {
+        if (step.kind == ProgramStep::Kind::Gemm) biased += step.gemm.bias.valid() ? calls : 0;
+        else
+          for (std::size_t b = 0; b < step.kernel.kernel.buffers.size(); ++b)
+            if (step.kernel.kernel.buffers[b].transposed && seen.insert(step.kernel.buffers[b].index).second) ++transposed;
+      }
+    }
+    Profiler profiler;
+    const Counters before = fake_counters();
+    SequenceResult<float> profiled = compiled->run(args);
+    const Counters after = fake_counters();
+    profiler.stop();
+    const auto d = profiler.data();
+    std::size_t host_kernels = 0, host_gemms = 0;
+    for (const auto& e : d.host)
+      if (e.site >= 0) (d.sites[e.site].kind == profile::CallKind::Gemm ? host_gemms : host_kernels) += 1;
+    EXPECT_EQ(d.device.size(), host_kernels + host_gemms) << "batch " << batch;
+    EXPECT_EQ(after.gemms - before.gemms, host_gemms) << "batch " << batch;
+    EXPECT_EQ(after.launches - before.launches, host_kernels + biased + transposed) << "batch " << batch;
+    EXPECT_EQ(after.graph_launches, before.graph_launches);
+    for (const auto& e : d.device) EXPECT_LE(e.begin_ns, e.end_ns);
+    std::map<int, int> per_step;
+    for (const auto& e : d.device)
+      if (e.step >= 0) ++per_step[e.step];
+    EXPECT_EQ(per_step.size(), static_cast<std::size_t>(T));
+    const ProfileReport report = build_report(d, MachineCeilings{"fake", 1, 1, 1, "", false});
+    ASSERT_EQ(report.phases.size(), 1u);
+    EXPECT_EQ(report.target, "cuda");
+    EXPECT_GT(report.phases[0].device_us_per_step, 0);
+    EXPECT_NE(profiler.trace_json().find("GPU (CUDA events)"), std::string::npos);
+    // The profiled run computed what an unprofiled one does.
+    EXPECT_TRUE(same_bits(profiled, compiled->run(args)));
+  }
+  EXPECT_EQ(fake_errors(), "");
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 #      tests/run_all.sh checks);
 #   2. runs tests/python/test_cuda.py (forward, training and torch.compile on CUDA tensors) and the
 #      CUDA cases of tests/python/test_research_cells.py;
-#   3. with --bench, runs bench/compare_python.py --device cuda and writes its table to OUT.md.
+#   3. runs the profiler's GPU checks (tests/python/test_profile_cuda.py: device events per
+#      launch, the GPU report, the eager column on CUDA, `cellfuse profile --target cuda`);
+#   4. with --bench, runs bench/compare_python.py --device cuda and writes its table to OUT.md.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 PY=$(command -v "${PYTHON:-python3}")
@@ -44,6 +46,8 @@ export PYTHONPATH=$PWD/$DIR/stage${PYTHONPATH:+:$PYTHONPATH}
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_research_cells.py -k cuda) || fail "research cells"
 # The capture corpus (31 cells in research code's styles) on CUDA tensors.
 (cd tests/python && "$PY" -m pytest -q -p no:cacheprovider test_corpus.py -k cuda) || fail "corpus"
+# The profiler on CUDA tensors (CUDA events per launch, the trace's GPU track, the eager column).
+(cd tests/python && "$PY" -m pytest -q -s -p no:cacheprovider test_profile_cuda.py) || fail "profiler"
 if [[ "${1:-}" == "--bench" ]]; then
   "$PY" bench/compare_python.py --device cuda --runs 7 --out "${2:?--bench needs a file}" || fail "bench"
 fi

@@ -20,6 +20,8 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <chrono>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -422,17 +424,33 @@ CUresult cuStreamEndCapture(CUstream stream, CUgraph* graph) {
   return CUDA_SUCCESS;
 }
 
+// An event is the steady-clock time (ns) at which the stream reached it: recorded in stream
+// order (inside a captured graph, on every replay), so cuEventElapsedTime times the work between.
 CUresult cuEventCreate(CUevent* event, unsigned int) {
-  *event = reinterpret_cast<CUevent>(new int(0));
+  *event = reinterpret_cast<CUevent>(new long long(-1));
   return CUDA_SUCCESS;
 }
 
-CUresult cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
+CUresult cuEventRecord(CUevent event, CUstream stream) {
+  auto* at = reinterpret_cast<long long*>(event);
+  submit(stream, [at] {
+    *at = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  });
+  return CUDA_SUCCESS;
+}
 
 CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }  // work runs at once
 
+#undef cuEventElapsedTime  // cuda.h maps it to _v2; the runtime asks for the plain symbol
+CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
+  const long long a = *reinterpret_cast<long long*>(start), b = *reinterpret_cast<long long*>(end);
+  if (a < 0 || b < 0) return CUDA_ERROR_NOT_READY;  // as the driver says of an event never recorded
+  *ms = static_cast<float>(static_cast<double>(b - a) / 1e6);
+  return CUDA_SUCCESS;
+}
+
 CUresult cuEventDestroy_v2(CUevent event) {
-  delete reinterpret_cast<int*>(event);
+  delete reinterpret_cast<long long*>(event);
   return CUDA_SUCCESS;
 }
 

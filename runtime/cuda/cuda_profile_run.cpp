@@ -1,0 +1,42 @@
+// CudaCell's profiled run (runtime/profile): what run_locked does while a cellfuse::Profiler is
+// on. The sequence is launched kernel by kernel on the stream, never from a graph, so that each
+// launch has its host time and, from CUDA events around it, its device time; the run then waits
+// for the stream to read the events. Nothing here runs while profiling is off.
+#include "runtime/cuda/cuda_cell_impl.h"
+
+namespace cellfuse {
+
+void CudaCell::Impl::run_profiled(profile::Recorder& rec, const DeviceSequenceArgs& a, CUstream stream) {
+  if (profiled != rec.generation()) {
+    rec.add_program(profile::program_info(program.cell, {&program.stages[0].program, &program.stages[1].program,
+                                                         &program.stages[2].program},
+                                          rec.phase(), "cuda"));
+    profiled = rec.generation();
+  }
+  shared.timer = &timer;
+  timer.begin(stream);
+  try {
+    enqueue(a, stream);
+  } catch (...) {
+    shared.timer = nullptr;
+    throw;
+  }
+  shared.timer = nullptr;
+  timer.finish(rec, stream);
+}
+
+int CudaCell::Impl::persistent_call_site(profile::Recorder& rec, std::int64_t steps) {
+  if (persistent_site_generation == rec.generation()) return persistent_site;
+  // The whole loop in one launch: its cost is the loop stage's per step, times the steps.
+  profile::CallSite site{program.persistent.name, program.plan.loop.cell->name + " (persistent, all steps)",
+                         profile::CallKind::Kernel, 0, 0};
+  for (const auto& s : profile::stage_sites(*program.plan.loop.cell, program.stages[1].program.steps, batch, shared.elem)) {
+    site.flops += s.flops * static_cast<double>(steps);
+    site.bytes += s.bytes * static_cast<double>(steps);
+  }
+  persistent_site = rec.add_site(std::move(site));
+  persistent_site_generation = rec.generation();
+  return persistent_site;
+}
+
+}  // namespace cellfuse
