@@ -140,6 +140,21 @@ Rule rule_for(OpKind op) {
       return [](const Node&, ValueId dy, GradContext& c) {
         grad(c, 0, [&] { return Ops(c.graph()).div(dy, c.operand(0)); });
       };
+    case OpKind::log1p:
+      return [](const Node&, ValueId dy, GradContext& c) {
+        grad(c, 0, [&] {
+          Ops o(c.graph());
+          return o.div(dy, o.add(c.operand(0), o.constant(1.0, c.operand(0))));
+        });
+      };
+    // d(e^x - 1) = e^x = y + 1.
+    case OpKind::expm1:
+      return [](const Node&, ValueId dy, GradContext& c) {
+        grad(c, 0, [&] {
+          Ops o(c.graph());
+          return o.mul(dy, o.add(c.result(), o.constant(1.0, c.result())));
+        });
+      };
     case OpKind::sqrt:
       return [](const Node&, ValueId dy, GradContext& c) {
         grad(c, 0, [&] {

@@ -43,8 +43,6 @@ def _unary(fn):
 
 _UNARY = {
     "reciprocal": lambda v: _C.div(1.0, v),
-    "expm1": lambda v: _C.sub(_C.exp(v), 1.0),
-    "log1p": lambda v: _C.log(_C.add(v, 1.0)),
     "sign": lambda v: _C.sub(_C.greater(v, _C.constant_like(v, 0.0)), _C.less(v, _C.constant_like(v, 0.0))),
     "logical_not": lambda v: _C.sub(1.0, _ne_zero(v)),
     "bitwise_not": lambda v: _C.sub(1.0, v),

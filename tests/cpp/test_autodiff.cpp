@@ -200,6 +200,8 @@ std::vector<OpCase> op_cases() {
       {"amax", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return amax(x * h) * h; }, {}},
       {"hardsigmoid", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return hardsigmoid(x * 4.0 + h) * h; }, {}},
       {"softsign", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return softsign(x * 3.0 - h) * h; }, {}},
+      {"log1p", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return log1p(x * h * 0.5) * h; }, {}},
+      {"expm1", [](CellBuilder&, Val x, Val, Val, Val, Val h) { return expm1(x * 2.0 - h) * h; }, {}},
   };
   return cases;
 }

@@ -140,3 +140,22 @@ def test_builder_functions_of_the_new_ops_match_pytorch():
     program.forward(1, [xs.data_ptr()], [], [], [hs.data_ptr(), ss.data_ptr()], [])
     assert (hs.flatten() - F.hardsigmoid(x)).abs().max().item() <= 1e-15
     assert rel(ss.flatten(), F.softsign(x)) <= 1e-15
+
+
+class SmallLogStep(Recurrent):
+    """torch.log1p / torch.expm1 / Tensor.log1p_ of small values, where log(1 + x) loses digits."""
+
+    def forward(self, x, h):
+        z = torch.tanh(self.lin(x) + self.rec(h)) * 1e-4
+        y = z.clone()
+        y.log1p_()
+        return torch.expm1(z) * 1e3 + torch.log1p(h * 1e-3) * 1e3 + y * 1e3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 1), (4, 5, 6, 19)])
+def test_log1p_and_expm1_keep_the_digits_of_small_values(device, T, B, I, H):
+    torch.manual_seed(T * 7 + B)
+    check_against_eager_float64(SmallLogStep(I, H), device, T, B, I, H, "log1p")
+    rnn = cellfuse.compile(SmallLogStep(I, H), (torch.randn(B, I), torch.randn(B, H)))
+    assert "= expm1 " in rnn.cell_text()

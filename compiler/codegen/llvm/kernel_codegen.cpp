@@ -165,6 +165,8 @@ class KernelEmitter {
       case OpKind::relu: return b_.CreateSelect(b_.CreateFCmpOLT(a[0], constant(t, 0)), constant(t, 0), a[0]);
       case OpKind::exp: return emit_exp(b_, a[0]);
       case OpKind::log: return emit_log(b_, a[0]);
+      case OpKind::log1p: return emit_log1p(b_, a[0]);
+      case OpKind::expm1: return emit_expm1(b_, a[0]);
       case OpKind::sqrt: return intrinsic(llvm::Intrinsic::sqrt, {a[0]});
       case OpKind::rsqrt: return b_.CreateFDiv(constant(t, 1), intrinsic(llvm::Intrinsic::sqrt, {a[0]}));
       case OpKind::softplus: return emit_softplus(b_, a[0]);
