@@ -45,9 +45,11 @@ def plot(report, path):
     for i, total in enumerate(bottoms):
         ax.text(i, total, f"{total:.0f} us", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("time per step (us)")
-    ax.set_title("per-step time: " + (", ".join(cells) if cells else "cellfuse profile"), fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_ylim(0, max(bottoms + [1.0]) * 1.18)
+    device = report.get("cellfuse", report).get("machine", {}).get("device", "")
+    ax.set_title("per-step time: " + (", ".join(cells) if cells else "cellfuse profile") +
+                 (f"\n{device}" if device else ""), fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, max(bottoms + [1.0]) * 1.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
