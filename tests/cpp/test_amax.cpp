@@ -10,6 +10,7 @@
 #include "backend_check.h"
 #include "compiler/ir/op.h"
 #include "frontend/builder.h"
+#include "cpu_check.h"
 #include "op_cells.h"
 #include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
@@ -112,21 +113,7 @@ TEST(AmaxCpu, SoftmaxCellMatchesTheReference) {
           const std::string what = std::string(dtype_name(dtype)) + " H=" + std::to_string(hidden) +
                                    " B=" + std::to_string(batch) + " T=" + std::to_string(steps);
           const std::uint64_t seed = static_cast<std::uint64_t>(hidden * 100 + batch * 10 + steps);
-          const double tol = dtype == DType::f32 ? 1e-5 : 1e-12;
-          if (dtype == DType::f32) {
-            auto args = random_sequence_args<float>(cell, steps, batch, seed);
-            auto seeds = random_loss_gradients<float>(cell, steps, batch, seed);
-            auto want = reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args),
-                                       convert_seeds<float, double>(seeds));
-            expect_matches(compile_cpu(cell, batch)->run(args), want.forward, tol, what + " forward");
-            expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, tol, what + " gradients");
-          } else {
-            auto args = random_sequence_args<double>(cell, steps, batch, seed);
-            auto seeds = random_loss_gradients<double>(cell, steps, batch, seed);
-            auto want = reference_bptt(differentiate(cell), args, seeds);
-            expect_matches(compile_cpu(cell, batch)->run(args), want.forward, tol, what + " forward");
-            expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, tol, what + " gradients");
-          }
+          expect_cpu_forward_and_bptt(cell, steps, batch, seed, what);
         }
     }
 }

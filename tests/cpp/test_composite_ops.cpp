@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "backend_check.h"
+#include "cpu_check.h"
 #include "compiler/codegen/cuda/cuda_emitter.h"
 #include "compiler/ir/composite_ops.h"
 #include "compiler/ir/pointwise_math.h"
@@ -73,21 +74,7 @@ TEST(CompositeOps, CpuForwardAndBpttMatchTheReference) {
       Cell cell = composite_cell(dtype, input, hidden);
       for (std::int64_t batch : {1, 3, 64}) {
         const std::string what = std::string(dtype_name(dtype)) + " H=" + std::to_string(hidden) + " B=" + std::to_string(batch);
-        const std::uint64_t seed = static_cast<std::uint64_t>(hidden * 10 + batch);
-        const std::int64_t steps = 4;
-        if (dtype == DType::f32) {
-          auto args = random_sequence_args<float>(cell, steps, batch, seed);
-          auto seeds = random_loss_gradients<float>(cell, steps, batch, seed);
-          auto want = reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args), convert_seeds<float, double>(seeds));
-          expect_matches(compile_cpu(cell, batch)->run(args), want.forward, 1e-5, what);
-          expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, 1e-5, what);
-        } else {
-          auto args = random_sequence_args<double>(cell, steps, batch, seed);
-          auto seeds = random_loss_gradients<double>(cell, steps, batch, seed);
-          auto want = reference_bptt(differentiate(cell), args, seeds);
-          expect_matches(compile_cpu(cell, batch)->run(args), want.forward, 1e-12, what);
-          expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, 1e-12, what);
-        }
+        expect_cpu_forward_and_bptt(cell, 4, batch, static_cast<std::uint64_t>(hidden * 10 + batch), what);
       }
     }
 }

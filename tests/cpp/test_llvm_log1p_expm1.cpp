@@ -9,13 +9,10 @@
 #include <limits>
 #include <vector>
 
-#include "backend_check.h"
 #include "compiler/codegen/cuda/cuda_emitter.h"
+#include "cpu_check.h"
 #include "frontend/builder.h"
-#include "runtime/cpu/cpu_bptt.h"
 #include "runtime/cpu/cpu_cell.h"
-#include "runtime/reference/bptt.h"
-#include "runtime/reference/interpreter.h"
 
 namespace cellfuse {
 namespace {
@@ -89,21 +86,7 @@ TEST(Log1pExpm1, CpuForwardAndBpttMatchTheReference) {
       for (std::int64_t batch : {1, 3, 17}) {
         Cell cell = log_cell(dtype, input, hidden);
         const std::string what = std::string(dtype_name(dtype)) + " H=" + std::to_string(hidden) + " B=" + std::to_string(batch);
-        const auto seed = static_cast<std::uint64_t>(hidden * 10 + batch);
-        const std::int64_t steps = 5;
-        if (dtype == DType::f32) {
-          auto args = random_sequence_args<float>(cell, steps, batch, seed);
-          auto seeds = random_loss_gradients<float>(cell, steps, batch, seed);
-          auto want = reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args), convert_seeds<float, double>(seeds));
-          expect_matches(compile_cpu(cell, batch)->run(args), want.forward, 1e-5, what);
-          expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, 1e-5, what);
-        } else {
-          auto args = random_sequence_args<double>(cell, steps, batch, seed);
-          auto seeds = random_loss_gradients<double>(cell, steps, batch, seed);
-          auto want = reference_bptt(differentiate(cell), args, seeds);
-          expect_matches(compile_cpu(cell, batch)->run(args), want.forward, 1e-12, what);
-          expect_grads(CpuBptt(cell, batch).run(args, seeds).grads, want.grads, 1e-12, what);
-        }
+        expect_cpu_forward_and_bptt(cell, 5, batch, static_cast<std::uint64_t>(hidden * 10 + batch), what);
       }
 }
 
