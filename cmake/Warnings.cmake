@@ -15,6 +15,10 @@ if(CELLFUSE_SANITIZE)
                          -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_link_options(cellfuse_options INTERFACE -fsanitize=address,undefined)
 endif()
+if(CELLFUSE_TSAN)
+  target_compile_options(cellfuse_options INTERFACE -fsanitize=thread -fno-omit-frame-pointer -g)
+  target_link_options(cellfuse_options INTERFACE -fsanitize=thread)
+endif()
 # The fuzz build (clang only): coverage instrumentation for libFuzzer plus ASan and UBSan on every
 # cellfuse target; the fuzz targets themselves add -fsanitize=fuzzer at link time.
 if(CELLFUSE_FUZZ)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "compiler/ir/types.h"
+#include "runtime/memory_limits.h"
 
 namespace cellfuse {
 
@@ -15,10 +16,9 @@ struct HostTensor {
   std::vector<T> data;
 
   HostTensor() = default;
+  // Error (naming the shape and the bytes) when the size overflows or exceeds the available memory.
   explicit HostTensor(std::vector<std::int64_t> dims) : shape(std::move(dims)) {
-    std::int64_t n = 1;
-    for (auto d : shape) n *= d;
-    data.assign(static_cast<std::size_t>(n), T(0));
+    data.assign(checked_bytes(shape, sizeof(T), "a tensor") / sizeof(T), T(0));
   }
   std::int64_t numel() const { return static_cast<std::int64_t>(data.size()); }
 

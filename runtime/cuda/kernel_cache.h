@@ -1,43 +1,36 @@
 #pragma once
 // The disk cache of compiled cubins: a cell's kernels are compiled by NVRTC once per machine,
-// not once per process.
+// not once per process. The file format, its checks and the directory's safety rules are
+// runtime/disk_cache.h's (content-addressed, verified before loading, atomic writes, a directory
+// other users can write refused, read-only or full disks degrade to no cache).
 //
 //   directory   $CELLFUSE_CACHE_DIR, else $XDG_CACHE_HOME/cellfuse, else ~/.cache/cellfuse
 //   disabled    CELLFUSE_CACHE=0 (every lookup misses, nothing is written)
-//   key         a 128-bit hash of the source, the NVRTC version, the architecture and the options
-//   entry       <dir>/<key>.cubin: a header (magic, format version, key, payload length, payload
-//               checksum) then the cubin. A truncated or corrupt entry (or one of another format)
-//               is ignored and rebuilt.
-//   writes      to a unique temporary name in the same directory, then rename(): another process
-//               sees the old entry, no entry, or the whole new one, never half a file.
+//   key         a 128-bit hash of the source, NVRTC's and the driver's versions (toolchain_version),
+//               the architecture and the options
+//   entry       <dir>/<key>.cubin
 //
 // Failing to create the directory or to write an entry never fails a compilation: it is counted
 // in stats() and the cubin is returned all the same.
-#include <cstdint>
 #include <filesystem>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "runtime/disk_cache.h"
+
 namespace cellfuse::cuda {
 
-struct CacheKey {
-  std::uint64_t hi = 0, lo = 0;
-  std::string hex() const;
-  friend bool operator==(const CacheKey&, const CacheKey&) = default;
-};
+using CacheKey = cellfuse::CacheKey;
+using CacheStats = cellfuse::CacheStats;
 
+// `nvrtc_version` is what the key calls the toolchain: get_or_compile passes toolchain_version().
 CacheKey cache_key(const std::string& source, const std::string& nvrtc_version, const std::string& architecture,
                    const std::vector<std::string>& options);
 
-struct CacheStats {
-  std::size_t hits = 0;
-  std::size_t misses = 0;       // compilations the cache had to run
-  std::size_t rejected = 0;     // entries found truncated, corrupt or of another format
-  std::size_t write_failures = 0;
-  std::string last_write_error;
-};
+// NVRTC's version and the CUDA driver's ("12.4 / driver 12040", "... / no driver" where none is
+// loaded): a new compiler or driver is a new key, so it never loads a cubin an older one made.
+std::string toolchain_version();
 
 class KernelCache {
  public:
@@ -51,8 +44,8 @@ class KernelCache {
   // False when CELLFUSE_CACHE=0.
   static bool enabled_by_environment();
 
-  bool enabled() const { return enabled_; }
-  const std::filesystem::path& directory() const { return directory_; }
+  bool enabled() const { return disk_.enabled(); }
+  const std::filesystem::path& directory() const { return disk_.directory(); }
 
   // The cubin of `source` for `architecture` (compile_to_cubin's arguments): from disk when a
   // valid entry is there, else compiled by NVRTC and stored. Throws CompileError like NVRTC.
@@ -68,10 +61,7 @@ class KernelCache {
   CacheStats stats() const;
 
  private:
-  std::filesystem::path directory_;
-  bool enabled_;
-  mutable std::mutex mutex_;
-  CacheStats stats_;
+  DiskCache disk_;
 };
 
 // The process's cache, configured from the environment when first used.

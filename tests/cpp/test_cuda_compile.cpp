@@ -533,7 +533,7 @@ void corrupt_and_check(const std::function<void(const fs::path&)>& damage, const
   TempDir dir;
   cuda::KernelCache cache(dir.path(), true);
   auto good = cache.get_or_compile(kSmallKernel, "sm_90");
-  const auto key = cuda::cache_key(kSmallKernel, cuda::nvrtc_version(), "sm_90", cuda::default_options());
+  const auto key = cuda::cache_key(kSmallKernel, cuda::toolchain_version(), "sm_90", cuda::default_options());
   const fs::path entry = cache.entry_path(key);
   ASSERT_TRUE(fs::exists(entry)) << what;
   damage(entry);
@@ -578,7 +578,7 @@ TEST(KernelCache, RebuildsACorruptOrTruncatedEntry) {
         // A valid entry of another key under this key's name.
         cuda::KernelCache other(p.parent_path(), true);
         auto bytes = other.get_or_compile("extern \"C\" __global__ void other_kernel() {}\n", "sm_90");
-        fs::rename(other.entry_path(cuda::cache_key("extern \"C\" __global__ void other_kernel() {}\n", cuda::nvrtc_version(),
+        fs::rename(other.entry_path(cuda::cache_key("extern \"C\" __global__ void other_kernel() {}\n", cuda::toolchain_version(),
                                                     "sm_90", cuda::default_options())),
                    p);
       },
