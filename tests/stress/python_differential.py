@@ -36,7 +36,7 @@ NODE = re.compile(r"^%(\S+) = (\w+)(?: ([^{:]*?))?(?: \{([^}]*)\})?(?: : \[([^\]
 UNARY = {
     "neg": lambda a: -a, "abs": torch.abs, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
     "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "softplus": F.softplus,
-    "erf": torch.erf, "hardsigmoid": F.hardsigmoid, "softsign": F.softsign,
+    "erf": torch.erf, "log1p": torch.log1p, "expm1": torch.expm1, "hardsigmoid": F.hardsigmoid, "softsign": F.softsign,
 }
 BINARY = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,

@@ -223,6 +223,9 @@ class RandomCell {
       case OpKind::amax: add(a.v - expand(amax(a.v), a.v.features()), 2 * ba); return;
       case OpKind::hardsigmoid: add(hardsigmoid(a.v * 2.0), 1); return;
       case OpKind::softsign: add(softsign(a.v), 1); return;
+      // Small arguments too, where log1p and expm1 keep digits log(1 + x) and exp(x) - 1 lose.
+      case OpKind::log1p: add(log1p(chance(50) ? softplus(a.v) : a.v * 1e-3 * (1.0 / (ba + 1))), std::max(1.0, ba)); return;
+      case OpKind::expm1: add(expm1(ba <= 4 ? a.v : tanh(a.v)), ba <= 4 ? std::exp(ba) : 2); return;
     }
   }
 
