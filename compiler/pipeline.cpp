@@ -108,6 +108,8 @@ Cell verify_stage(const Cell& cell, const TargetOptions& o) {
       throw Error(backend + ": " + std::string(storage_name(o.storage)) + " storage needs an f32 cell; '" + cell.name +
                   "' is " + std::string(dtype_name(dtype)));
   }
+  if (o.batch_agnostic && o.target != Target::Cpu)
+    throw Error(backend + ": batch-agnostic kernels are for the CPU target only");
   if (o.fusion_limit < 0 || o.persistent_limit < 0)
     throw Error(backend + ": fusion_limit and persistent_limit must not be negative");
   return cell;
@@ -144,7 +146,7 @@ std::array<StageFusion, 3> fuse_stage(const SequencePlan& plan, const TargetOpti
   for (int s = 0; s < 3; ++s) {
     if (!stage_of(plan, s)->cell) continue;
     const Cell& stage = *stage_of(plan, s)->cell;
-    const bool may_fuse = s == 1 && o.batch <= o.fusion_limit && o.fuse != FuseProducts::Never;
+    const bool may_fuse = s == 1 && o.batch <= o.fusion_limit && o.fuse != FuseProducts::Never && !o.batch_agnostic;
     out[s].plan = plan_fusion(stage, FusionOptions{may_fuse});
     out[s].products_fused = may_fuse;
     if (!may_fuse || o.target != Target::Cuda || o.fuse != FuseProducts::Auto) continue;

@@ -95,12 +95,13 @@ Cell forward_with_tape(const BackwardCell& backward);
 // read; the GPU hoists everything (one wide launch, latency-bound loop).
 SequencePlan hoist_stage(const Cell& cell, const TargetOptions& options);
 // GEMMs vs fused kernels for each stage (fusion.h); small products of the loop stage fuse up to
-// options.fusion_limit rows (CUDA Auto: only while every fused weight is small).
+// options.fusion_limit rows (CUDA Auto: only while every fused weight is small; never when
+// batch_agnostic or fuse = Never).
 std::array<StageFusion, 3> fuse_stage(const SequencePlan& plan, const TargetOptions& options);
 // Kernel IR for every kernel group (stage_program.h); `name` prefixes the kernels' names.
 StagePrograms lower_stage(const SequencePlan& plan, const std::array<StageFusion, 3>& fusion, const std::string& name);
 // Target-specific rewrites of the kernel IR: the loop stage's kernels always cover the whole
-// batch (rows_hint); on the CPU, fused products read transposed weights in panels of the host's
+// batch (rows_hint; not when batch_agnostic); on the CPU, fused products read transposed weights in panels of the host's
 // vector width (kernel::Buffer::panel).
 StagePrograms rewrite_kernels_stage(StagePrograms programs, const TargetOptions& options);
 // Code generation for the CPU: every kernel into one LLVM module.

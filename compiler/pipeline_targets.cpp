@@ -18,9 +18,10 @@
 namespace cellfuse {
 
 StagePrograms rewrite_kernels_stage(StagePrograms programs, const TargetOptions& o) {
-  // Every call of a loop-stage kernel covers the whole batch.
-  for (auto& step : programs[1].steps)
-    if (step.kind == ProgramStep::Kind::Kernel) step.kernel.kernel.rows_hint = o.batch;
+  // Every call of a loop-stage kernel covers the whole batch (unless the runner picks the rows).
+  if (!o.batch_agnostic)
+    for (auto& step : programs[1].steps)
+      if (step.kind == ProgramStep::Kind::Kernel) step.kernel.kernel.rows_hint = o.batch;
   if (o.target != Target::Cpu) return programs;
 #if CELLFUSE_PIPELINE_LLVM
   // Fused products read their weight in panels (kernel::Buffer::panel) of the width one tile of

@@ -57,6 +57,12 @@ struct TargetOptions {
   int threads = 0;
   // Compile for training: autodiff, then the forward with its tape and the backward step.
   bool training = false;
+  // Kernels for a runner that picks the rows of every call at run time (the CPU target only):
+  // no kernel is specialized to `batch` (rows_hint, the panels of fused products), so one
+  // program serves a prime of T*B rows and a generation step of B; no product is fused into a
+  // kernel (as fuse = Never), so the runner does every matrix product itself (runtime/generate
+  // runs them on quantized weights).
+  bool batch_agnostic = false;
   // Keep each stage's result as text in the log (cellfuse print --stages, golden tests). Off, the
   // log still has every stage's name and wall time.
   bool stage_text = false;

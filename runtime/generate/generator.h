@@ -86,6 +86,8 @@ class Generator {
   // Runs the layers over `steps` x `rows` input rows from the embedding of `ids` ([steps*rows]);
   // leaves the last layer's outputs in top_.
   void run_layers(const std::int32_t* ids, std::int64_t steps, std::int64_t rows);
+  // One generation step of `rows` streams fed `ids`: the logits [rows, vocab] of the next token.
+  void generation_step(const std::int32_t* ids, std::int64_t rows, float* logits);
 
   cpu::quant::Format format_ = cpu::quant::Format::F32;
   std::int64_t vocab_ = 0, embed_dim_ = 0;
@@ -99,6 +101,9 @@ class Generator {
   std::vector<std::vector<std::vector<float>>> states_;
   std::vector<float> x_, y_, top_;
   cpu::quant::Activations decoder_in_;
+  std::vector<std::vector<float>> step_out_;                // per layer: one step's output
+  std::vector<float*> step_states_;
+  std::vector<cpu::quant::Activations> decoder_members_;   // per team member (the step path)
 
   friend struct GeneratorFile;
 };

@@ -57,8 +57,9 @@ struct Writer {
     put<std::uint8_t>(static_cast<std::uint8_t>(m.format()));
     put<std::uint64_t>(static_cast<std::uint64_t>(m.k()));
     put<std::uint64_t>(static_cast<std::uint64_t>(m.n()));
-    put<std::uint64_t>(m.raw_data().size());
-    bytes(m.raw_data().data(), m.raw_data().size());
+    const std::vector<std::uint8_t> data = m.raw_data();
+    put<std::uint64_t>(data.size());
+    bytes(data.data(), data.size());
     floats(m.raw_scales());
   }
 };

@@ -1,17 +1,14 @@
 #include "runtime/generate/quant_cell.h"
 
-#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LLVMContext.h>  // the module handed to the JIT
 #include <llvm/IR/Module.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/ir/error.h"
-#include "compiler/kernel/stage_program.h"
-#include "compiler/lower.h"
-#include "compiler/passes/hoist.h"
+#include "compiler/pipeline.h"
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/llvm_jit.h"
 #include "runtime/cpu/team.h"
@@ -38,15 +35,38 @@ struct StageExec {
   StageProgram program;
   std::vector<llvm_codegen::KernelFunction> functions;  // per step; null for a product
   std::vector<int> matrix_param;                        // per step: the cell param of a quantized weight, or -1
+  std::vector<const QuantMatrix*> matrix;               // per step: that weight
   std::vector<float*> where;                            // per stage value
   std::vector<std::vector<float>> temporaries;          // per program temporary
-  std::vector<std::vector<void*>> pointers;             // per step: a kernel's buffers
+  // Per step, per set: a kernel's buffers. Set p is member p's when a step's kernel is split by
+  // rows (each member its own scratch); set 0 otherwise.
+  std::vector<std::vector<std::vector<void*>>> pointers;
   std::vector<std::vector<float>> scratch;
   std::vector<std::vector<float>> exports;  // per stage output, [rows, cols]
   std::int64_t capacity = 0;
 };
 
 }  // namespace
+
+void StepSync::before_shared(cpu::Team& team, const float* reads) {
+  if (solo || opaque || (reads && std::find(written.begin(), written.end(), reads) != written.end())) barrier(team);
+}
+
+void StepSync::before_solo(cpu::Team& team) {
+  if (opaque || !written.empty()) barrier(team);
+}
+
+void StepSync::barrier(cpu::Team& team) {
+  if (parts > 1) team.barrier();
+  written.clear();
+  opaque = solo = false;
+}
+
+std::pair<std::int64_t, std::int64_t> share_rows(std::int64_t total, std::int64_t unit, int part, int parts) {
+  const std::int64_t blocks = (total + unit - 1) / unit;
+  const std::int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
+  return {std::min(total, b0 * unit), std::min(total, b1 * unit)};
+}
 
 struct QuantCell::Impl {
   Cell cell;
@@ -56,14 +76,25 @@ struct QuantCell::Impl {
   LayerWeights weights;
   Activations activations;
   std::vector<std::vector<float>> current, next;  // the loop's states
+  // The step path (bind_step / step): rows, where the states and the output live, each member's
+  // activations (one per program step), a team of one for products of two per-step values.
+  std::int64_t step_rows = 0;
+  std::vector<float*> step_states;
+  float* step_output = nullptr;
+  std::vector<std::vector<Activations>> member_activations[3];
+  cpu::Team alone{1};
 
   void compile(const Cell& user_cell);
   std::vector<bool> fp32_needed() const;
   void check_weights() const;
-  void grow(StageExec& se, std::int64_t rows);
+  void resolve_matrices();
+  void grow(StageExec& se, std::int64_t rows, int sets);
+  void run_kernel(StageExec& se, std::size_t i, std::int64_t r0, std::int64_t r1, int set);
   void run_stage(StageExec& se, std::int64_t rows, std::int64_t export_row, cpu::Team& team);
 };
 
+// The cell through the one pipeline: kernels for any rows, no product fused (each is a quantized
+// matrix-vector product run here).
 void QuantCell::Impl::compile(const Cell& user_cell) {
   if (user_cell.graph.dtype() != DType::f32)
     throw Error("generator: layer cell '" + user_cell.name + "' is " + std::string(dtype_name(user_cell.graph.dtype())) +
@@ -73,20 +104,21 @@ void QuantCell::Impl::compile(const Cell& user_cell) {
                 " inputs and " + std::to_string(user_cell.outputs.size()) +
                 " outputs; a layer takes one input (the token's embedding or the layer below) and its first "
                 "output feeds the next layer");
-  cell = optimize(user_cell);
-  plan = hoist(cell, HoistOptions{.recompute_pointwise = true});
-  auto context = std::make_unique<llvm::LLVMContext>();
-  auto module = std::make_unique<llvm::Module>("cellfuse_gen_" + cell.name, *context);
-  static std::atomic<std::size_t> unique{0};
-  const std::string prefix = "cfgen" + std::to_string(++unique) + "_" + cell.name;
+  TargetOptions options;
+  options.target = Target::Cpu;
+  options.batch_agnostic = true;
+  options.fuse = FuseProducts::Never;
+  CompiledCell compiled = cellfuse::compile(user_cell, options);
+  CompiledProgram& program = compiled.forward;
+  cell = std::move(program.cell);
+  plan = std::move(program.plan);
   const SequenceStage* src[3] = {&plan.pre, &plan.loop, &plan.post};
-  const char* names[3] = {"_pre", "_loop", "_post"};
   for (int s = 0; s < 3; ++s) {
     StageExec& se = stages[s];
     se.stage = src[s];
     if (!src[s]->cell) continue;
     const Cell& sc = *src[s]->cell;
-    se.program = compile_stage(sc, /*fuse_small_products=*/false, prefix + names[s]);
+    se.program = std::move(program.stages[static_cast<std::size_t>(s)]);
     for (const auto& step : se.program.steps) {
       int param = -1;
       if (step.kind == ProgramStep::Kind::Gemm) {
@@ -95,13 +127,12 @@ void QuantCell::Impl::compile(const Cell& user_cell) {
       } else {
         for (const auto& b : step.kernel.kernel.buffers)
           if (b.transposed) throw InternalError("generator: a kernel with a fused product in an unfused stage");
-        llvm_codegen::emit_kernel(*module, step.kernel.kernel);
       }
       se.matrix_param.push_back(param);
     }
   }
   jit = std::make_unique<LlvmJit>();
-  jit->add_module(std::move(module), std::move(context));
+  jit->add_module(std::move(program.llvm->module), std::move(program.llvm->context));
   for (auto& se : stages)
     for (const auto& step : se.program.steps)
       se.functions.push_back(step.kind == ProgramStep::Kind::Kernel
@@ -158,6 +189,15 @@ void QuantCell::Impl::check_weights() const {
     }
 }
 
+void QuantCell::Impl::resolve_matrices() {
+  for (auto& se : stages) {
+    se.matrix.assign(se.program.steps.size(), nullptr);
+    for (std::size_t i = 0; i < se.program.steps.size(); ++i)
+      if (se.matrix_param[i] >= 0)
+        se.matrix[i] = &weights.matrices.at({se.matrix_param[i], se.program.steps[i].gemm.transposed});
+  }
+}
+
 QuantCell::QuantCell(const Cell& cell, const std::vector<const float*>& params, Format format)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
@@ -181,12 +221,14 @@ QuantCell::QuantCell(const Cell& cell, const std::vector<const float*>& params, 
         m.weights.matrices.emplace(WeightKey{p, gm.transposed},
                                    QuantMatrix::quantize(params[static_cast<std::size_t>(p)], gm.transposed, gm.k, gm.n, format));
     }
+  m.resolve_matrices();
 }
 
 QuantCell::QuantCell(const Cell& cell, LayerWeights weights) : impl_(std::make_unique<Impl>()) {
   impl_->compile(cell);
   impl_->weights = std::move(weights);
   impl_->check_weights();
+  impl_->resolve_matrices();
 }
 
 QuantCell::~QuantCell() = default;
@@ -207,7 +249,8 @@ std::size_t QuantCell::weight_bytes() const {
   return total;
 }
 
-void QuantCell::Impl::grow(StageExec& se, std::int64_t rows) {
+// Memory for `rows` rows and `sets` sets of kernel scratch.
+void QuantCell::Impl::grow(StageExec& se, std::int64_t rows, int sets) {
   const Cell& sc = *se.stage->cell;
   if (se.where.empty()) {
     se.where.assign(sc.graph.size(), nullptr);
@@ -215,16 +258,19 @@ void QuantCell::Impl::grow(StageExec& se, std::int64_t rows) {
       auto& v = weights.fp32[static_cast<std::size_t>(se.stage->params[p])];
       if (v) se.where[sc.params[p].index] = v->data();
     }
-    for (const auto& step : se.program.steps) {
-      se.pointers.emplace_back();
-      if (step.kind != ProgramStep::Kind::Kernel) continue;
-      const auto& k = step.kernel.kernel;
-      auto& ptrs = se.pointers.back();
-      ptrs.assign(k.buffers.size(), nullptr);
+    se.pointers.resize(se.program.steps.size());
+  }
+  for (std::size_t i = 0; i < se.program.steps.size(); ++i) {
+    const ProgramStep& step = se.program.steps[i];
+    if (step.kind != ProgramStep::Kind::Kernel) continue;
+    const auto& k = step.kernel.kernel;
+    auto& step_sets = se.pointers[i];
+    while (static_cast<int>(step_sets.size()) < sets) {
+      step_sets.emplace_back(k.buffers.size(), nullptr);
       for (std::size_t b = 0; b < k.buffers.size(); ++b)
         if (k.buffers[b].role == kernel::BufferRole::Scratch) {
           se.scratch.emplace_back(static_cast<std::size_t>(kRowChunk * k.buffers[b].cols));
-          ptrs[b] = se.scratch.back().data();
+          step_sets.back()[b] = se.scratch.back().data();
         }
     }
   }
@@ -241,6 +287,15 @@ void QuantCell::Impl::grow(StageExec& se, std::int64_t rows) {
     se.exports[o].resize(static_cast<std::size_t>(rows * features(sc, sc.outputs[o].value)));
 }
 
+// Rows [r0, r1) of step i's kernel with scratch set `set`.
+void QuantCell::Impl::run_kernel(StageExec& se, std::size_t i, std::int64_t r0, std::int64_t r1, int set) {
+  const auto& ks = se.program.steps[i].kernel;
+  auto& ptrs = se.pointers[i][static_cast<std::size_t>(set)];
+  for (std::size_t b = 0; b < ks.kernel.buffers.size(); ++b)
+    if (ks.kernel.buffers[b].role != kernel::BufferRole::Scratch) ptrs[b] = se.where[ks.buffers[b].index];
+  for (std::int64_t r = r0; r < r1; r += kRowChunk) se.functions[i](ptrs.data(), r, std::min(r1, r + kRowChunk), 0, 1, nullptr, nullptr);
+}
+
 // Runs stage `se` over `rows` rows bound in se.where; copies its outputs to row `export_row` of
 // its export arrays.
 void QuantCell::Impl::run_stage(StageExec& se, std::int64_t rows, std::int64_t export_row, cpu::Team& team) {
@@ -250,22 +305,16 @@ void QuantCell::Impl::run_stage(StageExec& se, std::int64_t rows, std::int64_t e
     if (step.kind == ProgramStep::Kind::Gemm) {
       const GemmStep& gm = step.gemm;
       const float* bias = gm.bias.valid() ? se.where[gm.bias.index] : nullptr;
-      if (se.matrix_param[i] >= 0) {
-        const QuantMatrix& w = weights.matrices.at({se.matrix_param[i], gm.transposed});
-        activations.prepare(w.format(), se.where[gm.x.index], rows, gm.k, gm.k);
-        w.multiply(activations, bias, se.where[gm.out.index], gm.n, &team);
+      if (const QuantMatrix* w = se.matrix[i]) {
+        activations.prepare(w->format(), se.where[gm.x.index], rows, gm.k, gm.k);
+        w->multiply(activations, bias, se.where[gm.out.index], gm.n, &team);
       } else {  // a product of two per-step values: no weight to quantize
         cpu::gemm<float>(team, se.where[gm.x.index], se.where[gm.weight.index], gm.transposed, bias,
                          se.where[gm.out.index], rows, gm.k, gm.n);
       }
       continue;
     }
-    const auto& ks = step.kernel;
-    auto& ptrs = se.pointers[i];
-    for (std::size_t b = 0; b < ks.kernel.buffers.size(); ++b)
-      if (ks.kernel.buffers[b].role != kernel::BufferRole::Scratch) ptrs[b] = se.where[ks.buffers[b].index];
-    for (std::int64_t r = 0; r < rows; r += kRowChunk)
-      se.functions[i](ptrs.data(), r, std::min(rows, r + kRowChunk), 0, 1, nullptr, nullptr);
+    run_kernel(se, i, 0, rows, 0);
   }
   for (std::size_t o = 0; o < sc.outputs.size(); ++o) {
     ValueId v = sc.outputs[o].value;
@@ -294,7 +343,7 @@ void QuantCell::run(std::int64_t steps, std::int64_t rows, const float* input, c
   auto run_batch = [&](int s) {
     StageExec& se = m.stages[s];
     if (!se.stage->cell) return;
-    m.grow(se, total);
+    m.grow(se, total, 1);
     const Cell& sc = *se.stage->cell;
     for (std::size_t i = 0; i < sc.inputs.size(); ++i) se.where[sc.inputs[i].index] = source(se.stage->inputs[i]);
     m.run_stage(se, total, 0, team);
@@ -303,7 +352,7 @@ void QuantCell::run(std::int64_t steps, std::int64_t rows, const float* input, c
   StageExec& loop = m.stages[1];
   if (loop.stage->cell) {
     const Cell& lc = *loop.stage->cell;
-    m.grow(loop, rows);
+    m.grow(loop, rows, 1);
     // The loop's exports hold all steps: sized apart from its per-step temporaries.
     for (std::size_t o = 0; o < lc.outputs.size(); ++o)
       if (loop.exports[o].size() < static_cast<std::size_t>(total * features(lc, lc.outputs[o].value)))
@@ -337,6 +386,103 @@ void QuantCell::run(std::int64_t steps, std::int64_t rows, const float* input, c
   const std::int64_t cols = output_width();
   std::memcpy(output, m.stages[static_cast<int>(src.stage)].exports[static_cast<std::size_t>(src.index)].data(),
               static_cast<std::size_t>(total * cols) * sizeof(float));
+}
+
+// The step path binds each stage's inputs straight to the memory of the value that feeds them
+// (no export copies): one step's values stay where they were computed.
+void QuantCell::bind_step(std::int64_t rows, const float* input, const std::vector<float*>& states, float* output,
+                          int parts) {
+  Impl& m = *impl_;
+  if (states.size() != m.cell.states.size())
+    throw Error("generator: layer '" + m.cell.name + "' has " + std::to_string(m.cell.states.size()) + " states, got " +
+                std::to_string(states.size()));
+  m.step_rows = rows, m.step_states = states, m.step_output = output;
+  for (int s = 0; s < 3; ++s) {
+    StageExec& se = m.stages[s];
+    if (!se.stage->cell) continue;
+    m.grow(se, rows, parts);
+    auto& acts = m.member_activations[s];
+    if (static_cast<int>(acts.size()) < parts) acts.resize(static_cast<std::size_t>(parts));
+    for (auto& a : acts) a.resize(se.program.steps.size());
+    const Cell& sc = *se.stage->cell;
+    for (std::size_t i = 0; i < sc.inputs.size(); ++i) {
+      const StageInput& in = se.stage->inputs[i];
+      float* from = const_cast<float*>(input);
+      if (in.from != StageInput::From::CellInput) {
+        const StageExec& producer = m.stages[in.from == StageInput::From::Pre ? 0 : 1];
+        from = producer.where[producer.stage->cell->outputs[static_cast<std::size_t>(in.index)].value.index];
+      }
+      se.where[sc.inputs[i].index] = from;
+    }
+    if (s == 1)
+      for (std::size_t k = 0; k < sc.states.size(); ++k) se.where[sc.states[k].index] = states[k];
+  }
+}
+
+void QuantCell::step(int part, int parts, cpu::Team& team, StepSync& sync) {
+  Impl& m = *impl_;
+  const std::int64_t rows = m.step_rows;
+  const bool split_kernels = parts > 1 && rows >= 2 * parts;
+  for (int s = 0; s < 3; ++s) {
+    StageExec& se = m.stages[s];
+    if (!se.stage->cell) continue;
+    for (std::size_t i = 0; i < se.program.steps.size(); ++i) {
+      const ProgramStep& step = se.program.steps[i];
+      if (step.kind == ProgramStep::Kind::Gemm && se.matrix[i]) {
+        const GemmStep& gm = step.gemm;
+        const float* x = se.where[gm.x.index];
+        sync.before_shared(team, x);
+        const auto [r0, r1] = share_rows(gm.n, QuantMatrix::kRowBlock, part, parts);
+        if (r0 < r1) {
+          Activations& a = m.member_activations[s][static_cast<std::size_t>(part)][i];
+          a.prepare(se.matrix[i]->format(), x, rows, gm.k, gm.k);
+          se.matrix[i]->multiply_rows(a, gm.bias.valid() ? se.where[gm.bias.index] : nullptr, se.where[gm.out.index],
+                                      gm.n, r0, r1);
+        }
+        sync.written.push_back(se.where[gm.out.index]);
+      } else if (step.kind == ProgramStep::Kind::Kernel && split_kernels) {
+        sync.before_shared(team, nullptr);
+        if (!sync.written.empty()) sync.barrier(team);  // it reads what the products wrote
+        const auto [r0, r1] = share_rows(rows, 1, part, parts);
+        m.run_kernel(se, i, r0, r1, part);
+        sync.opaque = true;
+      } else {
+        sync.before_solo(team);
+        if (part == 0) {
+          if (step.kind == ProgramStep::Kind::Kernel) {
+            m.run_kernel(se, i, 0, rows, 0);
+          } else {  // a product of two per-step values, on this member alone
+            const GemmStep& gm = step.gemm;
+            cpu::gemm<float>(m.alone, se.where[gm.x.index], se.where[gm.weight.index], gm.transposed,
+                             gm.bias.valid() ? se.where[gm.bias.index] : nullptr, se.where[gm.out.index], rows, gm.k,
+                             gm.n);
+          }
+        }
+        sync.solo = true;
+      }
+    }
+  }
+  sync.before_solo(team);
+  if (part == 0) {
+    const auto& src = m.plan.outputs[0];
+    const StageExec& se = m.stages[static_cast<int>(src.stage)];
+    const float* from = se.where[se.stage->cell->outputs[static_cast<std::size_t>(src.index)].value.index];
+    std::memcpy(m.step_output, from, static_cast<std::size_t>(rows * output_width()) * sizeof(float));
+    // Then the next states replace the states (an output may be a state as the step found it).
+    const StageExec& loop = m.stages[1];
+    if (loop.stage->cell) {
+      const Cell& lc = *loop.stage->cell;
+      // Through m.next, as a next state may be another state (a cell that swaps them).
+      m.next.resize(lc.states.size());
+      for (std::size_t k = 0; k < lc.states.size(); ++k) {
+        const float* next = loop.where[lc.next_states[k].index];
+        m.next[k].assign(next, next + rows * features(lc, lc.states[k]));
+      }
+      for (std::size_t k = 0; k < lc.states.size(); ++k)
+        std::memcpy(m.step_states[k], m.next[k].data(), m.next[k].size() * sizeof(float));
+    }
+  }
+  sync.solo = true;
 }
 
 }  // namespace cellfuse::generate

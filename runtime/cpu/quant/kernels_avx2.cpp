@@ -1,8 +1,10 @@
-// The AVX2 + FMA kernels of quant_matrix.h, for CPUs without AVX-512 VNNI. Same structure as
-// kernels_avx512.cpp: one weight row at a time, up to four rows of x per pass, fixed summation order.
+// The AVX2 + FMA kernels of quant_matrix.h, for CPUs without AVX-512 VNNI: fp32 and bf16 one
+// weight row at a time, up to four rows of x per pass; int8 and int4 over their panels 8 rows at
+// a time; every output summed in a fixed order.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "runtime/cpu/quant/quant_matrix.h"
 
@@ -17,30 +19,6 @@ CF_AVX2 inline float hsum(__m256 v) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
-}
-
-CF_AVX2 inline std::int32_t hsum(__m256i v) {
-  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-  return _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1)));
-}
-
-CF_AVX2 inline __m256 widen_bf16(const std::uint16_t* p) {
-  const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
-
-CF_AVX2 inline __m256i unpack_int4(const std::uint8_t* p) {
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i mask = _mm_set1_epi8(15);
-  const __m128i lo = _mm_and_si128(bytes, mask), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-}
-
-// Sum of unsigned a[i] * signed b[i] in 8 lanes of int32; the pairwise 16-bit sums must not
-// saturate (|a| and |b| both <= 127, or a <= 15).
-CF_AVX2 inline __m256i dot_bytes(__m256i a_unsigned, __m256i b_signed) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(a_unsigned, b_signed), _mm256_set1_epi16(1));
 }
 
 template <class Widen>
@@ -71,61 +49,112 @@ CF_AVX2 void f32_avx2(const float* w, std::int64_t kpad, const Activations& x, s
              r1, bias, out, ldo);
 }
 
+// A 32-bit lane of bf16 weights holds elements 2i and 2i + 1: shifted and masked, each meets
+// x's evens or odds (Activations::split, 16 evens then 16 odds per 32).
 CF_AVX2 void bf16_avx2(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
                        std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  float_rows([&](std::int64_t r, std::int64_t i) CF_AVX2 { return widen_bf16(w + r * kpad + i); }, kpad, x, r0, r1,
-             bias, out, ldo);
-}
-
-// maddubs wants one unsigned operand: |x| times w with x's sign moved onto w (both within
-// +-127, so a pair sums to at most 2 * 127 * 127 and never saturates 16 bits).
-CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int32_t*, std::int64_t kpad,
-                       const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
-                       std::int64_t ldo) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   for (std::int64_t r = r0; r < r1; ++r) {
-    const std::int8_t* wr = w + r * kpad;
+    const std::uint16_t* wr = w + r * kpad;
     const float add = bias ? bias[r] : 0.0f;
     for (std::int64_t b = 0; b < x.rows; b += kStreams) {
       const int s = static_cast<int>(std::min<std::int64_t>(kStreams, x.rows - b));
-      __m256i acc[kStreams];
-      for (int j = 0; j < kStreams; ++j) acc[j] = _mm256_setzero_si256();
-      const std::int8_t* xr = x.q.data() + b * kpad;
+      __m256 acc[kStreams][2];
+      for (int j = 0; j < kStreams; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+      const float* xr = x.split.data() + b * kpad;
       for (std::int64_t i = 0; i < kpad; i += 32) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
+        const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
+        const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i + 16));
+        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(p0, high));
+        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(p1, high));
         for (int j = 0; j < s; ++j) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + j * kpad + i));
-          acc[j] = _mm256_add_epi32(acc[j], dot_bytes(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv)));
+          const float* xs = xr + j * kpad + i;
+          acc[j][0] = _mm256_fmadd_ps(o0, _mm256_loadu_ps(xs + 16), _mm256_fmadd_ps(e0, _mm256_loadu_ps(xs), acc[j][0]));
+          acc[j][1] = _mm256_fmadd_ps(o1, _mm256_loadu_ps(xs + 24), _mm256_fmadd_ps(e1, _mm256_loadu_ps(xs + 8), acc[j][1]));
         }
       }
-      for (int j = 0; j < s; ++j)
-        out[(b + j) * ldo + r] = static_cast<float>(hsum(acc[j])) * (scales[r] * x.scale[b + j]) + add;
+      for (int j = 0; j < s; ++j) out[(b + j) * ldo + r] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + add;
     }
   }
 }
 
+// Stores lanes of v for rows [r, r1) (at most 8) of one output row.
+CF_AVX2 inline void store_rows(float* out, __m256 v, std::int64_t count) {
+  if (count >= 8) return _mm256_storeu_ps(out, v);
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, v);
+  for (std::int64_t i = 0; i < count; ++i) out[i] = tmp[i];
+}
+
+// Int8 panels (quant_matrix.h), 8 of a panel's 16 rows at a time: every 32 bytes are 4 k of the
+// 8 rows against 4 bytes of x broadcast. maddubs wants one unsigned operand: |x| times w with x's
+// sign moved onto w (both within +-127, so a pair sums to at most 2 * 127 * 127: no saturation).
+CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int32_t*, std::int64_t kpad,
+                       const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
+                       std::int64_t ldo) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (std::int64_t r = r0; r < r1; r += 8) {
+    const std::int8_t* wp = w + (r / kPanel) * kPanel * kpad + (r % kPanel) * 4;
+    const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
+    for (std::int64_t b = 0; b < x.rows; ++b) {
+      const std::int8_t* xr = x.q.data() + b * kpad;
+      __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (std::int64_t q = 0; q < kpad / 4; ++q) {
+        std::int32_t four;
+        std::memcpy(&four, xr + 4 * q, 4);
+        const __m256i xb = _mm256_set1_epi32(four);
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + q * 64));
+        acc[q & 1] = _mm256_add_epi32(acc[q & 1], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb),
+                                                                                    _mm256_sign_epi8(wv, xb)), ones));
+      }
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[0], acc[1]));
+      __m256 y = _mm256_mul_ps(dot, _mm256_mul_ps(_mm256_loadu_ps(scales + r), _mm256_set1_ps(x.scale[b])));
+      if (bias) {
+        alignas(32) float bb[8] = {};
+        for (std::int64_t i = 0; i < count; ++i) bb[i] = bias[r + i];
+        y = _mm256_add_ps(y, _mm256_load_ps(bb));
+      }
+      store_rows(out + b * ldo + r, y, count);
+    }
+  }
+}
+
+// Int4 panels, 8 rows at a time: per group, the nibbles of 4 x 32 bytes (unsigned 0..15, so
+// maddubs cannot saturate) against 4 + 4 bytes of x broadcast; less 8 times x's group sum,
+// scaled by the rows' fp16 scales times x's group scale.
 CF_AVX2 void int4_avx2(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                        std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
   const std::int64_t groups = kpad / kGroup;
-  for (std::int64_t r = r0; r < r1; ++r) {
-    const std::uint8_t* wr = w + r * groups * 16;
-    const std::uint16_t* ws = scales + r * groups;
-    const float add = bias ? bias[r] : 0.0f;
-    for (std::int64_t b = 0; b < x.rows; b += kStreams) {
-      const int s = static_cast<int>(std::min<std::int64_t>(kStreams, x.rows - b));
-      __m256 acc[kStreams];
-      float offset[kStreams] = {};
-      for (int j = 0; j < kStreams; ++j) acc[j] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
+  for (std::int64_t r = r0; r < r1; r += 8) {
+    const std::int64_t half = (r % kPanel) / 8, count = std::min<std::int64_t>(8, r1 - r);
+    const std::uint8_t* wp = w + (r / kPanel) * groups * 256 + half * 32;
+    const std::uint16_t* sp = scales + (r / kPanel) * groups * kPanel + half * 8;
+    for (std::int64_t b = 0; b < x.rows; ++b) {
+      __m256 acc = _mm256_setzero_ps();
       for (std::int64_t g = 0; g < groups; ++g) {
-        const __m256i wv = unpack_int4(wr + g * 16);
-        for (int j = 0; j < s; ++j) {
-          const std::int64_t xg = (b + j) * groups + g;
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + xg * kGroup));
-          const float d = _cvtsh_ss(ws[g]) * x.scale[static_cast<std::size_t>(xg)];
-          acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_bytes(wv, xv)), _mm256_set1_ps(d), acc[j]);
-          offset[j] += d * static_cast<float>(8 * x.sum[static_cast<std::size_t>(xg)]);
+        __m256i dot = _mm256_setzero_si256();
+        const std::int8_t* xq = x.q.data() + b * kpad + g * kGroup;
+        for (int v = 0; v < 4; ++v) {
+          const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + g * 256 + v * 64));
+          const __m256i lo = _mm256_and_si256(bytes, low), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+          std::int32_t x0, x1;
+          std::memcpy(&x0, xq + 8 * v, 4);
+          std::memcpy(&x1, xq + 8 * v + 4, 4);
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(x0)), ones));
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_set1_epi32(x1)), ones));
         }
+        const std::size_t xg = static_cast<std::size_t>(b * groups + g);
+        dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum[xg]));
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + g * kPanel)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s, _mm256_set1_ps(x.scale[xg])), acc);
       }
-      for (int j = 0; j < s; ++j) out[(b + j) * ldo + r] = hsum(acc[j]) - offset[j] + add;
+      if (bias) {
+        alignas(32) float bb[8] = {};
+        for (std::int64_t i = 0; i < count; ++i) bb[i] = bias[r + i];
+        acc = _mm256_add_ps(acc, _mm256_load_ps(bb));
+      }
+      store_rows(out + b * ldo + r, acc, count);
     }
   }
 }
@@ -133,7 +162,7 @@ CF_AVX2 void int4_avx2(const std::uint8_t* w, const std::uint16_t* scales, std::
 }  // namespace
 
 const KernelSet& avx2_kernels() {
-  static const KernelSet set{f32_avx2, bf16_avx2, int8_avx2, int4_avx2};
+  static const KernelSet set{f32_avx2, bf16_avx2, int8_avx2, int4_avx2, quantize_scalar};
   return set;
 }
 

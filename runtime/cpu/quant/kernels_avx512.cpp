@@ -2,11 +2,12 @@
 // Functions carry target attributes instead of the file carrying -mavx512*, so that no inline
 // function this file instantiates can leak those instructions into code a plainer CPU runs.
 //
-// A kernel works on tiles of R weight rows by S streams (rows of x): every weight vector loaded
-// feeds S accumulators and every x vector R of them, and the R x S independent chains hide the
-// latency of the multiply-adds (one chain per output stalled on it at batch 1). Each output's own
-// accumulator sums its k in the same order whatever the tile, so the result does not depend on
-// R, S, the streams or the thread count.
+// fp32 and bf16 work on tiles of R weight rows by S streams (rows of x): every weight vector
+// loaded feeds S accumulators and every x vector R of them, and the R x S independent chains hide
+// the latency of the multiply-adds (one chain per output stalled on it at batch 1). Int8 and int4
+// work on panels of 16 rows (quant_matrix.h), one output per lane. Each output's own accumulator
+// sums its k in the same order whatever the tile, so the result does not depend on R, S, the
+// streams or the thread count.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,23 +32,6 @@ struct Ctx {
   std::int64_t ldo;
 };
 
-CF_AVX512 inline __m512 widen_bf16(const std::uint16_t* p) {
-  const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-}
-
-// Two groups of 32 int4 levels (32 bytes: per group, element i in the low nibble of byte i and
-// i + 16 in the high one) as 64 unsigned bytes 0..15 in element order.
-CF_AVX512 inline __m512i unpack_int4_pair(const std::uint8_t* p) {
-  const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i mask = _mm256_set1_epi8(15);
-  const __m256i lo = _mm256_and_si256(bytes, mask), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
-  // [lo g0 | hi g0 | lo g1 | hi g1]
-  const __m512i lo512 = _mm512_castsi256_si512(lo);
-  const __m512i both = _mm512_inserti64x4(lo512, hi, 1);  // [lo g0, lo g1, hi g0, hi g1]
-  return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), both);
-}
-
 template <int R, int S>
 struct F32Tile {
   CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
@@ -70,20 +54,25 @@ struct F32Tile {
   }
 };
 
+// A 32-bit lane of bf16 weights holds elements 2i (low half) and 2i + 1 (high): shifting gives
+// the first as an f32, masking the second, each against x's evens or odds (Activations::split).
 template <int R, int S>
 struct Bf16Tile {
   CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
     const std::uint16_t* w = reinterpret_cast<const std::uint16_t*>(c.w) + r * c.kpad;
-    const float* x = c.x->f.data() + b * c.kpad;
+    const float* x = c.x->split.data() + b * c.kpad;
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     __m512 acc[R][S];
     for (int i = 0; i < R; ++i)
       for (int j = 0; j < S; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (std::int64_t k = 0; k < c.kpad; k += 16) {
-      __m512 xv[S];
-      for (int j = 0; j < S; ++j) xv[j] = _mm512_loadu_ps(x + j * c.kpad + k);
+    for (std::int64_t k = 0; k < c.kpad; k += 32) {
+      __m512 xe[S], xo[S];
+      for (int j = 0; j < S; ++j) xe[j] = _mm512_loadu_ps(x + j * c.kpad + k), xo[j] = _mm512_loadu_ps(x + j * c.kpad + k + 16);
       for (int i = 0; i < R; ++i) {
-        const __m512 wv = widen_bf16(w + i * c.kpad + k);
-        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+        const __m512i pair = _mm512_loadu_si512(w + i * c.kpad + k);
+        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(pair, high));
+        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_fmadd_ps(wo, xo[j], _mm512_fmadd_ps(we, xe[j], acc[i][j]));
       }
     }
     for (int i = 0; i < R; ++i)
@@ -92,106 +81,100 @@ struct Bf16Tile {
   }
 };
 
-// VNNI multiplies unsigned by signed bytes: x + 128 (unsigned) times w, less 128 times w's row sum.
-// Integer sums are exact, so a last half vector (kpad an odd multiple of 32) is a masked load.
-template <int R, int S>
-struct Int8Tile {
-  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
-    const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
-    const std::uint8_t* x = c.x->u.data() + b * c.kpad;
-    __m512i acc[R][S];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j) acc[i][j] = _mm512_setzero_si512();
-    const std::int64_t whole = c.kpad / 64 * 64;
-    for (std::int64_t k = 0; k < whole; k += 64) {
-      __m512i xv[S];
-      for (int j = 0; j < S; ++j) xv[j] = _mm512_loadu_si512(x + j * c.kpad + k);
-      for (int i = 0; i < R; ++i) {
-        const __m512i wv = _mm512_loadu_si512(w + i * c.kpad + k);
-        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
-      }
-    }
-    if (whole < c.kpad) {
-      const __mmask64 m = 0xffffffffu;
-      __m512i xv[S];
-      for (int j = 0; j < S; ++j) xv[j] = _mm512_maskz_loadu_epi8(m, x + j * c.kpad + whole);
-      for (int i = 0; i < R; ++i) {
-        const __m512i wv = _mm512_maskz_loadu_epi8(m, w + i * c.kpad + whole);
-        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv[j], wv);
-      }
-    }
-    for (int i = 0; i < R; ++i)
+// Rows [r, r + 16) (a panel; the store is masked to r1) for streams [b, b + S) of int8 weights in
+// panels: every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast (VNNI
+// multiplies unsigned by signed bytes), less 128 times each row's sum at the end. Four
+// accumulators per stream hide the multiply-add's latency; integer sums are exact in any order.
+template <int S>
+CF_AVX512 void int8_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
+  const std::uint8_t* x = c.x->u.data() + b * c.kpad;
+  __m512i acc[S][4];
+  for (int j = 0; j < S; ++j)
+    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_si512();
+  for (std::int64_t k = 0; k < c.kpad; k += 16) {
+    for (int a = 0; a < 4; ++a) {
+      const __m512i wv = _mm512_loadu_si512(w + (k + 4 * a) * 16);
       for (int j = 0; j < S; ++j) {
-        const std::int32_t dot = _mm512_reduce_add_epi32(acc[i][j]) - 128 * c.row_sum[r + i];
-        c.out[(b + j) * c.ldo + r + i] = static_cast<float>(dot) * (c.scales[r + i] * c.x->scale[b + j]) +
-                                         (c.bias ? c.bias[r + i] : 0.0f);
+        std::int32_t four;
+        std::memcpy(&four, x + j * c.kpad + k + 4 * a, 4);
+        acc[j][a] = _mm512_dpbusd_epi32(acc[j][a], _mm512_set1_epi32(four), wv);
       }
+    }
   }
-};
+  const std::int64_t valid = std::min<std::int64_t>(16, r1 - r);
+  const __mmask16 m = valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(c.row_sum + r), 7);
+  const __m512 scales = _mm512_loadu_ps(c.scales + r);
+  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
+  for (int j = 0; j < S; ++j) {
+    const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[j][0], acc[j][1]), _mm512_add_epi32(acc[j][2], acc[j][3]));
+    const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
+    const __m512 y = _mm512_fmadd_ps(dot, _mm512_mul_ps(scales, _mm512_set1_ps(c.x->scale[b + j])), bias);
+    _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, y);
+  }
+}
 
-// Two groups per vector: VNNI sums each group's 32 products into 8 lanes (lanes 0-7 the first
-// group, 8-15 the second), then one multiply-add by the groups' scales (w's times x's, as a vector
-// of two halves). The -8 of the levels is taken out once at the end: the sum over groups of
-// w's scale times x's precomputed 8 * scale * (sum of levels) (Activations::offset).
-template <int R, int S>
-struct Int4Tile {
-  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
-    const std::int64_t groups = c.kpad / kGroup, pairs = groups / 2;
-    const std::uint8_t* w = c.w + r * groups * 16;
-    const std::uint16_t* ws = c.halves + r * groups;
-    const Activations& a = *c.x;
-    __m512 acc[R][S];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j) acc[i][j] = _mm512_setzero_ps();
-    const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    for (std::int64_t p = 0; p < pairs; ++p) {
-      __m512i xv[S];
-      __m512 xs[S];
+// The same for int4 panels: per group of 32, 4 vectors of 64 bytes whose low and high nibbles
+// are levels 0..15 of 4 k each; their integer dot with x less 8 times x's group sum (the levels'
+// -8) is scaled by the 16 rows' fp16 group scales times x's group scale.
+template <int S>
+CF_AVX512 void int4_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  const std::int64_t groups = c.kpad / kGroup;
+  const std::uint8_t* w = c.w + (r / kPanel) * groups * 256;
+  const std::uint16_t* ws = c.halves + (r / kPanel) * groups * kPanel;
+  const Activations& a = *c.x;
+  const __m512i low = _mm512_set1_epi8(15);
+  constexpr int D = S == 1 ? 4 : 2;  // independent integer accumulators per stream
+  __m512 acc[S];
+  for (int j = 0; j < S; ++j) acc[j] = _mm512_setzero_ps();
+  for (std::int64_t g = 0; g < groups; ++g) {
+    __m512i dot[S][D];
+    for (int j = 0; j < S; ++j)
+      for (int d = 0; d < D; ++d) dot[j][d] = _mm512_setzero_si512();
+    const std::uint8_t* wg = w + g * 256;
+    for (int v = 0; v < 4; ++v) {
+      const __m512i bytes = _mm512_loadu_si512(wg + 64 * v);
+      const __m512i lo = _mm512_and_si512(bytes, low), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
       for (int j = 0; j < S; ++j) {
-        const std::int64_t xg = (b + j) * groups + 2 * p;
-        xv[j] = _mm512_loadu_si512(a.q.data() + xg * kGroup);
-        xs[j] = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_castsi128_ps(
-                                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.scale.data() + xg)))));
-      }
-      for (int i = 0; i < R; ++i) {
-        const __m512i wv = unpack_int4_pair(w + i * groups * 16 + p * 32);
-        std::int32_t pair;  // the two groups' fp16 scales
-        std::memcpy(&pair, ws + i * groups + 2 * p, 4);
-        const __m512 wsv = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(pair))));
-        for (int j = 0; j < S; ++j) {
-          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, xv[j]);
-          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wsv, xs[j]), acc[i][j]);
-        }
+        const std::int8_t* xq = a.q.data() + (b + j) * c.kpad + g * kGroup + 8 * v;
+        std::int32_t x0, x1;
+        std::memcpy(&x0, xq, 4);
+        std::memcpy(&x1, xq + 4, 4);
+        dot[j][v % D] = _mm512_dpbusd_epi32(dot[j][v % D], lo, _mm512_set1_epi32(x0));
+        dot[j][(v + 1) % D] = _mm512_dpbusd_epi32(dot[j][(v + 1) % D], hi, _mm512_set1_epi32(x1));
       }
     }
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j) {
-        float sum = _mm512_reduce_add_ps(acc[i][j]);
-        if (groups % 2) {  // the last, unpaired group
-          const std::int64_t g = groups - 1, xg = (b + j) * groups + g;
-          const std::uint8_t* wg = w + i * groups * 16 + g * 16;
-          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wg));
-          const __m128i mask = _mm_set1_epi8(15);
-          const __m256i wv = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(bytes, mask)),
-                                                     _mm_and_si128(_mm_srli_epi16(bytes, 4), mask), 1);
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + xg * kGroup));
-          const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, xv);
-          sum += static_cast<float>(_mm512_reduce_add_epi32(_mm512_zextsi256_si512(d))) *
-                 (_cvtsh_ss(ws[i * groups + g]) * a.scale[xg]);
-        }
-        // The sum over groups of w's scale times x's 8 * scale * level sum, 16 groups at a time.
-        const float* xo = a.offset.data() + (b + j) * groups;
-        __m512 off = _mm512_setzero_ps();
-        for (std::int64_t g = 0; g < groups; g += 16) {
-          const __mmask16 m = groups - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (groups - g)) - 1);
-          const __m512 wsv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, ws + i * groups + g));
-          off = _mm512_fmadd_ps(wsv, _mm512_maskz_loadu_ps(m, xo + g), off);
-        }
-        const float offset = _mm512_reduce_add_ps(off);
-        c.out[(b + j) * c.ldo + r + i] = sum - offset + (c.bias ? c.bias[r + i] : 0.0f);
-      }
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + g * kPanel)));
+    for (int j = 0; j < S; ++j) {
+      const std::int64_t xg = (b + j) * groups + g;
+      __m512i sum = dot[j][0];
+      for (int d = 1; d < D; ++d) sum = _mm512_add_epi32(sum, dot[j][d]);
+      sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(8 * a.sum[static_cast<std::size_t>(xg)]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(scale, _mm512_set1_ps(a.scale[static_cast<std::size_t>(xg)])),
+                               acc[j]);
+    }
   }
-};
+  const std::int64_t valid = std::min<std::int64_t>(16, r1 - r);
+  const __mmask16 m = valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
+  for (int j = 0; j < S; ++j) _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, _mm512_add_ps(acc[j], bias));
+}
+
+// Panels of rows, each for every stream (4 at a time) while its weights are in L1.
+template <void (*P1)(const Ctx&, std::int64_t, std::int64_t, std::int64_t),
+          void (*P2)(const Ctx&, std::int64_t, std::int64_t, std::int64_t),
+          void (*P3)(const Ctx&, std::int64_t, std::int64_t, std::int64_t),
+          void (*P4)(const Ctx&, std::int64_t, std::int64_t, std::int64_t)>
+CF_AVX512 void drive_panels(const Ctx& c, std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; r += kPanel)
+    for (std::int64_t b = 0; b < c.x->rows; b += 4) switch (std::min<std::int64_t>(4, c.x->rows - b)) {
+        case 1: P1(c, r, r1, b); break;
+        case 2: P2(c, r, r1, b); break;
+        case 3: P3(c, r, r1, b); break;
+        default: P4(c, r, r1, b); break;
+      }
+}
 
 // Rows [r0, r1) for streams [b, b + S): tiles of 8 rows at one stream (bandwidth-bound: more
 // loads in flight), of 4 rows with more streams, then the last rows 2 and 1 at a time.
@@ -206,14 +189,19 @@ CF_AVX512 void rows(const Ctx& c, std::int64_t r0, std::int64_t r1, std::int64_t
   if (r < r1) Tile<1, S>::run(c, r, b);
 }
 
+// Blocks of 16 rows, each for every stream (4 at a time) while its weights are in L1/L2: more
+// streams read the weights from memory once.
 template <template <int, int> class Tile>
 CF_AVX512 void drive(const Ctx& c, std::int64_t r0, std::int64_t r1) {
-  for (std::int64_t b = 0; b < c.x->rows; b += 4) switch (std::min<std::int64_t>(4, c.x->rows - b)) {
-      case 1: rows<Tile, 1>(c, r0, r1, b); break;
-      case 2: rows<Tile, 2>(c, r0, r1, b); break;
-      case 3: rows<Tile, 3>(c, r0, r1, b); break;
-      default: rows<Tile, 4>(c, r0, r1, b); break;
-    }
+  for (std::int64_t r = r0; r < r1; r += kPanel) {
+    const std::int64_t end = std::min(r1, r + kPanel);
+    for (std::int64_t b = 0; b < c.x->rows; b += 4) switch (std::min<std::int64_t>(4, c.x->rows - b)) {
+        case 1: rows<Tile, 1>(c, r, end, b); break;
+        case 2: rows<Tile, 2>(c, r, end, b); break;
+        case 3: rows<Tile, 3>(c, r, end, b); break;
+        default: rows<Tile, 4>(c, r, end, b); break;
+      }
+  }
 }
 
 CF_AVX512 void f32_avx512(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
@@ -230,19 +218,44 @@ CF_AVX512 void bf16_avx512(const std::uint16_t* w, std::int64_t kpad, const Acti
 CF_AVX512 void int8_avx512(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
                            const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                            std::int64_t ldo) {
-  drive<Int8Tile>({reinterpret_cast<const std::uint8_t*>(w), scales, nullptr, row_sum, kpad, &x, bias, out, ldo}, r0,
-                  r1);
+  drive_panels<int8_panel<1>, int8_panel<2>, int8_panel<3>, int8_panel<4>>(
+      {reinterpret_cast<const std::uint8_t*>(w), scales, nullptr, row_sum, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 CF_AVX512 void int4_avx512(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                            std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  drive<Int4Tile>({w, nullptr, scales, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive_panels<int4_panel<1>, int4_panel<2>, int4_panel<3>, int4_panel<4>>(
+      {w, nullptr, scales, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+}
+
+// quantize_scalar's levels, 16 at a time: the same multiply, rounding (nearest even) and clamp.
+CF_AVX512 float quantize_avx512(const float* x, std::int64_t valid, std::int64_t span, std::int8_t* q,
+                                std::int32_t* total) {
+  auto lanes = [&](std::int64_t i) {
+    const std::int64_t n = std::clamp<std::int64_t>(valid - i, 0, 16);
+    return n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+  };
+  __m512 m = _mm512_setzero_ps();
+  for (std::int64_t i = 0; i < span; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(i), x + i)));
+  const float amax = _mm512_reduce_max_ps(m);
+  const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  __m512i sum = _mm512_setzero_si512();
+  for (std::int64_t i = 0; i < span; i += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(i), x + i), vinv);
+    const __m512 r = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), lo), hi);
+    const __m512i qi = _mm512_cvtps_epi32(r);
+    sum = _mm512_add_epi32(sum, qi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(qi));
+  }
+  *total = _mm512_reduce_add_epi32(sum);
+  return s;
 }
 
 }  // namespace
 
 const KernelSet& avx512_kernels() {
-  static const KernelSet set{f32_avx512, bf16_avx512, int8_avx512, int4_avx512};
+  static const KernelSet set{f32_avx512, bf16_avx512, int8_avx512, int4_avx512, quantize_avx512};
   return set;
 }
 

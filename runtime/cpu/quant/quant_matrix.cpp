@@ -68,7 +68,7 @@ void int8_scalar(const std::int8_t* w, const float* scales, const std::int32_t*,
     for (std::int64_t b = 0; b < x.rows; ++b) {
       const std::int8_t* xr = x.q.data() + b * kpad;
       std::int32_t s = 0;
-      for (std::int64_t i = 0; i < kpad; ++i) s += w[r * kpad + i] * xr[i];
+      for (std::int64_t i = 0; i < kpad; ++i) s += w[int8_panel_at(kpad, r, i)] * xr[i];
       out[b * ldo + r] = static_cast<float>(s) * (scales[r] * x.scale[b]) + (bias ? bias[r] : 0.0f);
     }
 }
@@ -80,18 +80,40 @@ void int4_scalar(const std::uint8_t* w, const std::uint16_t* scales, std::int64_
     for (std::int64_t b = 0; b < x.rows; ++b) {
       float s = 0;
       for (std::int64_t g = 0; g < groups; ++g) {
-        const std::uint8_t* wg = w + (r * groups + g) * 16;
         const std::int8_t* xg = x.q.data() + b * kpad + g * kGroup;
         std::int32_t d = 0;
-        for (int i = 0; i < 16; ++i) d += (wg[i] & 15) * xg[i] + (wg[i] >> 4) * xg[i + 16];
-        d -= 8 * x.sum[b * groups + g];
-        s += static_cast<float>(d) * (half_to_float(scales[r * groups + g]) * x.scale[b * groups + g]);
+        for (int i = 0; i < kGroup; ++i) {
+          int shift = 0;
+          const std::size_t at = int4_panel_at(groups, r, g * kGroup + i, shift);
+          d += ((w[at] >> shift) & 15) * xg[i];
+        }
+        d -= 8 * x.sum[static_cast<std::size_t>(b * groups + g)];
+        s += static_cast<float>(d) *
+             (half_to_float(scales[int4_scale_at(groups, r, g)]) * x.scale[static_cast<std::size_t>(b * groups + g)]);
       }
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
     }
 }
 
 }  // namespace
+
+float quantize_scalar(const float* x, std::int64_t valid, std::int64_t span, std::int8_t* q, std::int32_t* total) {
+  float amax = 0;
+  for (std::int64_t i = 0; i < valid; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+  // Adding and taking away 1.5 * 2^23 rounds |v| < 2^22 to the nearest integer, ties to even (as
+  // nearbyint, without its library call).
+  constexpr float kRound = 12582912.0f;
+  std::int32_t sum = 0;
+  for (std::int64_t i = 0; i < span; ++i) {
+    const float v = i < valid ? x[i] * inv : 0.0f;
+    const auto qi = static_cast<std::int8_t>(std::clamp((v + kRound) - kRound, -127.0f, 127.0f));
+    q[i] = qi;
+    sum += qi;
+  }
+  *total = sum;
+  return s;
+}
 
 std::uint16_t float_to_half(float v) {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
@@ -115,7 +137,7 @@ float half_to_float(std::uint16_t h) {
 }
 
 const KernelSet& scalar_kernels() {
-  static const KernelSet set{f32_scalar, bf16_scalar, int8_scalar, int4_scalar};
+  static const KernelSet set{f32_scalar, bf16_scalar, int8_scalar, int4_scalar, quantize_scalar};
   return set;
 }
 
@@ -162,6 +184,11 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
       std::memcpy(f.data() + r * kpad, x + r * ldx, static_cast<std::size_t>(k) * sizeof(float));
       std::fill(f.data() + r * kpad + k, f.data() + (r + 1) * kpad, 0.0f);
     }
+    if (fmt == Format::BF16) {  // a bf16 pair is one 32-bit lane: kernels widen evens and odds apart
+      split.resize(f.size());
+      for (std::size_t c = 0; c < f.size(); c += 32)
+        for (std::size_t i = 0; i < 16; ++i) split[c + i] = f[c + 2 * i], split[c + 16 + i] = f[c + 2 * i + 1];
+    }
     return;
   }
   q.resize(static_cast<std::size_t>(rows * kpad));
@@ -173,20 +200,14 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
     sum.resize(static_cast<std::size_t>(rows * groups));
     offset.resize(sum.size());
   }
+  const Isa isa = active_isa();
+  const auto quantize = (isa == Isa::Avx512 ? avx512_kernels() : scalar_kernels()).quantize;
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t g = 0; g < groups; ++g) {
-      const std::int64_t lo = g * span, hi = std::min(k, lo + span);
-      float amax = 0;
-      for (std::int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(x[r * ldx + i]));
-      const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+      const std::int64_t lo = g * span, valid = std::max<std::int64_t>(0, std::min(k, lo + span) - lo);
       std::int32_t total = 0;
       std::int8_t* dst = q.data() + r * kpad;
-      for (std::int64_t i = lo; i < lo + span; ++i) {
-        const float v = i < hi ? x[r * ldx + i] * inv : 0.0f;
-        const auto qi = static_cast<std::int8_t>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
-        dst[i] = qi;
-        total += qi;
-      }
+      const float s = quantize(x + r * ldx + lo, valid, span, dst + lo, &total);
       scale[static_cast<std::size_t>(r * groups + g)] = s;
       if (fmt == Format::Int8) {
         for (std::int64_t i = lo; i < lo + span; ++i)
@@ -303,15 +324,69 @@ QuantMatrix QuantMatrix::from_raw(Format format, std::int64_t k, std::int64_t n,
   return m;
 }
 
+// Int8 and int4 arrive row-major (quantize, a file) and go into panels here.
 void QuantMatrix::derive() {
   row_sum_.clear();
-  if (format_ != Format::Int8) return;
-  row_sum_.resize(static_cast<std::size_t>(n_));
-  for (std::int64_t r = 0; r < n_; ++r) {
-    std::int32_t s = 0;
-    for (std::int64_t i = 0; i < kpad_; ++i) s += static_cast<std::int8_t>(data_[static_cast<std::size_t>(r * kpad_ + i)]);
-    row_sum_[static_cast<std::size_t>(r)] = s;
+  const std::int64_t npad = panel_rows(n_), groups = kpad_ / kGroup;
+  if (format_ == Format::Int8) {
+    std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpad_), 0);
+    row_sum_.assign(static_cast<std::size_t>(npad), 0);
+    for (std::int64_t r = 0; r < n_; ++r)
+      for (std::int64_t i = 0; i < kpad_; ++i) {
+        const std::uint8_t byte = data_[static_cast<std::size_t>(r * kpad_ + i)];
+        panels[int8_panel_at(kpad_, r, i)] = byte;
+        row_sum_[static_cast<std::size_t>(r)] += static_cast<std::int8_t>(byte);
+      }
+    data_ = std::move(panels);
+    scales_.resize(static_cast<std::size_t>(npad), 0.0f);
+  } else if (format_ == Format::Int4) {
+    // Padding rows: level 8 (zero) with a zero scale.
+    std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * groups * 18), 0x88);
+    auto* halves = reinterpret_cast<std::uint16_t*>(panels.data() + npad * groups * 16);
+    std::fill(halves, halves + npad * groups, std::uint16_t{0});
+    for (std::int64_t r = 0; r < n_; ++r)
+      for (std::int64_t g = 0; g < groups; ++g) {
+        const std::uint8_t* src = data_.data() + (r * groups + g) * 16;
+        for (int i = 0; i < kGroup; ++i) {
+          const int level = (src[i % 16] >> (i < 16 ? 0 : 4)) & 15;
+          int shift = 0;
+          std::uint8_t& byte = panels[int4_panel_at(groups, r, g * kGroup + i, shift)];
+          byte = static_cast<std::uint8_t>((byte & ~(15 << shift)) | (level << shift));
+        }
+        std::memcpy(halves + int4_scale_at(groups, r, g), data_.data() + n_ * groups * 16 + (r * groups + g) * 2, 2);
+      }
+    data_ = std::move(panels);
   }
+}
+
+std::vector<std::uint8_t> QuantMatrix::raw_data() const {
+  const std::int64_t groups = kpad_ / kGroup;
+  if (format_ == Format::Int8) {
+    std::vector<std::uint8_t> out(static_cast<std::size_t>(n_ * kpad_));
+    for (std::int64_t r = 0; r < n_; ++r)
+      for (std::int64_t i = 0; i < kpad_; ++i) out[static_cast<std::size_t>(r * kpad_ + i)] = data_[int8_panel_at(kpad_, r, i)];
+    return out;
+  }
+  if (format_ == Format::Int4) {
+    std::vector<std::uint8_t> out(static_cast<std::size_t>(n_ * groups * 18), 0);
+    for (std::int64_t r = 0; r < n_; ++r)
+      for (std::int64_t g = 0; g < groups; ++g) {
+        std::uint8_t* dst = out.data() + (r * groups + g) * 16;
+        for (int i = 0; i < kGroup; ++i) {
+          int shift = 0;
+          const int level = (data_[int4_panel_at(groups, r, g * kGroup + i, shift)] >> shift) & 15;
+          dst[i % 16] = static_cast<std::uint8_t>(dst[i % 16] | (level << (i < 16 ? 0 : 4)));
+        }
+        std::memcpy(out.data() + n_ * groups * 16 + (r * groups + g) * 2, int4_scales() + int4_scale_at(groups, r, g), 2);
+      }
+    return out;
+  }
+  return data_;
+}
+
+std::vector<float> QuantMatrix::raw_scales() const {
+  if (format_ != Format::Int8) return {};
+  return {scales_.begin(), scales_.begin() + n_};
 }
 
 double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
@@ -327,44 +402,54 @@ double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
       return from_bf16(h);
     }
     case Format::Int8:
-      return static_cast<double>(static_cast<std::int8_t>(data_[static_cast<std::size_t>(row * kpad_ + col)])) *
+      return static_cast<double>(static_cast<std::int8_t>(data_[int8_panel_at(kpad_, row, col)])) *
              scales_[static_cast<std::size_t>(row)];
     case Format::Int4: {
-      const std::int64_t groups = kpad_ / kGroup, g = col / kGroup, i = col % kGroup;
-      const std::uint8_t byte = data_[static_cast<std::size_t>((row * groups + g) * 16 + i % 16)];
-      const int level = i < 16 ? (byte & 15) : (byte >> 4);
-      return static_cast<double>(level - 8) * half_to_float(int4_scales()[row * groups + g]);
+      const std::int64_t groups = kpad_ / kGroup;
+      int shift = 0;
+      const int level = (data_[int4_panel_at(groups, row, col, shift)] >> shift) & 15;
+      return static_cast<double>(level - 8) * half_to_float(int4_scales()[int4_scale_at(groups, row, col / kGroup)]);
     }
   }
   return 0;
 }
 
-void QuantMatrix::multiply(const Activations& x, const float* bias, float* out, std::int64_t ldo, Team* team) const {
+void QuantMatrix::check(const Activations& x) const {
   if (x.format != format_ || x.k != k_)
     throw Error(std::string("quantized product: activations prepared for ") + format_name(x.format) + " with k = " +
                 std::to_string(x.k) + ", but the matrix is " + format_name(format_) + " " + std::to_string(n_) +
                 " x " + std::to_string(k_));
-  if (x.rows == 0) return;
+}
+
+void QuantMatrix::multiply_rows(const Activations& x, const float* bias, float* out, std::int64_t ldo, std::int64_t r0,
+                                std::int64_t r1) const {
+  check(x);
+  if (r0 < 0 || r1 > n_ || r0 % kRowBlock != 0)
+    throw InternalError("quantized product: rows [" + std::to_string(r0) + ", " + std::to_string(r1) + ") of " +
+                        std::to_string(n_));
+  if (x.rows == 0 || r0 >= r1) return;
   const Isa isa = active_isa();
   const KernelSet& ks = isa == Isa::Avx512 ? avx512_kernels() : isa == Isa::Avx2 ? avx2_kernels() : scalar_kernels();
-  auto rows = [&](std::int64_t r0, std::int64_t r1) {
-    switch (format_) {
-      case Format::F32:
-        return ks.f32(reinterpret_cast<const float*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
-      case Format::BF16:
-        return ks.bf16(reinterpret_cast<const std::uint16_t*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
-      case Format::Int8:
-        return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), row_sum_.data(), kpad_, x,
-                       r0, r1, bias, out, ldo);
-      case Format::Int4: return ks.int4(data_.data(), int4_scales(), kpad_, x, r0, r1, bias, out, ldo);
-    }
-  };
-  if (!team || team->size() == 1 || n_ * kpad_ < kMinShared || n_ < 2 * team->size()) return rows(0, n_);
-  // Parts own whole blocks of 8 output rows (the kernels' unit), in order.
-  const std::int64_t blocks = (n_ + 7) / 8;
+  switch (format_) {
+    case Format::F32:
+      return ks.f32(reinterpret_cast<const float*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
+    case Format::BF16:
+      return ks.bf16(reinterpret_cast<const std::uint16_t*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
+    case Format::Int8:
+      return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), row_sum_.data(), kpad_, x, r0,
+                     r1, bias, out, ldo);
+    case Format::Int4: return ks.int4(data_.data(), int4_scales(), kpad_, x, r0, r1, bias, out, ldo);
+  }
+}
+
+void QuantMatrix::multiply(const Activations& x, const float* bias, float* out, std::int64_t ldo, Team* team) const {
+  check(x);
+  if (!team || team->size() == 1 || n_ * kpad_ < kMinShared || n_ < 2 * team->size())
+    return multiply_rows(x, bias, out, ldo, 0, n_);
+  const std::int64_t blocks = (n_ + kRowBlock - 1) / kRowBlock;
   team->run([&](int part, int parts) {
     const std::int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
-    if (b0 < b1) rows(b0 * 8, std::min(n_, b1 * 8));
+    if (b0 < b1) multiply_rows(x, bias, out, ldo, b0 * kRowBlock, std::min(n_, b1 * kRowBlock));
   });
 }
 

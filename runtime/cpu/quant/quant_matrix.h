@@ -44,6 +44,29 @@ const char* isa_name(Isa isa);
 constexpr std::int64_t kGroup = 32;  // int4 group size; every row is padded to a multiple of it
 inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
 
+// Int8 and int4 weights are kept in panels of 16 rows (n padded with zero rows to whole panels),
+// interleaved so that one 64-byte vector holds 4 consecutive k of each of the 16 rows: a kernel
+// multiplies it by 4 bytes of x broadcast and accumulates 16 outputs in 16 lanes (no horizontal
+// sums, one sequential stream of weights). Files keep the row-major layout (raw_data()).
+constexpr std::int64_t kPanel = 16;
+inline std::int64_t panel_rows(std::int64_t n) { return (n + kPanel - 1) / kPanel * kPanel; }
+// Int8: the byte of weight [r, i] is [r / 16][i / 4][r % 16][i % 4].
+inline std::size_t int8_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t i) {
+  return static_cast<std::size_t>((r / kPanel) * kPanel * kpad + (i / 4) * 64 + (r % kPanel) * 4 + i % 4);
+}
+// Int4: group g = i / 32 of panel r / 16 is 4 vectors of 64 bytes; in vector c = (i % 32) / 8,
+// byte (r % 16) * 4 + i % 4 holds k = 32g + 8c + i % 4 in its low nibble and that k + 4 in its
+// high one. Then the fp16 group scales, [r / 16][g][r % 16].
+inline std::size_t int4_panel_at(std::int64_t groups, std::int64_t r, std::int64_t i, int& shift) {
+  const std::int64_t within = i % 8;
+  shift = within >= 4 ? 4 : 0;
+  return static_cast<std::size_t>(((r / kPanel) * groups + i / kGroup) * 256 + (i % kGroup) / 8 * 64 +
+                                  (r % kPanel) * 4 + within % 4);
+}
+inline std::size_t int4_scale_at(std::int64_t groups, std::int64_t r, std::int64_t g) {  // in halves
+  return static_cast<std::size_t>(((r / kPanel) * groups + g) * kPanel + r % kPanel);
+}
+
 // IEEE half precision (int4's group scales), nearest-even; Error when |v| exceeds its range.
 std::uint16_t float_to_half(float v);
 float half_to_float(std::uint16_t h);
@@ -54,6 +77,7 @@ struct Activations {
   Format format = Format::F32;
   std::int64_t rows = 0, k = 0, kpad = 0;
   std::vector<float> f;           // F32/BF16: [rows, kpad]
+  std::vector<float> split;       // BF16: f with each 32 of a row as its 16 even, then 16 odd elements
   std::vector<std::int8_t> q;     // Int8/Int4: [rows, kpad]
   std::vector<std::uint8_t> u;    // Int8: q + 128 (VNNI multiplies unsigned by signed bytes)
   std::vector<float> scale;       // Int8: [rows]; Int4: [rows, kpad / 32]
@@ -73,9 +97,15 @@ class QuantMatrix {
   static QuantMatrix from_raw(Format format, std::int64_t k, std::int64_t n, std::vector<std::uint8_t> data,
                               std::vector<float> scales);
 
+  // Output rows are shared among threads in blocks of this many (the kernels' widest tile).
+  static constexpr std::int64_t kRowBlock = 16;
+
   // out[r, :] = x[r, :] W^T (+ bias) for r < x.rows, out rows `ldo` apart. With a team, the
   // output rows are shared among its members when the product is large enough.
   void multiply(const Activations& x, const float* bias, float* out, std::int64_t ldo, Team* team = nullptr) const;
+  // Only the output columns [r0, r1) (rows of W; r0 a multiple of kRowBlock): one thread's share.
+  void multiply_rows(const Activations& x, const float* bias, float* out, std::int64_t ldo, std::int64_t r0,
+                     std::int64_t r1) const;
 
   Format format() const { return format_; }
   std::int64_t k() const { return k_; }
@@ -85,20 +115,25 @@ class QuantMatrix {
   double at(std::int64_t row, std::int64_t col) const;
   // Bytes a product reads (the weight-streaming floor's numerator).
   std::size_t bytes() const { return data_.size() + scales_.size() * sizeof(float); }
-  const std::vector<std::uint8_t>& raw_data() const { return data_; }
-  const std::vector<float>& raw_scales() const { return scales_; }
+  // The stored form (a generator file): F32/BF16 [n, kpad] elements; Int8 [n, kpad] bytes and
+  // [n] f32 row scales; Int4 [n, kpad/32, 16] bytes (byte i: element i low nibble, i + 16 high),
+  // then [n, kpad/32] fp16 scales, no separate scales.
+  std::vector<std::uint8_t> raw_data() const;
+  std::vector<float> raw_scales() const;
 
  private:
-  void derive();  // the per-row sums VNNI's unsigned operand needs
+  void derive();  // the kernel layout (panels) and the per-row sums VNNI's unsigned operand needs
+  void check(const Activations& x) const;  // x prepared for this matrix, else Error
   const std::uint16_t* int4_scales() const {
-    return reinterpret_cast<const std::uint16_t*>(data_.data() + n_ * (kpad_ / kGroup) * 16);
+    return reinterpret_cast<const std::uint16_t*>(data_.data() + panel_rows(n_) * (kpad_ / kGroup) * 16);
   }
   Format format_ = Format::F32;
   std::int64_t k_ = 0, n_ = 0, kpad_ = 0;
-  // [n, kpad] of the format's elements; Int4: [n, kpad/32, 16] nibbles, then [n, kpad/32] fp16 scales
+  // F32/BF16: [n, kpad] of the format's elements; Int8/Int4: in panels (int8_panel_at,
+  // int4_panel_at), panel_rows(n) rows.
   std::vector<std::uint8_t> data_;
-  std::vector<float> scales_;  // Int8: [n]
-  std::vector<std::int32_t> row_sum_;  // Int8: sum of each row's q (AVX-512 VNNI's offset)
+  std::vector<float> scales_;  // Int8: [panel_rows(n)], zero past n
+  std::vector<std::int32_t> row_sum_;  // Int8: [panel_rows(n)], sum of each row's q (VNNI's offset)
 };
 
 // The kernels of one instruction set: rows [r0, r1) of out for all rows of x.
@@ -112,7 +147,11 @@ struct KernelSet {
                std::int64_t ldo);
   void (*int4)(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo);
+  // x[0, span) (zero from `valid` on) to q: levels round(x * 127 / amax) within +-127, nearest
+  // even, the same bits in every set. Returns the scale amax / 127; *total = the sum of q.
+  float (*quantize)(const float* x, std::int64_t valid, std::int64_t span, std::int8_t* q, std::int32_t* total);
 };
+float quantize_scalar(const float* x, std::int64_t valid, std::int64_t span, std::int8_t* q, std::int32_t* total);
 const KernelSet& scalar_kernels();
 const KernelSet& avx2_kernels();
 const KernelSet& avx512_kernels();
