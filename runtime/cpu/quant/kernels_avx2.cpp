@@ -1,6 +1,5 @@
-// The AVX2 + FMA kernels of quant_matrix.h, for CPUs without AVX-512 VNNI: fp32 and bf16 one
-// weight row at a time, up to four rows of x per pass; int8 and int4 over their panels 8 rows at
-// a time; every output summed in a fixed order.
+// The AVX2 + FMA kernels of quant_matrix.h, for CPUs without AVX-512 VNNI: every format over
+// its panels 8 rows (one vector) at a time, each output summed in a fixed order.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,77 +12,60 @@
 namespace cellfuse::cpu::quant {
 namespace {
 
-constexpr int kStreams = 4;
-
-CF_AVX2 inline float hsum(__m256 v) {
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
-}
-
-template <class Widen>
-CF_AVX2 void float_rows(Widen widen, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
-                        const float* bias, float* out, std::int64_t ldo) {
-  for (std::int64_t r = r0; r < r1; ++r) {
-    const float add = bias ? bias[r] : 0.0f;
-    for (std::int64_t b = 0; b < x.rows; b += kStreams) {
-      const int s = static_cast<int>(std::min<std::int64_t>(kStreams, x.rows - b));
-      __m256 acc[kStreams][2];
-      for (int j = 0; j < kStreams; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-      const float* xr = x.f.data() + b * kpad;
-      for (std::int64_t i = 0; i < kpad; i += 16) {
-        const __m256 w0 = widen(r, i), w1 = widen(r, i + 8);
-        for (int j = 0; j < s; ++j) {
-          acc[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr + j * kpad + i), acc[j][0]);
-          acc[j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + j * kpad + i + 8), acc[j][1]);
-        }
-      }
-      for (int j = 0; j < s; ++j) out[(b + j) * ldo + r] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + add;
-    }
-  }
-}
-
-CF_AVX2 void f32_avx2(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
-                      const float* bias, float* out, std::int64_t ldo) {
-  float_rows([&](std::int64_t r, std::int64_t i) CF_AVX2 { return _mm256_loadu_ps(w + r * kpad + i); }, kpad, x, r0,
-             r1, bias, out, ldo);
-}
-
-// A 32-bit lane of bf16 weights holds elements 2i and 2i + 1: shifted and masked, each meets
-// x's evens or odds (Activations::split, 16 evens then 16 odds per 32).
-CF_AVX2 void bf16_avx2(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
-                       std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  for (std::int64_t r = r0; r < r1; ++r) {
-    const std::uint16_t* wr = w + r * kpad;
-    const float add = bias ? bias[r] : 0.0f;
-    for (std::int64_t b = 0; b < x.rows; b += kStreams) {
-      const int s = static_cast<int>(std::min<std::int64_t>(kStreams, x.rows - b));
-      __m256 acc[kStreams][2];
-      for (int j = 0; j < kStreams; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-      const float* xr = x.split.data() + b * kpad;
-      for (std::int64_t i = 0; i < kpad; i += 32) {
-        const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i));
-        const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i + 16));
-        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(p0, high));
-        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(p1, high));
-        for (int j = 0; j < s; ++j) {
-          const float* xs = xr + j * kpad + i;
-          acc[j][0] = _mm256_fmadd_ps(o0, _mm256_loadu_ps(xs + 16), _mm256_fmadd_ps(e0, _mm256_loadu_ps(xs), acc[j][0]));
-          acc[j][1] = _mm256_fmadd_ps(o1, _mm256_loadu_ps(xs + 24), _mm256_fmadd_ps(e1, _mm256_loadu_ps(xs + 8), acc[j][1]));
-        }
-      }
-      for (int j = 0; j < s; ++j) out[(b + j) * ldo + r] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + add;
-    }
-  }
-}
-
 // Stores lanes of v for rows [r, r1) (at most 8) of one output row.
 CF_AVX2 inline void store_rows(float* out, __m256 v, std::int64_t count) {
   if (count >= 8) return _mm256_storeu_ps(out, v);
   alignas(32) float tmp[8];
   _mm256_store_ps(tmp, v);
   for (std::int64_t i = 0; i < count; ++i) out[i] = tmp[i];
+}
+
+CF_AVX2 inline __m256 bias_rows(const float* bias, std::int64_t r, std::int64_t count) {
+  alignas(32) float b[8] = {};
+  if (bias)
+    for (std::int64_t i = 0; i < count; ++i) b[i] = bias[r + i];
+  return _mm256_load_ps(b);
+}
+
+// Fp32 panels (quant_matrix.h), 8 of a panel's 16 rows at a time: 32 bytes are the 8 rows at
+// one k, times x[k] broadcast; two accumulators (k even, odd) added at the end.
+CF_AVX2 void f32_avx2(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
+                      const float* bias, float* out, std::int64_t ldo) {
+  for (std::int64_t r = r0; r < r1; r += 8) {
+    const float* wp = w + (r / kPanel) * kPanel * kpad + r % kPanel;
+    const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
+    const __m256 add = bias_rows(bias, r, count);
+    for (std::int64_t b = 0; b < x.rows; ++b) {
+      const float* xr = x.f.data() + b * kpad;
+      __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (std::int64_t k = 0; k < kpad; k += 2)
+        for (int a = 0; a < 2; ++a)
+          acc[a] = _mm256_fmadd_ps(_mm256_loadu_ps(wp + (k + a) * kPanel), _mm256_set1_ps(xr[k + a]), acc[a]);
+      store_rows(out + b * ldo + r, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), add), count);
+    }
+  }
+}
+
+// Bf16 panels: a 32-bit lane per row holds k (low half) and k + 1; shifted and masked, each is
+// an f32 against x[k] or x[k + 1] broadcast.
+CF_AVX2 void bf16_avx2(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
+                       std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  for (std::int64_t r = r0; r < r1; r += 8) {
+    const std::uint16_t* wp = w + (r / kPanel) * kPanel * kpad + (r % kPanel) * 2;
+    const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
+    const __m256 add = bias_rows(bias, r, count);
+    for (std::int64_t b = 0; b < x.rows; ++b) {
+      const float* xr = x.f.data() + b * kpad;
+      __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (std::int64_t k = 0; k < kpad; k += 2) {
+        const __m256i pair = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + k * kPanel));
+        acc[0] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(pair, 16)), _mm256_set1_ps(xr[k]), acc[0]);
+        acc[1] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(pair, high)), _mm256_set1_ps(xr[k + 1]), acc[1]);
+      }
+      store_rows(out + b * ldo + r, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), add), count);
+    }
+  }
 }
 
 // Int8 panels (quant_matrix.h), 8 of a panel's 16 rows at a time: every 32 bytes are 4 k of the
@@ -108,13 +90,8 @@ CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int
                                                                                     _mm256_sign_epi8(wv, xb)), ones));
       }
       const __m256 dot = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[0], acc[1]));
-      __m256 y = _mm256_mul_ps(dot, _mm256_mul_ps(_mm256_loadu_ps(scales + r), _mm256_set1_ps(x.scale[b])));
-      if (bias) {
-        alignas(32) float bb[8] = {};
-        for (std::int64_t i = 0; i < count; ++i) bb[i] = bias[r + i];
-        y = _mm256_add_ps(y, _mm256_load_ps(bb));
-      }
-      store_rows(out + b * ldo + r, y, count);
+      const __m256 y = _mm256_mul_ps(dot, _mm256_mul_ps(_mm256_loadu_ps(scales + r), _mm256_set1_ps(x.scale[b])));
+      store_rows(out + b * ldo + r, _mm256_add_ps(y, bias_rows(bias, r, count)), count);
     }
   }
 }
@@ -149,12 +126,7 @@ CF_AVX2 void int4_avx2(const std::uint8_t* w, const std::uint16_t* scales, std::
         const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sp + g * kPanel)));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s, _mm256_set1_ps(x.scale[xg])), acc);
       }
-      if (bias) {
-        alignas(32) float bb[8] = {};
-        for (std::int64_t i = 0; i < count; ++i) bb[i] = bias[r + i];
-        acc = _mm256_add_ps(acc, _mm256_load_ps(bb));
-      }
-      store_rows(out + b * ldo + r, acc, count);
+      store_rows(out + b * ldo + r, _mm256_add_ps(acc, bias_rows(bias, r, count)), count);
     }
   }
 }

@@ -2,12 +2,11 @@
 // Functions carry target attributes instead of the file carrying -mavx512*, so that no inline
 // function this file instantiates can leak those instructions into code a plainer CPU runs.
 //
-// fp32 and bf16 work on tiles of R weight rows by S streams (rows of x): every weight vector
-// loaded feeds S accumulators and every x vector R of them, and the R x S independent chains hide
-// the latency of the multiply-adds (one chain per output stalled on it at batch 1). Int8 and int4
-// work on panels of 16 rows (quant_matrix.h), one output per lane. Each output's own accumulator
-// sums its k in the same order whatever the tile, so the result does not depend on R, S, the
-// streams or the thread count.
+// Every format's weights are in panels of 16 rows (quant_matrix.h): a kernel keeps one output
+// per lane, multiplies each weight vector by x broadcast for up to 4 streams (S) at a time, and
+// never sums across lanes; each panel is read once for all streams while it is in L1. Each
+// output's accumulators sum its k in the same order whatever S, so the result does not depend on
+// the streams or the thread count.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -32,54 +31,62 @@ struct Ctx {
   std::int64_t ldo;
 };
 
-template <int R, int S>
-struct F32Tile {
-  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
-    const float* w = reinterpret_cast<const float*>(c.w) + r * c.kpad;
-    const float* x = c.x->f.data() + b * c.kpad;
-    __m512 acc[R][S];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (std::int64_t k = 0; k < c.kpad; k += 16) {
-      __m512 xv[S];
-      for (int j = 0; j < S; ++j) xv[j] = _mm512_loadu_ps(x + j * c.kpad + k);
-      for (int i = 0; i < R; ++i) {
-        const __m512 wv = _mm512_loadu_ps(w + i * c.kpad + k);
-        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j)
-        c.out[(b + j) * c.ldo + r + i] = _mm512_reduce_add_ps(acc[i][j]) + (c.bias ? c.bias[r + i] : 0.0f);
-  }
-};
+CF_AVX512 inline __mmask16 rows_mask(std::int64_t r, std::int64_t r1) {
+  const std::int64_t valid = std::min<std::int64_t>(16, r1 - r);
+  return valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+}
 
-// A 32-bit lane of bf16 weights holds elements 2i (low half) and 2i + 1 (high): shifting gives
-// the first as an f32, masking the second, each against x's evens or odds (Activations::split).
-template <int R, int S>
-struct Bf16Tile {
-  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t b) {
-    const std::uint16_t* w = reinterpret_cast<const std::uint16_t*>(c.w) + r * c.kpad;
-    const float* x = c.x->split.data() + b * c.kpad;
-    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-    __m512 acc[R][S];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j) acc[i][j] = _mm512_setzero_ps();
-    for (std::int64_t k = 0; k < c.kpad; k += 32) {
-      __m512 xe[S], xo[S];
-      for (int j = 0; j < S; ++j) xe[j] = _mm512_loadu_ps(x + j * c.kpad + k), xo[j] = _mm512_loadu_ps(x + j * c.kpad + k + 16);
-      for (int i = 0; i < R; ++i) {
-        const __m512i pair = _mm512_loadu_si512(w + i * c.kpad + k);
-        const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-        const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(pair, high));
-        for (int j = 0; j < S; ++j) acc[i][j] = _mm512_fmadd_ps(wo, xo[j], _mm512_fmadd_ps(we, xe[j], acc[i][j]));
+// Rows [r, r + 16) (a panel; the store is masked to r1) for streams [b, b + S) of fp32 weights
+// in panels: each 64 bytes are the 16 rows at one k, times x[k] broadcast. Four accumulators per
+// stream (k mod 4) hide the multiply-add's latency, added in a fixed order at the end.
+template <int S>
+CF_AVX512 void f32_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  const float* w = reinterpret_cast<const float*>(c.w) + r * c.kpad;
+  const float* x = c.x->f.data() + b * c.kpad;
+  __m512 acc[S][4];
+  for (int j = 0; j < S; ++j)
+    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_ps();
+  for (std::int64_t k = 0; k < c.kpad; k += 4)
+    for (int a = 0; a < 4; ++a) {
+      const __m512 wv = _mm512_loadu_ps(w + (k + a) * kPanel);
+      for (int j = 0; j < S; ++j) acc[j][a] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[j * c.kpad + k + a]), acc[j][a]);
+    }
+  const __mmask16 m = rows_mask(r, r1);
+  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
+  for (int j = 0; j < S; ++j) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3]));
+    _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, _mm512_add_ps(sum, bias));
+  }
+}
+
+// The same for bf16 panels: each 64 bytes hold the 16 rows at k and k + 1 as one 32-bit lane
+// per row (k in the low half): shifted, the lane is the f32 of k; masked, that of k + 1.
+template <int S>
+CF_AVX512 void bf16_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  const std::uint16_t* w = reinterpret_cast<const std::uint16_t*>(c.w) + r * c.kpad;
+  const float* x = c.x->f.data() + b * c.kpad;
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  __m512 acc[S][4];
+  for (int j = 0; j < S; ++j)
+    for (int a = 0; a < 4; ++a) acc[j][a] = _mm512_setzero_ps();
+  for (std::int64_t k = 0; k < c.kpad; k += 4)
+    for (int a = 0; a < 2; ++a) {
+      const __m512i pair = _mm512_loadu_si512(w + (k + 2 * a) * kPanel);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(pair, high));
+      for (int j = 0; j < S; ++j) {
+        const float* xk = x + j * c.kpad + k + 2 * a;
+        acc[j][2 * a] = _mm512_fmadd_ps(even, _mm512_set1_ps(xk[0]), acc[j][2 * a]);
+        acc[j][2 * a + 1] = _mm512_fmadd_ps(odd, _mm512_set1_ps(xk[1]), acc[j][2 * a + 1]);
       }
     }
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < S; ++j)
-        c.out[(b + j) * c.ldo + r + i] = _mm512_reduce_add_ps(acc[i][j]) + (c.bias ? c.bias[r + i] : 0.0f);
+  const __mmask16 m = rows_mask(r, r1);
+  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
+  for (int j = 0; j < S; ++j) {
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3]));
+    _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, _mm512_add_ps(sum, bias));
   }
-};
+}
 
 // Rows [r, r + 16) (a panel; the store is masked to r1) for streams [b, b + S) of int8 weights in
 // panels: every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast (VNNI
@@ -102,8 +109,7 @@ CF_AVX512 void int8_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::in
       }
     }
   }
-  const std::int64_t valid = std::min<std::int64_t>(16, r1 - r);
-  const __mmask16 m = valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  const __mmask16 m = rows_mask(r, r1);
   const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(c.row_sum + r), 7);
   const __m512 scales = _mm512_loadu_ps(c.scales + r);
   const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
@@ -155,8 +161,7 @@ CF_AVX512 void int4_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::in
                                acc[j]);
     }
   }
-  const std::int64_t valid = std::min<std::int64_t>(16, r1 - r);
-  const __mmask16 m = valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+  const __mmask16 m = rows_mask(r, r1);
   const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
   for (int j = 0; j < S; ++j) _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, _mm512_add_ps(acc[j], bias));
 }
@@ -176,43 +181,16 @@ CF_AVX512 void drive_panels(const Ctx& c, std::int64_t r0, std::int64_t r1) {
       }
 }
 
-// Rows [r0, r1) for streams [b, b + S): tiles of 8 rows at one stream (bandwidth-bound: more
-// loads in flight), of 4 rows with more streams, then the last rows 2 and 1 at a time.
-template <template <int, int> class Tile, int S>
-CF_AVX512 void rows(const Ctx& c, std::int64_t r0, std::int64_t r1, std::int64_t b) {
-  constexpr int Wide = S == 1 ? 8 : 4;
-  std::int64_t r = r0;
-  for (; r + Wide <= r1; r += Wide) Tile<Wide, S>::run(c, r, b);
-  if constexpr (Wide == 8)
-    if (r + 4 <= r1) Tile<4, S>::run(c, r, b), r += 4;
-  if (r + 2 <= r1) Tile<2, S>::run(c, r, b), r += 2;
-  if (r < r1) Tile<1, S>::run(c, r, b);
-}
-
-// Blocks of 16 rows, each for every stream (4 at a time) while its weights are in L1/L2: more
-// streams read the weights from memory once.
-template <template <int, int> class Tile>
-CF_AVX512 void drive(const Ctx& c, std::int64_t r0, std::int64_t r1) {
-  for (std::int64_t r = r0; r < r1; r += kPanel) {
-    const std::int64_t end = std::min(r1, r + kPanel);
-    for (std::int64_t b = 0; b < c.x->rows; b += 4) switch (std::min<std::int64_t>(4, c.x->rows - b)) {
-        case 1: rows<Tile, 1>(c, r, end, b); break;
-        case 2: rows<Tile, 2>(c, r, end, b); break;
-        case 3: rows<Tile, 3>(c, r, end, b); break;
-        default: rows<Tile, 4>(c, r, end, b); break;
-      }
-  }
-}
-
 CF_AVX512 void f32_avx512(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
                           const float* bias, float* out, std::int64_t ldo) {
-  drive<F32Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive_panels<f32_panel<1>, f32_panel<2>, f32_panel<3>, f32_panel<4>>(
+      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 CF_AVX512 void bf16_avx512(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
                            std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  drive<Bf16Tile>({reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0,
-                  r1);
+  drive_panels<bf16_panel<1>, bf16_panel<2>, bf16_panel<3>, bf16_panel<4>>(
+      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 CF_AVX512 void int8_avx512(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,

@@ -45,7 +45,7 @@ void f32_scalar(const float* w, std::int64_t kpad, const Activations& x, std::in
     for (std::int64_t b = 0; b < x.rows; ++b) {
       const float* xr = x.f.data() + b * kpad;
       float s = 0;
-      for (std::int64_t i = 0; i < kpad; ++i) s += w[r * kpad + i] * xr[i];
+      for (std::int64_t i = 0; i < kpad; ++i) s += w[f32_panel_at(kpad, r, i)] * xr[i];
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
     }
 }
@@ -56,7 +56,7 @@ void bf16_scalar(const std::uint16_t* w, std::int64_t kpad, const Activations& x
     for (std::int64_t b = 0; b < x.rows; ++b) {
       const float* xr = x.f.data() + b * kpad;
       float s = 0;
-      for (std::int64_t i = 0; i < kpad; ++i) s += from_bf16(w[r * kpad + i]) * xr[i];
+      for (std::int64_t i = 0; i < kpad; ++i) s += from_bf16(w[bf16_panel_at(kpad, r, i)]) * xr[i];
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
     }
 }
@@ -183,11 +183,6 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
     for (std::int64_t r = 0; r < rows; ++r) {
       std::memcpy(f.data() + r * kpad, x + r * ldx, static_cast<std::size_t>(k) * sizeof(float));
       std::fill(f.data() + r * kpad + k, f.data() + (r + 1) * kpad, 0.0f);
-    }
-    if (fmt == Format::BF16) {  // a bf16 pair is one 32-bit lane: kernels widen evens and odds apart
-      split.resize(f.size());
-      for (std::size_t c = 0; c < f.size(); c += 32)
-        for (std::size_t i = 0; i < 16; ++i) split[c + i] = f[c + 2 * i], split[c + 16 + i] = f[c + 2 * i + 1];
     }
     return;
   }
@@ -324,11 +319,19 @@ QuantMatrix QuantMatrix::from_raw(Format format, std::int64_t k, std::int64_t n,
   return m;
 }
 
-// Int8 and int4 arrive row-major (quantize, a file) and go into panels here.
+// Weights arrive row-major (quantize, a file) and go into panels here.
 void QuantMatrix::derive() {
   row_sum_.clear();
   const std::int64_t npad = panel_rows(n_), groups = kpad_ / kGroup;
-  if (format_ == Format::Int8) {
+  if (format_ == Format::F32 || format_ == Format::BF16) {
+    const std::size_t size = format_ == Format::F32 ? 4 : 2;
+    std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpad_) * size, 0);
+    for (std::int64_t r = 0; r < n_; ++r)
+      for (std::int64_t i = 0; i < kpad_; ++i)
+        std::memcpy(panels.data() + (size == 4 ? f32_panel_at(kpad_, r, i) : bf16_panel_at(kpad_, r, i)) * size,
+                    data_.data() + static_cast<std::size_t>(r * kpad_ + i) * size, size);
+    data_ = std::move(panels);
+  } else if (format_ == Format::Int8) {
     std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpad_), 0);
     row_sum_.assign(static_cast<std::size_t>(npad), 0);
     for (std::int64_t r = 0; r < n_; ++r)
@@ -381,7 +384,13 @@ std::vector<std::uint8_t> QuantMatrix::raw_data() const {
       }
     return out;
   }
-  return data_;
+  const std::size_t size = format_ == Format::F32 ? 4 : 2;
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(n_ * kpad_) * size);
+  for (std::int64_t r = 0; r < n_; ++r)
+    for (std::int64_t i = 0; i < kpad_; ++i)
+      std::memcpy(out.data() + static_cast<std::size_t>(r * kpad_ + i) * size,
+                  data_.data() + (size == 4 ? f32_panel_at(kpad_, r, i) : bf16_panel_at(kpad_, r, i)) * size, size);
+  return out;
 }
 
 std::vector<float> QuantMatrix::raw_scales() const {
@@ -393,12 +402,12 @@ double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
   switch (format_) {
     case Format::F32: {
       float v;
-      std::memcpy(&v, data_.data() + (row * kpad_ + col) * 4, 4);
+      std::memcpy(&v, data_.data() + f32_panel_at(kpad_, row, col) * 4, 4);
       return v;
     }
     case Format::BF16: {
       std::uint16_t h;
-      std::memcpy(&h, data_.data() + (row * kpad_ + col) * 2, 2);
+      std::memcpy(&h, data_.data() + bf16_panel_at(kpad_, row, col) * 2, 2);
       return from_bf16(h);
     }
     case Format::Int8:

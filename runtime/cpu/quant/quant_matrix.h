@@ -44,12 +44,20 @@ const char* isa_name(Isa isa);
 constexpr std::int64_t kGroup = 32;  // int4 group size; every row is padded to a multiple of it
 inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
 
-// Int8 and int4 weights are kept in panels of 16 rows (n padded with zero rows to whole panels),
-// interleaved so that one 64-byte vector holds 4 consecutive k of each of the 16 rows: a kernel
-// multiplies it by 4 bytes of x broadcast and accumulates 16 outputs in 16 lanes (no horizontal
-// sums, one sequential stream of weights). Files keep the row-major layout (raw_data()).
+// Weights are kept in panels of 16 rows (n padded with zero rows to whole panels), interleaved
+// so that one 64-byte vector holds the 16 rows at 1 (fp32), 2 (bf16) or 4 (int8, int4: twice)
+// consecutive k: a kernel multiplies it by x broadcast and accumulates 16 outputs in 16 lanes
+// (no horizontal sums, one sequential stream of weights). Files keep the row-major layout
+// (raw_data()).
 constexpr std::int64_t kPanel = 16;
 inline std::int64_t panel_rows(std::int64_t n) { return (n + kPanel - 1) / kPanel * kPanel; }
+// Fp32: element [r, i] is [r / 16][i][r % 16]; bf16: [r / 16][i / 2][r % 16][i % 2].
+inline std::size_t f32_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t i) {
+  return static_cast<std::size_t>(((r / kPanel) * kpad + i) * kPanel + r % kPanel);
+}
+inline std::size_t bf16_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t i) {
+  return static_cast<std::size_t>((((r / kPanel) * (kpad / 2) + i / 2) * kPanel + r % kPanel) * 2 + i % 2);
+}
 // Int8: the byte of weight [r, i] is [r / 16][i / 4][r % 16][i % 4].
 inline std::size_t int8_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t i) {
   return static_cast<std::size_t>((r / kPanel) * kPanel * kpad + (i / 4) * 64 + (r % kPanel) * 4 + i % 4);
@@ -77,7 +85,6 @@ struct Activations {
   Format format = Format::F32;
   std::int64_t rows = 0, k = 0, kpad = 0;
   std::vector<float> f;           // F32/BF16: [rows, kpad]
-  std::vector<float> split;       // BF16: f with each 32 of a row as its 16 even, then 16 odd elements
   std::vector<std::int8_t> q;     // Int8/Int4: [rows, kpad]
   std::vector<std::uint8_t> u;    // Int8: q + 128 (VNNI multiplies unsigned by signed bytes)
   std::vector<float> scale;       // Int8: [rows]; Int4: [rows, kpad / 32]
@@ -122,15 +129,14 @@ class QuantMatrix {
   std::vector<float> raw_scales() const;
 
  private:
-  void derive();  // the kernel layout (panels) and the per-row sums VNNI's unsigned operand needs
+  void derive();  // the kernels' layout (panels) and the per-row sums VNNI's unsigned operand needs
   void check(const Activations& x) const;  // x prepared for this matrix, else Error
   const std::uint16_t* int4_scales() const {
     return reinterpret_cast<const std::uint16_t*>(data_.data() + panel_rows(n_) * (kpad_ / kGroup) * 16);
   }
   Format format_ = Format::F32;
   std::int64_t k_ = 0, n_ = 0, kpad_ = 0;
-  // F32/BF16: [n, kpad] of the format's elements; Int8/Int4: in panels (int8_panel_at,
-  // int4_panel_at), panel_rows(n) rows.
+  // In panels of panel_rows(n) rows (f32_panel_at, bf16_panel_at, int8_panel_at, int4_panel_at).
   std::vector<std::uint8_t> data_;
   std::vector<float> scales_;  // Int8: [panel_rows(n)], zero past n
   std::vector<std::int32_t> row_sum_;  // Int8: [panel_rows(n)], sum of each row's q (VNNI's offset)
