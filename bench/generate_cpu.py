@@ -249,6 +249,7 @@ def main():
     peak_decoder(model, text_ids[:300])
     qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
     gens = {w: cellfuse.Generator.from_torch(model, weights=w) for w in ("fp32", "bf16", "int8", "int4")}
+    notes.append(f"cellfuse's matrix-vector kernels on this CPU: {gens['fp32'].kernels}")
     path = os.path.join(tmp, "charrnn.onnx")
     step_model = _LstmStep(model)
     ort32 = ort_session(step_model, (torch.tensor([1]), *model.zero_state()), ["ids", "h", "c"],

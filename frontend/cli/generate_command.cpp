@@ -125,8 +125,9 @@ int generate_command(int argc, char** argv) {
     }
   std::printf("\n");
   if (stats)
-    std::fprintf(stderr, "format %s, %d threads, %lld streams: %.3f ms per step, %.1f tokens/s\n",
-                 cpu::quant::format_name(gen->format()), gen->threads(), static_cast<long long>(streams),
+    std::fprintf(stderr, "format %s (%s kernels), %d threads, %lld streams: %.3f ms per step, %.1f tokens/s\n",
+                 cpu::quant::format_name(gen->format()), cpu::quant::isa_name(cpu::quant::active_isa()),
+                 gen->threads(), static_cast<long long>(streams),
                  length ? ms / static_cast<double>(length) : 0.0,
                  ms > 0 ? static_cast<double>(length * streams) / (ms / 1000.0) : 0.0);
   return 0;

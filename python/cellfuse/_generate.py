@@ -277,6 +277,12 @@ class Generator:
         """Bytes of weights one step reads."""
         return self._g.weight_bytes
 
+    @property
+    def kernels(self):
+        """The instruction set of the matrix-vector kernels in use on this CPU: "avx512-vnni",
+        "avx2" or "scalar"."""
+        return self._g.kernels
+
     def _ids(self, x, what):
         if isinstance(x, str):
             if not self._tokens:

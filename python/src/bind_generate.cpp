@@ -78,6 +78,8 @@ void bind_generate(py::module_& m) {
       .def_property_readonly("tokens", &Generator::tokens)
       .def_property_readonly("weight_bytes", &Generator::weight_bytes)
       .def_property_readonly("threads", &Generator::threads)
+      .def_property_readonly("kernels",
+                             [](const Generator&) { return cpu::quant::isa_name(cpu::quant::active_isa()); })
       .def("layer_text", [](const Generator& g, std::int64_t l) {
         if (l < 0 || l >= g.layers()) throw Error("layer_text: no layer " + std::to_string(l));
         return print_cell(g.layer(l).cell());

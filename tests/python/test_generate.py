@@ -165,3 +165,18 @@ def test_serving_example_streams_and_reports(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout == "The " + gen.generate("The ", 60, temperature=0.8, seed=4) + "\n"
     assert "first token after" in run.stderr and "characters/s" in run.stderr
+
+
+def test_kernels_are_the_best_this_cpu_runs():
+    """The kernel set is picked from the CPU at run time: AVX-512 VNNI where the flags say so (Intel
+    since Cascade Lake, AMD Zen 4), else AVX2 + FMA, else plain C++."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= set(flags):
+        want = "avx512-vnni"
+    elif {"avx2", "fma", "f16c"} <= set(flags):
+        want = "avx2"
+    else:
+        want = "scalar"
+    gen = cellfuse.Generator.from_torch(CharRNN(20, 8, 16, 1, nn.GRU), weights="int8")
+    assert gen.kernels == want
