@@ -5,16 +5,18 @@
 // graph capture, a replay, two more), then the median of --runs timed runs. Also the compile
 // times of an LSTM's forward+backward kernels: first (NVRTC, an empty disk cache) and a cache hit.
 //
-//   bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph]
-//             [--storage native|bf16|f16] [--json]
-//   bench_gpu --sweep [--runs N]
+//   bench_gpu [--runs N] [--only W1,W2] [--add ID=SPEC@TxB] [--fuse auto|always|never]
+//             [--strategy auto|persistent|graph|resident] [--storage native|bf16|f16] [--json]
+//   bench_gpu --sweep [--runs N] [--sweep-kinds lstm,gru,elman] [--sweep-h 64,...,1024]
+//             [--sweep-b 1,...,64] [--sweep-modes forward,train] [--sweep-steps T] [--sweep-grid]
 //
 // --fuse overrides how small products of the loop stage run (cuda_program.h's FuseProducts), to
 // measure the rule Auto follows. --strategy overrides how the loop stage runs (CudaOptions::loop:
-// one persistent cooperative kernel, or CUDA graphs of its steps). --storage bf16|f16 gives the
-// cells 16-bit tensors (CudaOptions::storage; the tape stays f32). --sweep times the forward of
-// LSTM/GRU/Elman cells at B = 1..8 and H up to 1024 both ways, and the persistent kernel's grid on
-// W5, the measurements behind choose_loop_strategy's rule (bench/results/gpu_persistent.md).
+// one persistent cooperative kernel, one block-resident kernel, or CUDA graphs of its steps; also
+// sets CELLFUSE_CUDA_LOOP). --storage bf16|f16 gives the cells 16-bit tensors
+// (CudaOptions::storage; the tape stays f32). --sweep times LSTM/GRU/Elman cells over H x B,
+// forward and forward+backward, with the automatic plan (timed by the runtime) against each plan
+// forced; --sweep-grid adds the persistent kernel's grid on W5 (bench/results/gpu_persistent.md).
 //
 // A plain program (no Google Benchmark): the GPU machine need not have it. Prints a table, or
 // with --json one JSON object.
@@ -27,6 +29,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -140,6 +143,12 @@ std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.f
 
 CudaOptions g_options;  // --fuse, --strategy, --storage
 
+std::optional<LoopStrategy> strategy_named(const std::string& name) {
+  for (LoopStrategy s : {LoopStrategy::Auto, LoopStrategy::Persistent, LoopStrategy::Graph, LoopStrategy::Resident})
+    if (name == loop_strategy_name(s)) return s;
+  return std::nullopt;
+}
+
 // A forward's device arguments for `cell` over (T, B), random inputs, states and parameters in
 // `buf`. Parameters scaled like nn.Linear's init would not change the time; uniform [-1, 1) keeps
 // every value away from zero.
@@ -166,10 +175,17 @@ Result time_forward(const bench::Workload& w, CUstream stream, int runs) {
   return {w.id, w.cell, "forward", T, B, ms, compiled->compile_ms()};
 }
 
+double time_train_cell(const CudaBptt& compiled, const Cell& cell, std::int64_t T, std::int64_t B, CUstream stream, int runs);
+
 Result time_train(const bench::Workload& w, CUstream stream, int runs) {
   Cell cell = cells::by_spec(w.cell);
-  const std::int64_t T = w.steps, B = w.batch;
-  auto compiled = compile_cuda_bptt(cell, B, g_options);
+  auto compiled = compile_cuda_bptt(cell, w.batch, g_options);
+  return {w.id, w.cell, "train", w.steps, w.batch, time_train_cell(*compiled, cell, w.steps, w.batch, stream, runs),
+          compiled->compile_ms()};
+}
+
+// Median ms of forward_device + backward_device of `compiled` over (T, B), random arguments.
+double time_train_cell(const CudaBptt& compiled, const Cell& cell, std::int64_t T, std::int64_t B, CUstream stream, int runs) {
   Buffers buf(stream, g_options.storage);
   DeviceTrainingArgs a;
   a.steps = T;
@@ -192,15 +208,14 @@ Result time_train(const bench::Workload& w, CUstream stream, int runs) {
     a.outputs.push_back(buf.empty(T * B * features(cell, o.value)));
     a.output_grads.push_back(buf.random(T * B * features(cell, o.value), seed++));
   }
-  for (std::int64_t width : compiled->tape_widths()) a.tape.push_back(buf.empty(T * B * width, /*f32=*/true));
+  for (std::int64_t width : compiled.tape_widths()) a.tape.push_back(buf.empty(T * B * width, /*f32=*/true));
   Timer timer(stream);
-  double ms = timer.median_ms(
+  return timer.median_ms(
       [&] {
-        compiled->forward_device(a, stream);
-        compiled->backward_device(a, stream);
+        compiled.forward_device(a, stream);
+        compiled.backward_device(a, stream);
       },
       5, runs);
-  return {w.id, w.cell, "train", T, B, ms, compiled->compile_ms()};
 }
 
 // Forward of `spec` at (T, B) with `options`, on a CudaCell of its own (so that the environment's
@@ -216,27 +231,94 @@ double time_forward_spec(const std::string& spec, std::int64_t T, std::int64_t B
   return timer.median_ms([&] { compiled.run_device(a, stream); }, 5, runs);
 }
 
-void sweep(CUstream stream, int runs) {
-  CudaOptions graph, persistent;
-  graph.loop = LoopStrategy::Graph;
-  persistent.loop = LoopStrategy::Persistent;
-  std::printf("forward ms, medians of %d runs: graph path vs persistent kernel (ratio < 1: persistent faster)\n", runs);
-  for (const char* kind : {"lstm", "gru", "elman"})
-    for (int H : {64, 256, 512, 1024})
-      for (std::int64_t B : {1, 4, 8}) {
-        const std::string spec = std::string(kind) + ":" + std::to_string(H) + "," + std::to_string(H);
-        const std::int64_t T = 1000;
-        int gb = 0, pb = 0;
-        try {
-          const double g = time_forward_spec(spec, T, B, graph, stream, runs, &gb);
-          const double p = time_forward_spec(spec, T, B, persistent, stream, runs, &pb);
-          std::printf("%-16s T=%lld B=%lld  graph %8.3f ms  persistent %8.3f ms (%3d blocks)  ratio %.2f\n", spec.c_str(),
-                      static_cast<long long>(T), static_cast<long long>(B), g, p, pb, p / g);
-        } catch (const std::exception& e) {
-          std::printf("%-16s B=%lld: %s\n", spec.c_str(), static_cast<long long>(B), e.what());
+// What --sweep covers; every list can be narrowed on the command line to fit a time budget.
+struct SweepSpace {
+  std::vector<std::string> kinds = {"lstm", "gru", "elman"};
+  std::vector<std::int64_t> hidden = {64, 128, 256, 512, 1024};
+  std::vector<std::int64_t> batches = {1, 2, 4, 8, 16, 32, 64};
+  std::vector<std::string> modes = {"forward", "train"};
+  std::int64_t steps = 200;
+  bool grid = false;  // also the persistent grid on W5
+};
+
+// One point of the sweep: `mode` of `spec` at (T, B) with the loop plan `loop` (Auto: timed by
+// the runtime on the first run, which the warm-up absorbs), on cells of its own (freed after).
+// The plan(s) that ran go to `plan` (training: the forward's, then the backward step's); a
+// forced plan that does not fit (the runtime then runs the graph path) returns -1, untimed.
+double time_point(const std::string& spec, const std::string& mode, std::int64_t T, std::int64_t B, LoopStrategy loop,
+                  CUstream stream, int runs, std::string* plan) {
+  CudaOptions options = g_options;
+  options.loop = loop;
+  Cell cell = cells::by_spec(spec);
+  if (mode == "forward") {
+    CudaCell compiled(cell, B, options);
+    if (loop != LoopStrategy::Auto && compiled.loop_plan() != loop) return -1;
+    Buffers buf(stream, g_options.storage);
+    DeviceSequenceArgs a = forward_args(cell, T, B, buf);
+    Timer timer(stream);
+    const double ms = timer.median_ms([&] { compiled.run_device(a, stream); }, 5, runs);
+    *plan = loop_strategy_name(compiled.loop_plan());
+    return ms;
+  }
+  CudaBptt compiled(cell, B, options);
+  if (loop != LoopStrategy::Auto &&
+      (compiled.forward_cell().loop_plan() != loop || compiled.backward_step().loop_plan() != loop))
+    return -1;
+  const double ms = time_train_cell(compiled, cell, T, B, stream, runs);
+  *plan = std::string(loop_strategy_name(compiled.forward_cell().loop_plan())) + "/" +
+          loop_strategy_name(compiled.backward_step().loop_plan());
+  return ms;
+}
+
+// Every point of `space`, automatic plan against every forced one: the ratio auto / best forced
+// (the automatic plan's goal: within 5%) and the time a step against the next larger batch's at
+// the same H and mode (the goal: never more than 1.1x, no cliff). One line a point, then JSON
+// lines ("sweep-json ...") for bench/results.
+void sweep(CUstream stream, int runs, const SweepSpace& space) {
+  const LoopStrategy forced[] = {LoopStrategy::Graph, LoopStrategy::Persistent, LoopStrategy::Resident};
+  std::printf("sweep: ms a sequence of T=%lld, medians of %d runs; auto = the runtime's own choice (timed), then each plan "
+              "forced (n/a: the plan does not fit; the runtime then runs the graph path)\n",
+              static_cast<long long>(space.steps), runs);
+  std::printf("%-7s %-12s %4s %9s %-10s %9s %9s %9s %8s %8s\n", "mode", "cell", "B", "auto", "(plan)", "graph", "persistent",
+              "resident", "auto/best", "us/step");
+  for (const auto& mode : space.modes)
+    for (const auto& kind : space.kinds)
+      for (std::int64_t H : space.hidden) {
+        for (std::int64_t B : space.batches) {
+          const std::string spec = kind + ":" + std::to_string(H) + "," + std::to_string(H);
+          try {
+            std::string plan;
+            const double auto_ms = time_point(spec, mode, space.steps, B, LoopStrategy::Auto, stream, runs, &plan);
+            double best = 1e300;
+            std::string cols;
+            for (LoopStrategy f : forced) {
+              std::string ran;
+              const double ms = time_point(spec, mode, space.steps, B, f, stream, runs, &ran);
+              if (ms < 0) {  // does not fit: n/a, not a second graph path
+                cols += "      n/a ";
+                continue;
+              }
+              best = std::min(best, ms);
+              char text[32];
+              std::snprintf(text, sizeof text, "%9.3f ", ms);
+              cols += text;
+            }
+            const double per_step_us = auto_ms * 1000.0 / static_cast<double>(space.steps);
+            std::printf("%-7s %-12s %4lld %9.3f %-10s %s %8.3f %8.2f\n", mode.c_str(), spec.c_str(), static_cast<long long>(B), auto_ms,
+                        ("(" + plan + ")").c_str(), cols.c_str(), auto_ms / best, per_step_us);
+            std::printf("sweep-json {\"mode\": \"%s\", \"cell\": \"%s\", \"batch\": %lld, \"steps\": %lld, \"auto_ms\": %.4f, "
+                        "\"plan\": \"%s\", \"best_forced_ms\": %.4f}\n",
+                        mode.c_str(), spec.c_str(), static_cast<long long>(B), static_cast<long long>(space.steps), auto_ms, plan.c_str(),
+                        best);
+          } catch (const std::exception& e) {
+            std::printf("%-7s %-12s %4lld: %s\n", mode.c_str(), spec.c_str(), static_cast<long long>(B), e.what());
+          }
+          std::fflush(stdout);
         }
-        std::fflush(stdout);
       }
+  if (!space.grid) return;
+  CudaOptions persistent;
+  persistent.loop = LoopStrategy::Persistent;
   std::printf("W5 lstm:256,256 T=1000 B=1, persistent grid (CELLFUSE_CUDA_PERSISTENT_BLOCKS):\n");
   for (int blocks : {8, 16, 32, 48, 66, 132}) {
     ::setenv("CELLFUSE_CUDA_PERSISTENT_BLOCKS", std::to_string(blocks).c_str(), 1);
@@ -248,6 +330,17 @@ void sweep(CUstream stream, int runs) {
   ::unsetenv("CELLFUSE_CUDA_PERSISTENT_BLOCKS");
 }
 
+template <class T>
+std::vector<T> parse_list(const std::string& text) {
+  std::vector<T> out;
+  std::stringstream list(text);
+  for (std::string item; std::getline(list, item, ',');) {
+    if constexpr (std::is_same_v<T, std::string>) out.push_back(item);
+    else out.push_back(std::atoll(item.c_str()));
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace cellfuse
 
@@ -255,15 +348,39 @@ int main(int argc, char** argv) {
   using namespace cellfuse;
   int runs = 21;
   bool json = false, do_sweep = false;
+  SweepSpace space;
   std::set<std::string> only;
+  std::vector<bench::Workload> work = bench::workloads();
+  std::vector<std::string> added;  // --add: run even when --only names others
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--runs" && i + 1 < argc) runs = std::max(1, std::atoi(argv[++i]));
     else if (a == "--json") json = true;
     else if (a == "--sweep") do_sweep = true;
+    else if (a == "--add" && i + 1 < argc) {  // ID=SPEC@TxB: one more workload (compare_gpu.py's peers-only rows)
+      const std::string text = argv[++i];
+      const auto eq = text.find('='), at = text.find('@'), x = text.find('x', at == std::string::npos ? 0 : at);
+      if (eq == std::string::npos || at == std::string::npos || x == std::string::npos || eq > at) {
+        std::fprintf(stderr, "bench_gpu: --add takes ID=SPEC@TxB, not '%s'\n", text.c_str());
+        return 2;
+      }
+      work.push_back({text.substr(0, eq), text.substr(eq + 1, at - eq - 1), std::atoll(text.substr(at + 1, x - at - 1).c_str()),
+                      std::atoll(text.substr(x + 1).c_str())});
+      added.push_back(work.back().id);
+    }
+    else if (a == "--sweep-kinds" && i + 1 < argc) space.kinds = parse_list<std::string>(argv[++i]);
+    else if (a == "--sweep-h" && i + 1 < argc) space.hidden = parse_list<std::int64_t>(argv[++i]);
+    else if (a == "--sweep-b" && i + 1 < argc) space.batches = parse_list<std::int64_t>(argv[++i]);
+    else if (a == "--sweep-modes" && i + 1 < argc) space.modes = parse_list<std::string>(argv[++i]);
+    else if (a == "--sweep-steps" && i + 1 < argc) space.steps = std::max<std::int64_t>(1, std::atoll(argv[++i]));
+    else if (a == "--sweep-grid") space.grid = true;
     else if (a == "--strategy" && i + 1 < argc) {
-      const std::string f = argv[++i];
-      g_options.loop = f == "persistent" ? LoopStrategy::Persistent : f == "graph" ? LoopStrategy::Graph : LoopStrategy::Auto;
+      const auto strategy = strategy_named(argv[++i]);
+      if (!strategy) {
+        std::fprintf(stderr, "bench_gpu: --strategy takes auto, persistent, graph or resident\n");
+        return 2;
+      }
+      g_options.loop = *strategy;
     }
     else if (a == "--storage" && i + 1 < argc) {
       auto storage = parse_storage(argv[++i]);
@@ -284,11 +401,13 @@ int main(int argc, char** argv) {
       for (std::string id; std::getline(list, id, ',');) only.insert(id);
     } else {
       std::fprintf(stderr,
-                   "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph] "
-                   "[--storage native|bf16|f16] [--json] | --sweep [--runs N]\n");
+                   "usage: bench_gpu [--runs N] [--only W1,W2] [--fuse auto|always|never] [--strategy auto|persistent|graph|resident] "
+                   "[--storage native|bf16|f16] [--json] | --sweep [--runs N] [--sweep-kinds lstm,gru,elman] [--sweep-h 64,128] "
+                   "[--sweep-b 1,2,4] [--sweep-modes forward,train] [--sweep-steps T] [--sweep-grid]\n");
       return 2;
     }
   }
+  if (!only.empty()) only.insert(added.begin(), added.end());
   // An empty kernel cache of our own, so that the first compile below is NVRTC's.
   char dir[] = "/tmp/cellfuse_bench_gpu.XXXXXX";
   if (!::mkdtemp(dir)) return 3;
@@ -305,7 +424,7 @@ int main(int argc, char** argv) {
     CUstream stream = nullptr;
     cuda::check(cuda::driver().stream_create(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
     if (do_sweep) {
-      sweep(stream, runs);
+      sweep(stream, runs, space);
       return 0;
     }
 
@@ -318,7 +437,7 @@ int main(int argc, char** argv) {
     const bool first_nvrtc = !first.cubins_from_cache(), hit_cached = again.cubins_from_cache();
 
     std::vector<Result> results;
-    for (const auto& w : bench::workloads()) {
+    for (const auto& w : work) {
       if (!only.empty() && !only.count(w.id)) continue;
       results.push_back(time_forward(w, stream, runs));
       results.push_back(time_train(w, stream, runs));

@@ -10,6 +10,7 @@
 
 #include "compiler/ir/error.h"
 #include "runtime/bptt_driver.h"
+#include "runtime/cuda/cuda_cell_impl.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/host_transfer.h"
 #include "runtime/profile/recorder.h"
@@ -324,10 +325,12 @@ struct CudaBptt::Impl {
 };
 
 CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& asked) : impl_(std::make_unique<Impl>()) {
-  // Training keeps the graph path unless the persistent loop kernel is asked for by name: its
-  // forward (with the tape) and reversed step are not measured with it yet.
+  // Each of the two cells picks its own loop plan (CELLFUSE_CUDA_LOOP, else timing: the
+  // forward with its tape and the reversed step differ); with timing off, training keeps the
+  // graph path, as the fixed rule was measured on forward runs only.
   CudaOptions options = asked;
-  if (options.loop == LoopStrategy::Auto) options.loop = LoopStrategy::Graph;
+  options.loop = cuda_run::strategy_from_environment(asked.loop);
+  if (options.loop == LoopStrategy::Auto && !cuda_run::plan_timing_enabled()) options.loop = LoopStrategy::Graph;
   if (asked.storage != Storage::Native && cell.graph.dtype() != DType::f32)
     throw Error("CUDA backward: " + std::string(storage_name(asked.storage)) + " storage needs an f32 cell; '" + cell.name +
                 "' is " + std::string(dtype_name(cell.graph.dtype())));

@@ -155,9 +155,16 @@ std::string CudaCell::device_name() const { return impl_->dev->name; }
 bool CudaCell::graphs() const { return impl_->graphs; }
 const std::string& CudaCell::source() const { return impl_->program.source; }
 
-bool CudaCell::persistent() const { return impl_->persistent_fn != nullptr; }
-int CudaCell::persistent_blocks() const { return static_cast<int>(impl_->persistent_grid); }
-std::string CudaCell::loop_strategy_reason() const { return impl_->loop_reason; }
+bool CudaCell::persistent() const { return impl_->active.kind == LoopStrategy::Persistent; }
+int CudaCell::persistent_blocks() const { return persistent() ? static_cast<int>(impl_->active.grid) : 0; }
+LoopStrategy CudaCell::loop_plan() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->timing && impl_->timed.empty() ? LoopStrategy::Auto : impl_->active.kind;
+}
+std::string CudaCell::loop_strategy_reason() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->loop_reason + impl_->plan_reasons;
+}
 
 std::size_t CudaCell::graph_captures() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -166,7 +173,7 @@ std::size_t CudaCell::graph_captures() const {
 
 std::string CudaCell::describe() const {
   const Impl& m = *impl_;
-  std::string out = print_plan(m.program.plan) + "# loop strategy: " + m.loop_reason + "\n";
+  std::string out = print_plan(m.program.plan) + "# loop strategy: " + loop_strategy_reason() + "\n";
   const char* names[3] = {"pre", "loop", "post"};
   for (int s = 0; s < 3; ++s) {
     if (!m.stages[s].stage->cell) continue;

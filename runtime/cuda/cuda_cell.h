@@ -39,17 +39,25 @@ using DevicePointer = unsigned long long;
 
 // How the loop stage runs.
 enum class LoopStrategy : std::uint8_t {
-  Auto,        // the rule in cuda_cell.cpp (choose_loop_strategy), from measurements
+  Auto,        // the fastest of the others that fit, timed on the first run of a shape (below)
   Persistent,  // one cooperative kernel for all steps (cuda_persistent.h), where the stage fits
   Graph,       // its GEMMs and kernels once per step, captured as a CUDA graph
+  Resident,    // one block runs all steps, the weights in its shared memory (LoopScope::Block)
 };
+
+// The name of a strategy as CELLFUSE_CUDA_LOOP spells it: auto, persistent, graph, resident.
+const char* loop_strategy_name(LoopStrategy strategy);
 
 struct CudaOptions {
   int device = 0;
   cuda_codegen::ProgramOptions program;  // fusion of small products, threads a block
   bool graphs = true;                    // CELLFUSE_CUDA_GRAPHS=0 in the environment turns them off
-  // Auto reads $CELLFUSE_CUDA_LOOP (auto, persistent or graph) first. Persistent where the stage
-  // does not fit (loop_strategy_reason() says why) runs the graph path.
+  // Auto reads $CELLFUSE_CUDA_LOOP (auto, persistent, graph or resident) first. Persistent or
+  // Resident where the stage does not fit (loop_strategy_reason() says why) runs the graph path.
+  // Auto times every strategy that fits on the first run of each sequence length (its outputs
+  // written to scratch memory, so the run itself is unaffected; that first run waits for the
+  // timing) and keeps the fastest, also on disk (plan_record.h) for the next process on the same
+  // device; CELLFUSE_CUDA_PLAN_TIMING=0 replaces the timing by a fixed rule (choose_loop_strategy).
   LoopStrategy loop = LoopStrategy::Auto;
   // BF16 or F16 (f32 cells only): the caller's device tensors hold 16-bit elements. The cell
   // widens inputs, states and params into f32 buffers of its own, computes in f32, and rounds
@@ -116,8 +124,11 @@ class CudaCell {
   std::string device_name() const;
   bool graphs() const;
   std::size_t graph_captures() const;  // how many CUDA graphs runs have captured so far
-  bool persistent() const;             // the loop stage runs as one persistent kernel
+  bool persistent() const;             // the loop stage runs as one persistent (grid-wide) kernel
   int persistent_blocks() const;       // its grid (0 when not persistent)
+  // The strategy the loop stage runs with now: Graph, Persistent or Resident; Auto until the first
+  // run of a shape has timed them.
+  LoopStrategy loop_plan() const;
   std::string loop_strategy_reason() const;  // why this strategy
   // The stages, GEMMs, kernels and the CUDA source.
   std::string describe() const;

@@ -5,12 +5,14 @@
 //   cuda_sequence_run.cpp  the sequence runner: workspaces per length, pre/loop/post stages
 //                          on a stream, the argument checks, stream ordering;
 //   cuda_graphs.cpp        capturing a sequence as a CUDA graph and replaying it (graph cache);
-//   cuda_loop_strategy.cpp the persistent-kernel-or-graph choice for the loop stage;
+//   cuda_loop_strategy.cpp the loop plans that fit (graph, persistent, resident) and the rule;
+//   cuda_plan_timing.cpp   Auto: the plans timed on the first run of a length, the winner kept;
 //   cuda_storage_edges.cpp 16-bit storage: widening arguments, narrowing results;
 //   cuda_cell_cache.cpp    the in-memory cache of compiled cells (compile_cuda).
 // Internal to runtime/cuda: nothing outside it includes this header.
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -51,6 +53,20 @@ struct GraphKey {
 // CUDA_LOOP from the environment when `asked` is Auto (cuda_loop_strategy.cpp).
 LoopStrategy strategy_from_environment(LoopStrategy asked);
 
+// False when CELLFUSE_CUDA_PLAN_TIMING=0: Auto follows the fixed rule instead of timing.
+bool plan_timing_enabled();
+
+// One way to run the loop stage, ready to launch: Graph (the stage's GEMMs and kernels once a
+// step), or one kernel for all steps (Persistent on a grid, Resident on one block).
+struct LoopPlan {
+  LoopStrategy kind = LoopStrategy::Graph;
+  CUfunction fn = nullptr;
+  unsigned grid = 0, shared = 0;  // blocks, dynamic shared bytes a block
+  const cuda_codegen::PersistentLoop* kernel = nullptr;
+  CUdeviceptr workspace = 0, barrier = 0;  // the kernel's cf_ws and cf_bar (memory of the Impl)
+  std::string description;        // blocks, threads, shared memory, barriers
+};
+
 // Counts a CudaCell built (cuda_cell_cache.cpp: cuda_compile_count()).
 void count_cuda_compile();
 
@@ -79,11 +95,17 @@ struct CudaCell::Impl {
   double compile_ms = 0;
   bool from_cache = false;
   bool graphs = true;
-  // The persistent loop kernel, when chosen.
-  CUfunction persistent_fn = nullptr;
-  unsigned persistent_grid = 0, persistent_shared = 0;
-  cuda::DeviceMemory persistent_ws, persistent_bar;
+  // The loop plans that fit (Graph first), the one runs use now, and why.
+  std::vector<cuda_run::LoopPlan> plans;
+  cuda_run::LoopPlan active;
+  cuda::DeviceMemory persistent_ws, persistent_bar;  // the grid kernel's workspace and barrier
+  cuda::DeviceMemory resident_ws;                    // the block kernel's spilled temporaries
   std::string loop_reason;
+  // Auto with timing: a plan is chosen on the first run of each length class (plan_class) and
+  // kept here; until then `active` is Graph.
+  bool timing = false;
+  std::map<int, std::size_t> timed;  // length class -> index into plans
+  std::string plan_reasons;          // what timing measured, per length class
   std::mutex mutex;
   Workspace ws;
   HostStaging staging;
@@ -108,6 +130,7 @@ struct CudaCell::Impl {
   std::uint64_t profiled = 0;
   int persistent_site = -1;
   std::uint64_t persistent_site_generation = 0;
+  LoopStrategy persistent_site_kind = LoopStrategy::Auto;
 
   ~Impl();
 
@@ -124,6 +147,14 @@ struct CudaCell::Impl {
 
   // Which way the loop stage runs (after the module is loaded and own_stream made).
   void choose_loop_strategy(LoopStrategy asked);
+  // The plan of `kind`, set up (shared memory attribute, grid, workspace); nullopt and `why`
+  // when it does not fit this device or stage.
+  std::optional<cuda_run::LoopPlan> set_up_plan(LoopStrategy kind, std::string& why);
+  // Auto with timing: makes the plan of a's length class active, timing every plan on a's
+  // inputs first when neither this object nor the plan record on disk knows it.
+  void plan_for(const DeviceSequenceArgs& a, CUstream stream);
+  // One timed run of the active plan on `a` (a graph for Graph): milliseconds, host clock.
+  double time_active(const DeviceSequenceArgs& a, CUstream stream);
 
   // Elements of each argument of a sequence of `steps` steps, in DeviceSequenceArgs's order.
   struct Sizes {
@@ -143,7 +174,7 @@ struct CudaCell::Impl {
   void run_locked(const DeviceSequenceArgs& a, CUstream stream);
   // run_locked while a profiler is on: kernel by kernel (no graph), each timed by CUDA events.
   void run_profiled(profile::Recorder& rec, const DeviceSequenceArgs& a, CUstream stream);
-  // The persistent loop kernel's launch as the profiler's call site.
+  // The launch of the loop kernel (persistent or resident) as the profiler's call site.
   int persistent_call_site(profile::Recorder& rec, std::int64_t steps);
 
   void check_device_args(const DeviceSequenceArgs& a) const;

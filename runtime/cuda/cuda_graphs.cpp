@@ -43,9 +43,10 @@ void CudaCell::Impl::run_locked(const DeviceSequenceArgs& a, CUstream stream) {
   const cuda::Driver& d = cuda::driver();
   prepare_workspace(a.steps);
   if (has_run && last_stream != stream) cuda::check(d.stream_wait_event(stream, done, 0), "cuStreamWaitEvent");
+  if (timing && a.steps > 0) plan_for(a, stream);
   if (profile::Recorder* rec = profile::active()) {
     run_profiled(*rec, a, stream);
-  } else if (graphs && a.steps > 0 && !persistent_fn) {
+  } else if (graphs && a.steps > 0 && !active.fn) {
     GraphKey key{a.steps, a.reverse, {}};
     for (const auto* list : {&a.inputs, &a.states, &a.params, &a.outputs, &a.final_states})
       key.pointers.insert(key.pointers.end(), list->begin(), list->end());

@@ -26,9 +26,11 @@ void CudaCell::Impl::run_profiled(profile::Recorder& rec, const DeviceSequenceAr
 }
 
 int CudaCell::Impl::persistent_call_site(profile::Recorder& rec, std::int64_t steps) {
-  if (persistent_site_generation == rec.generation()) return persistent_site;
-  // The whole loop in one launch: its cost is the loop stage's per step, times the steps.
-  profile::CallSite site{program.persistent.name, program.plan.loop.cell->name + " (persistent, all steps)",
+  if (persistent_site_generation == rec.generation() && persistent_site_kind == active.kind) return persistent_site;
+  // The whole loop in one launch (the persistent grid kernel or the resident block kernel): its
+  // cost is the loop stage's per step, times the steps.
+  profile::CallSite site{active.kernel->name,
+                         program.plan.loop.cell->name + " (" + loop_strategy_name(active.kind) + ", all steps)",
                          profile::CallKind::Kernel, 0, 0};
   for (const auto& s : profile::stage_sites(*program.plan.loop.cell, program.stages[1].program.steps, batch, shared.elem)) {
     site.flops += s.flops * static_cast<double>(steps);
@@ -36,6 +38,7 @@ int CudaCell::Impl::persistent_call_site(profile::Recorder& rec, std::int64_t st
   }
   persistent_site = rec.add_site(std::move(site));
   persistent_site_generation = rec.generation();
+  persistent_site_kind = active.kind;
   return persistent_site;
 }
 

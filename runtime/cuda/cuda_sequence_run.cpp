@@ -74,7 +74,7 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
   };
 
   run_batch_stage(0);
-  if (persistent_fn) {
+  if (active.fn) {  // one kernel for all steps: Persistent (a grid) or Resident (one block)
     const auto& pl = program.plan.loop;
     const Cell& c = *pl.cell;
     std::vector<CUdeviceptr> pointers;
@@ -83,8 +83,8 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
     for (int p : pl.params) pointers.push_back(a.params[static_cast<std::size_t>(p)]);
     for (auto o : output_memory[1]) pointers.push_back(o);
     for (std::size_t s = 0; s < c.states.size(); ++s) pointers.push_back(a.final_states[s]);
-    pointers.push_back(persistent_ws.get());
-    pointers.push_back(persistent_bar.get());
+    pointers.push_back(active.workspace);
+    pointers.push_back(active.barrier);
     long long n = steps, reverse = a.reverse ? 1 : 0;
     std::vector<void*> args;
     for (auto& p : pointers) args.push_back(&p);
@@ -94,10 +94,9 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
     const std::int64_t begin = rec ? profile::Recorder::now_ns() : 0;
     if (rec && shared.timer) shared.timer->before(stream);
     spans.stage_begin();
-    cuda::check(shared.d->launch_cooperative_kernel(persistent_fn, persistent_grid, 1, 1,
-                                                    static_cast<unsigned>(program.persistent.threads), 1, 1, persistent_shared,
-                                                    stream, args.data()),
-                ("cuLaunchCooperativeKernel(" + program.persistent.name + ")").c_str());
+    cuda::check(shared.d->launch_cooperative_kernel(active.fn, active.grid, 1, 1, static_cast<unsigned>(active.kernel->threads), 1,
+                                                    1, active.shared, stream, args.data()),
+                ("cuLaunchCooperativeKernel(" + active.kernel->name + ")").c_str());
     if (rec) {
       const int site = persistent_call_site(*rec, steps);
       if (shared.timer) shared.timer->after(stream, site, -1, rec->phase(), rec->run());

@@ -34,6 +34,7 @@
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/kernel_cache.h"
 #include "runtime/cuda/nvrtc.h"
+#include "runtime/cuda/plan_record.h"
 
 namespace cellfuse {
 namespace {
@@ -188,6 +189,19 @@ TEST_P(StandardCellsCompile, ToCubinsForSm90WithTheExpectedSource) {
         EXPECT_FALSE(bin.program.persistent.ok()) << what;
         EXPECT_THAT(bin.program.source, HasSubstr("// persistent loop: not available: batch 64 > 8")) << what;
       }
+      // The block-resident loop kernel at every batch these small cells fit one block's shared
+      // memory at, in the same cubin.
+      const auto& r = bin.program.resident;
+      ASSERT_TRUE(r.ok()) << what << ": " << r.reason;
+      EXPECT_EQ(r.scope, cuda_codegen::LoopScope::Block) << what;
+      EXPECT_NE(cubin.find(r.name), std::string::npos) << what;
+      EXPECT_GE(r.barriers_per_step, 1) << what;
+      EXPECT_GE(r.threads, 128) << what;
+      EXPECT_LE(r.threads, 1024) << what;
+      EXPECT_GE(r.shared_bytes(1), r.weight_elements * static_cast<std::int64_t>(dtype_size(dtype))) << what;
+      EXPECT_LE(r.shared_bytes(1), cuda_codegen::kMaxBlockSharedBytes) << what;
+      EXPECT_EQ(r.source.find("cf_grid_sync(cf_bar)"), std::string::npos) << what << ": a grid barrier in the one-block kernel";
+      EXPECT_EQ(r.source.find("__ldcg"), std::string::npos) << what;
     }
   EXPECT_EQ(cache.stats().misses, 6u);
 }
@@ -372,6 +386,66 @@ TEST(CudaPersistent, LstmStepHasTwoGridBarriersAndCompiles) {
     const std::string cubin(bin.cubin.begin(), bin.cubin.end());
     EXPECT_NE(cubin.find(p.name), std::string::npos) << spec;
   }
+}
+
+// The block-resident loop kernel (LoopScope::Block): W1's recurrence (elman_proj 256/128/128,
+// B=2) and its backward step keep the whole 128x128 W_hh in one block's shared memory; W5's LSTM
+// (256x1024 f32 = 1 MiB) does not fit a block and says so; the kernels compile for sm_90.
+TEST(CudaResident, SmallCellsFitOneBlockAndBigOnesSaySoWithTheirSize) {
+  TempDir dir;
+  cuda::KernelCache cache(dir.path(), true);
+  Cell w1 = cells::by_spec("elman_proj:256,128,128");
+  BackwardCell backward = differentiate(optimize(w1));
+  for (const Cell* c : {&w1, &backward.step}) {
+    CudaBinary bin = build_cuda_binary(*c, 2, "sm_90", {}, &cache);
+    const auto& r = bin.program.resident;
+    ASSERT_TRUE(r.ok()) << c->name << ": " << r.reason;
+    EXPECT_EQ(r.weight_elements, 128 * 128) << c->name;
+    EXPECT_EQ(r.threads, 1024) << c->name;  // 128 columns, 8 threads each
+    EXPECT_GT(r.shared_bytes(1), 128 * 128 * 4) << c->name;
+    EXPECT_LT(r.shared_bytes(1), 100 * 1024) << c->name;
+    EXPECT_THAT(r.source, HasSubstr("resident product")) << c->name;
+    EXPECT_THAT(bin.program.source, HasSubstr("===== resident loop")) << c->name;
+    const std::string cubin(bin.cubin.begin(), bin.cubin.end());
+    EXPECT_NE(cubin.find(r.name), std::string::npos) << c->name;
+  }
+  auto w5 = compile_cuda_program(optimize(cells::by_spec("lstm:256,256")), 1, "w5");
+  EXPECT_FALSE(w5.resident.ok());
+  EXPECT_THAT(w5.resident.reason, HasSubstr("bytes of shared memory, more than a block has (232448)"));
+  EXPECT_THAT(w5.source, HasSubstr("// resident loop: not available: "));
+  // Batch rows share the resident weights: 64 rows of gru:64 still fit.
+  auto gru = compile_cuda_program(optimize(cells::by_spec("gru:64,64")), 64, "g");
+  ASSERT_TRUE(gru.resident.ok()) << gru.resident.reason;
+  EXPECT_EQ(gru.resident.weight_elements, 64 * 192);
+}
+
+// The plan records of Auto's timing (plan_record.h): what is stored is read back for the same
+// key only; a truncated, foreign or multi-line record reads as a miss; a store replaces it whole.
+TEST(PlanRecord, StoresLoadsAndRejectsWhatItShould) {
+  TempDir dir;
+  const std::string key = "device=NVIDIA H100 source=0123 batch=2 lengths<=2^12";
+  EXPECT_EQ(cuda::load_plan_record(dir.path(), key), std::nullopt);
+  ASSERT_TRUE(cuda::store_plan_record(dir.path(), key, "resident"));
+  EXPECT_EQ(cuda::load_plan_record(dir.path(), key), std::optional<std::string>("resident"));
+  EXPECT_EQ(cuda::load_plan_record(dir.path(), key + " "), std::nullopt);
+  const auto path = cuda::plan_record_path(dir.path(), key);
+  EXPECT_EQ(path.parent_path().filename(), "plans");
+  EXPECT_EQ(path.extension(), ".plan");
+  ASSERT_TRUE(cuda::store_plan_record(dir.path(), key, "graph"));
+  EXPECT_EQ(cuda::load_plan_record(dir.path(), key), std::optional<std::string>("graph"));
+  for (const std::string& bad : std::vector<std::string>{std::string(), "cellfuse-plan 1\n", "cellfuse-plan 2\n" + key + "\ngraph\n",
+                                 "cellfuse-plan 1\n" + key + "\ngraph", "cellfuse-plan 1\n" + key + "\n\n"}) {
+    std::ofstream(path, std::ios::trunc | std::ios::binary) << bad;
+    EXPECT_EQ(cuda::load_plan_record(dir.path(), key), std::nullopt) << bad;
+  }
+  std::ofstream(path, std::ios::trunc | std::ios::binary) << "cellfuse-plan 1\n" << key << "\ngraph\nresident\n";
+  EXPECT_EQ(cuda::load_plan_record(dir.path(), key), std::nullopt);
+  // Nothing but the record itself is left in the directory (no temporaries).
+  std::size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(path.parent_path())) files += e.is_regular_file() ? 1 : 0;
+  EXPECT_EQ(files, 1u);
+  // An unwritable place fails without throwing.
+  EXPECT_FALSE(cuda::store_plan_record("/proc/cellfuse-no-such-dir", key, "graph"));
 }
 
 TEST(CudaEmitter, TheSameCellGivesTheSameSource) {

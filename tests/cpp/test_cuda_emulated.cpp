@@ -85,6 +85,10 @@ const bool kFakeDriver = [] {
   ::setenv("CELLFUSE_CUBLAS_LIBRARY", CELLFUSE_FAKE_CUDA, 1);
   ::setenv("CELLFUSE_CACHE_DIR", (work_dir() / "cache").c_str(), 1);
   ::unsetenv("CELLFUSE_CUDA_GRAPHS");
+  ::unsetenv("CELLFUSE_CUDA_LOOP");
+  // Auto follows its fixed rule here, so that what a test checks does not depend on timing;
+  // the tests of the timing itself (PlanTiming*) turn it on.
+  ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1);
   return true;
 }();
 
@@ -132,7 +136,8 @@ std::string host_source(const cuda_codegen::CudaProgram& p) {
       types.push_back(T + "*");
       trampoline(k.name, types);
     }
-  if (p.persistent.ok()) {  // cuda_persistent.h's parameters, launched cooperatively
+  for (const auto* loop : {&p.persistent, &p.resident}) {  // cuda_persistent.h's parameters, launched cooperatively
+    if (!loop->ok()) continue;
     const auto& c = *p.plan.loop.cell;
     std::vector<std::string> types;
     for (std::size_t i = 0; i < c.inputs.size() + c.states.size() + c.params.size(); ++i) types.push_back("const " + T + "*");
@@ -140,7 +145,7 @@ std::string host_source(const cuda_codegen::CudaProgram& p) {
     types.push_back("unsigned*");
     types.push_back("long long");
     types.push_back("long long");
-    const std::string& name = p.persistent.name;
+    const std::string& name = loop->name;
     out += "extern \"C\" const int " + name + "__cf_nparams = " + std::to_string(types.size()) + ";\n";
     out += "extern \"C\" void " + name +
            "__cf_cooperative(unsigned grid, unsigned block, unsigned shared, const unsigned long long* a) {\n";
@@ -207,7 +212,7 @@ void check_runs(CudaCell& compiled, const Cell& cell, std::int64_t steps, std::i
   }
   EXPECT_TRUE(same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2])) << what << ": a graph replay differs";
   const Counters after = fake_counters();
-  if (compiled.graphs() && !compiled.persistent() && steps > 0) {
+  if (compiled.graphs() && compiled.loop_plan() == LoopStrategy::Graph && steps > 0) {
     EXPECT_EQ(compiled.graph_captures(), captures_before + 1) << what;
     EXPECT_EQ(after.graph_launches - before.graph_launches, 2u) << what;
   } else {
@@ -258,6 +263,14 @@ TEST_P(StandardCellsEmulated, MatchTheInterpreter) {
     if (c.dtype == DType::f32) check_runs<float>(persistent, cell, c.steps, c.batch, seed, what + " persistent");
     else check_runs<double>(persistent, cell, c.steps, c.batch, seed, what + " persistent");
   }
+  // The block-resident loop kernel (one block, every weight in its shared memory), at any batch.
+  options.loop = LoopStrategy::Resident;
+  CudaCell resident(cell, c.batch, options);
+  ASSERT_EQ(resident.loop_plan(), LoopStrategy::Resident) << what << ": " << resident.loop_strategy_reason();
+  EXPECT_FALSE(resident.persistent());
+  EXPECT_THAT(resident.describe(), HasSubstr("# loop strategy: resident (asked for): one block of "));
+  if (c.dtype == DType::f32) check_runs<float>(resident, cell, c.steps, c.batch, seed, what + " resident");
+  else check_runs<double>(resident, cell, c.steps, c.batch, seed, what + " resident");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -388,6 +401,94 @@ TEST(CudaEmulated, TheFakeDriverCatchesWhatItShould) {
   EXPECT_EQ(fake_errors(), "");
 }
 
+// Auto with timing (CELLFUSE_CUDA_PLAN_TIMING on): the first run of a length times every plan
+// that fits on scratch results (the caller's results come from one real run and match the
+// interpreter), keeps the winner, and writes a plan record that the next CudaCell of the same
+// cell, batch and length class reads instead of timing; a corrupt record is timed again.
+TEST(CudaEmulated, PlanTimingPicksOnceAndTheRecordServesTheNextCell) {
+  ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "1", 1);
+  struct Restore {
+    ~Restore() { ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1); }
+  } restore;
+  Cell cell = cells::elman(5, 9);
+  const std::int64_t B = 2, T = 6;
+  auto program = compile_cuda_program(optimize(cell), B, cell.name);
+  ASSERT_TRUE(program.persistent.ok() && program.resident.ok());
+  ::setenv("CELLFUSE_FAKE_KERNELS", build_host_kernels(program).c_str(), 1);
+  const fs::path plans = work_dir() / "cache" / "plans";
+  fs::remove_all(plans);
+  auto args = random_sequence_args<float>(cell, T, B, 21);
+  const SequenceResult<double> want = interpret_sequence(as_f64(cell), convert<float, double>(args));
+  auto records = [&] {
+    std::vector<fs::path> found;
+    if (fs::exists(plans))
+      for (const auto& e : fs::directory_iterator(plans)) found.push_back(e.path());
+    return found;
+  };
+
+  CudaCell first(cell, B);
+  EXPECT_EQ(first.loop_plan(), LoopStrategy::Auto);
+  expect_matches(first.run(args), want, 1e-5, "timed run");
+  const LoopStrategy chosen = first.loop_plan();
+  EXPECT_NE(chosen, LoopStrategy::Auto);
+  EXPECT_THAT(first.loop_strategy_reason(), HasSubstr("lengths 5..8: "));
+  EXPECT_THAT(first.loop_strategy_reason(), HasSubstr("(timed at T=6: graph "));
+  EXPECT_THAT(first.loop_strategy_reason(), HasSubstr(" ms, persistent "));
+  EXPECT_THAT(first.loop_strategy_reason(), HasSubstr(" ms, resident "));
+  for (int r = 0; r < 2; ++r) expect_matches(first.run(args), want, 1e-5, "run after timing");
+  ASSERT_EQ(records().size(), 1u);
+  std::ifstream in(records()[0]);
+  std::string magic, key, plan;
+  std::getline(in, magic);
+  std::getline(in, key);
+  std::getline(in, plan);
+  EXPECT_EQ(magic, "cellfuse-plan 1");
+  EXPECT_THAT(key, HasSubstr("device=cellfuse fake GPU (host emulation) source="));
+  EXPECT_EQ(plan, loop_strategy_name(chosen));
+
+  CudaCell second(cell, B);
+  expect_matches(second.run(args), want, 1e-5, "second cell");
+  EXPECT_EQ(second.loop_plan(), chosen);
+  EXPECT_THAT(second.loop_strategy_reason(), HasSubstr("timed by an earlier process"));
+  // Another length class is timed on its own.
+  auto longer = random_sequence_args<float>(cell, 9, B, 22);
+  expect_matches(second.run(longer), interpret_sequence(as_f64(cell), convert<float, double>(longer)), 1e-5, "T=9");
+  EXPECT_THAT(second.loop_strategy_reason(), HasSubstr("lengths 9..16: "));
+  EXPECT_EQ(records().size(), 2u);
+
+  std::ofstream(records()[0], std::ios::trunc) << "cellfuse-plan 1\ntruncated";
+  std::ofstream(records()[1], std::ios::trunc) << "cellfuse-plan 1\ntruncated";
+  CudaCell third(cell, B);
+  expect_matches(third.run(args), want, 1e-5, "after a corrupt record");
+  EXPECT_THAT(third.loop_strategy_reason(), HasSubstr("(timed at T=6: "));
+  EXPECT_EQ(fake_errors(), "");
+
+  // CELLFUSE_CUDA_LOOP still forces one, with no timing.
+  ::setenv("CELLFUSE_CUDA_LOOP", "resident", 1);
+  CudaCell forced(cell, B);
+  ::unsetenv("CELLFUSE_CUDA_LOOP");
+  EXPECT_EQ(forced.loop_plan(), LoopStrategy::Resident);
+  EXPECT_THAT(forced.loop_strategy_reason(), HasSubstr("resident (asked for)"));
+  ::setenv("CELLFUSE_CUDA_LOOP", "blocks", 1);
+  EXPECT_THAT([&] { CudaCell bad(cell, B); }, ::testing::ThrowsMessage<Error>(HasSubstr("none of auto, persistent, graph, resident")));
+  ::unsetenv("CELLFUSE_CUDA_LOOP");
+}
+
+// The resident kernel at a batch that leaves a tail row group (R = 8 rows a group), with the k
+// of a column split unevenly between its threads (lstm:4,40: 160 columns, 6 threads each, 7 k
+// apiece, the last one 5).
+TEST(CudaEmulated, ResidentRowGroupsAndWideProducts) {
+  CudaOptions options;
+  options.loop = LoopStrategy::Resident;
+  options.program.fuse = FuseProducts::Always;
+  for (const auto& [spec, batch] : std::vector<std::pair<const char*, std::int64_t>>{{"gru:3,9", 11}, {"lstm:4,40", 11}}) {
+    Cell cell = cells::by_spec(spec, DType::f32);
+    auto compiled = emulated_cell(cell, batch, options);
+    ASSERT_EQ(compiled->loop_plan(), LoopStrategy::Resident) << spec << ": " << compiled->loop_strategy_reason();
+    check_runs<float>(*compiled, cell, 4, batch, 31, std::string(spec) + " B=" + std::to_string(batch) + " resident");
+  }
+}
+
 TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
   Cell cell = cells::elman(4, 6);
   auto program = compile_cuda_program(optimize(cell), 2, cell.name);
@@ -454,6 +555,14 @@ TEST_P(StandardCellsBpttEmulated, MatchTheReferenceBptt) {
   const std::string what = case_name(c);
   if (c.dtype == DType::f32) check_bptt<float>(*compiled, cell, c.steps, c.batch, 11 + static_cast<std::uint64_t>(c.steps), what);
   else check_bptt<double>(*compiled, cell, c.steps, c.batch, 11 + static_cast<std::uint64_t>(c.steps), what);
+  // Both training cells on the block-resident kernel: the forward with its tape, and the
+  // backward step (its transposed recurrent product from the same resident layout) in reverse.
+  options.loop = LoopStrategy::Resident;
+  auto resident = emulated_bptt(cell, c.batch, options);
+  ASSERT_EQ(resident->forward_cell().loop_plan(), LoopStrategy::Resident) << resident->forward_cell().loop_strategy_reason();
+  ASSERT_EQ(resident->backward_step().loop_plan(), LoopStrategy::Resident) << resident->backward_step().loop_strategy_reason();
+  if (c.dtype == DType::f32) check_bptt<float>(*resident, cell, c.steps, c.batch, 12 + static_cast<std::uint64_t>(c.steps), what + " resident");
+  else check_bptt<double>(*resident, cell, c.steps, c.batch, 12 + static_cast<std::uint64_t>(c.steps), what + " resident");
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -150,10 +150,17 @@ void check_bptt(const Cell& cell, std::int64_t steps, std::int64_t batch, std::u
       }
     }
     const bool agree = same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2]);
-    char detail[200];
-    std::snprintf(detail, sizeof detail, "rel err %.2e (tol %.0e, worst: %s)%s", worst, tolerance, worst_where.c_str(),
-                  agree ? "" : ", graph replay differs from direct launch");
-    report(worst <= tolerance && agree, what, detail);
+    // A plan asked for by name runs both cells (the forward with its tape, the backward step).
+    const bool forced = options.loop == LoopStrategy::Persistent || options.loop == LoopStrategy::Resident;
+    const bool not_asked = forced && (compiled->forward_cell().loop_plan() != options.loop ||
+                                      compiled->backward_step().loop_plan() != options.loop);
+    char detail[400];
+    std::snprintf(detail, sizeof detail, "rel err %.2e (tol %.0e, worst: %s)%s%s", worst, tolerance, worst_where.c_str(),
+                  agree ? "" : ", graph replay differs from direct launch",
+                  not_asked ? (", not the plan asked for: " + compiled->forward_cell().loop_strategy_reason() + " / " +
+                               compiled->backward_step().loop_strategy_reason()).c_str()
+                            : "");
+    report(worst <= tolerance && agree && !not_asked, what, detail);
   } catch (const std::exception& e) {
     report(false, what, std::string("threw: ") + e.what());
   }
@@ -192,6 +199,39 @@ void standard_cells() {
             else check_bptt<double>(cell, steps, batch, seed, options, what);
           }
       }
+    }
+}
+
+// Both training cells on the block-resident loop kernel (the backward step's transposed product
+// from the same resident weight layout), every standard cell at B = 1, 3, 64, T = 1, 2, 37; then
+// W1's shape and a few more, resident and Auto (timed).
+void resident_cells() {
+  const char* specs[] = {"elman:5,1", "elman:3,33", "elman_proj:5,7,3", "lstm:1,1", "lstm:5,7", "lstm:33,33", "gru:7,1",
+                         "gru:4,33", "lnlstm:5,7", "lnlstm:33,5", "peephole:3,7", "peephole:7,33"};
+  for (const char* spec : specs)
+    for (DType dtype : {DType::f32, DType::f64})
+      for (std::int64_t batch : {1, 3, 64})
+        for (std::int64_t steps : {1, 2, 37}) {
+          CudaOptions options;
+          options.loop = LoopStrategy::Resident;
+          const std::string what = "bptt " + std::string(spec) + " " + std::string(dtype_name(dtype)) + " B=" +
+                                   std::to_string(batch) + " T=" + std::to_string(steps) + " resident";
+          const auto seed = 19 * static_cast<std::uint64_t>(batch + steps);
+          if (dtype == DType::f32) check_bptt<float>(cells::by_spec(spec, dtype), steps, batch, seed, options, what);
+          else check_bptt<double>(cells::by_spec(spec, dtype), steps, batch, seed, options, what);
+        }
+  struct Shape {
+    const char* spec;
+    std::int64_t batch, steps;
+  };
+  const Shape shapes[] = {{"elman_proj:256,128,128", 2, 200}, {"gru:64,64", 16, 60}, {"lstm:64,64", 4, 60}, {"lnlstm:64,64", 8, 30}};
+  for (const Shape& s : shapes)
+    for (LoopStrategy loop : {LoopStrategy::Resident, LoopStrategy::Auto}) {
+      CudaOptions options;
+      options.loop = loop;
+      check_bptt<float>(cells::by_spec(s.spec), s.steps, s.batch, 31, options,
+                        "bptt " + std::string(s.spec) + " f32 B=" + std::to_string(s.batch) + " T=" + std::to_string(s.steps) + " " +
+                            loop_strategy_name(loop));
     }
 }
 
@@ -328,19 +368,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --plans: only the loop plans' checks (the resident kernel forced, Auto's timing).
+  const bool plans_only = argc > 1 && std::strcmp(argv[1], "--plans") == 0;
   const cuda::Device& dev = cuda::device(0);
   std::printf("device: %s, compute capability %d.%d, %d SMs; NVRTC %s (compiling for %s)\n", dev.name.c_str(), dev.major,
               dev.minor, dev.multiprocessors, cuda::nvrtc_version().c_str(), cuda::architecture_for(dev.major, dev.minor).c_str());
   std::printf("kernel cache: %s (%s)\n\n", cuda::default_kernel_cache().directory().c_str(),
               cuda::default_kernel_cache().enabled() ? "on" : "off");
   auto start = std::chrono::steady_clock::now();
-  errors();
-  zero_steps();
-  device_pointers();
-  tied_weights();
-  standard_cells();
-  storage_cells();
-  if (!quick) {
+  if (plans_only) {
+    resident_cells();
+  } else {
+    errors();
+    zero_steps();
+    device_pointers();
+    tied_weights();
+    standard_cells();
+    storage_cells();
+    resident_cells();
+  }
+  if (!quick && !plans_only) {
     wide_cells();
     random_cells();
   }

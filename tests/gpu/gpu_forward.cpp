@@ -115,12 +115,13 @@ void check_runs(const Cell& cell, std::int64_t steps, std::int64_t batch, std::u
       worst = std::max(worst, e);
     }
     const bool agree = same_bits(runs[0], runs[1]) && same_bits(runs[1], runs[2]);
-    const bool no_graph = compiled->graphs() && !compiled->persistent() && steps > 0 && compiled->graph_captures() == 0;
-    const bool not_persistent = options.loop == LoopStrategy::Persistent && !compiled->persistent();
+    const bool no_graph = compiled->graphs() && compiled->loop_plan() == LoopStrategy::Graph && steps > 0 && compiled->graph_captures() == 0;
+    const bool not_persistent = (options.loop == LoopStrategy::Persistent || options.loop == LoopStrategy::Resident) &&
+                                compiled->loop_plan() != options.loop;
     char detail[400];
     std::snprintf(detail, sizeof detail, "rel err %.2e (tol %.0e)%s%s%s%s", worst, tolerance,
                   agree ? "" : ", graph replay differs from direct launch", no_graph ? ", no graph captured" : "",
-                  not_persistent ? ", not persistent: " : "", not_persistent ? compiled->loop_strategy_reason().c_str() : "");
+                  not_persistent ? ", not the plan asked for: " : "", not_persistent ? compiled->loop_strategy_reason().c_str() : "");
     report(worst <= tolerance && agree && !no_graph && !not_persistent, what, detail);
   } catch (const std::exception& e) {
     report(false, what, std::string("threw: ") + e.what());
@@ -163,6 +164,46 @@ void standard_cells() {
           }
       }
     }
+}
+
+// The block-resident loop kernel (one block, weights in shared memory) forced on every standard
+// cell at B = 1, 3, 64 and T = 1, 2, 37, on the workload shapes it fits (W1's recurrence) and a
+// few more; then Auto, which times the plans on the first run, on the same shapes.
+void resident_cells() {
+  const char* specs[] = {"elman:5,1", "elman:3,33", "elman_proj:5,7,3", "lstm:1,1", "lstm:5,7", "lstm:33,33", "gru:7,1",
+                         "gru:4,33", "lnlstm:5,7", "lnlstm:33,1", "peephole:3,7", "peephole:7,33"};
+  for (const char* spec : specs)
+    for (DType dtype : {DType::f32, DType::f64})
+      for (std::int64_t batch : {1, 3, 64})
+        for (std::int64_t steps : {1, 2, 37}) {
+          CudaOptions options;
+          options.loop = LoopStrategy::Resident;
+          const std::string what = std::string(spec) + " " + std::string(dtype_name(dtype)) + " B=" + std::to_string(batch) +
+                                   " T=" + std::to_string(steps) + " resident";
+          const auto seed = 17 * static_cast<std::uint64_t>(batch + steps);
+          if (dtype == DType::f32) check_runs<float>(cells::by_spec(spec, dtype), steps, batch, seed, options, what);
+          else check_runs<double>(cells::by_spec(spec, dtype), steps, batch, seed, options, what);
+        }
+  struct Shape {
+    const char* spec;
+    std::int64_t batch, steps;
+  };
+  const Shape shapes[] = {{"elman_proj:256,128,128", 2, 300}, {"elman:128,128", 1, 300}, {"gru:64,64", 16, 100},
+                          {"lstm:64,64", 4, 100},            {"lnlstm:64,64", 8, 50},   {"gru:128,128", 2, 100}};
+  for (const Shape& s : shapes)
+    for (LoopStrategy loop : {LoopStrategy::Resident, LoopStrategy::Auto}) {
+      CudaOptions options;
+      options.loop = loop;
+      const std::string what = std::string(s.spec) + " f32 B=" + std::to_string(s.batch) + " T=" + std::to_string(s.steps) + " " +
+                               loop_strategy_name(loop);
+      check_runs<float>(cells::by_spec(s.spec), s.steps, s.batch, 23, options, what);
+    }
+  for (Storage storage : {Storage::BF16, Storage::F16}) {
+    CudaOptions options;
+    options.loop = LoopStrategy::Resident;
+    options.storage = storage;
+    check_runs<float>(cells::by_spec("gru:33,64"), 37, 3, 29, options, "gru:33,64 " + std::string(storage_name(storage)) + " B=3 T=37 resident");
+  }
 }
 
 // Every standard cell with bf16 and f16 tensors (f32 math inside): within 1e-2 of the f64
@@ -350,6 +391,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --plans: only the loop plans' checks (the resident kernel forced, Auto's timing).
+  const bool plans_only = argc > 1 && std::strcmp(argv[1], "--plans") == 0;
   int driver_version = 0;
   cuda::check(cuda::driver().driver_get_version(&driver_version), "cuDriverGetVersion");
   const cuda::Device& dev = cuda::device(0);
@@ -359,13 +402,18 @@ int main(int argc, char** argv) {
   std::printf("kernel cache: %s (%s)\n\n", cuda::default_kernel_cache().directory().c_str(),
               cuda::default_kernel_cache().enabled() ? "on" : "off");
   auto start = std::chrono::steady_clock::now();
-  errors();
-  nan_propagation();
-  device_pointers();
-  cache();
-  standard_cells();
-  storage_cells();
-  if (!quick) {
+  if (plans_only) {
+    resident_cells();
+  } else {
+    errors();
+    nan_propagation();
+    device_pointers();
+    cache();
+    standard_cells();
+    storage_cells();
+    resident_cells();
+  }
+  if (!quick && !plans_only) {
     wide_cells();
     random_cells();
     timings();

@@ -83,6 +83,14 @@ CudaProgram emit_cuda_program(const Cell& cell, const SequencePlan& plan, const 
   } else {
     p.source += "\n// persistent loop: not available: " + p.persistent.reason + "\n";
   }
+  if (p.plan.loop.cell) p.resident = compile_resident_loop(*p.plan.loop.cell, batch, prefix + "_resident");
+  else p.resident.reason = "no loop stage";
+  if (p.resident.ok()) {
+    p.source += "\n// ===== resident loop (every step in one block, weights in its shared memory, " +
+                std::to_string(p.resident.shared_bytes(1)) + " bytes) =====\n" + p.resident.source;
+  } else {
+    p.source += "\n// resident loop: not available: " + p.resident.reason + "\n";
+  }
   p.source += "\n" + cuda_support_kernels();
   return p;
 }

@@ -51,6 +51,9 @@ struct CudaProgram {
   // The loop stage as one persistent cooperative kernel (cuda_persistent.h), when the batch is at
   // most kMaxPersistentRows and the stage fits; else persistent.reason says why not.
   PersistentLoop persistent;
+  // The loop stage as one block-resident kernel (cuda_persistent.h, LoopScope::Block), at any
+  // batch, when its shared memory fits a block; else resident.reason says why not.
+  PersistentLoop resident;
   std::string source;   // the translation unit: prelude, every kernel, support kernels
 };
 

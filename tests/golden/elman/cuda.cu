@@ -95,6 +95,8 @@ cf_elman_loop_k0(const float* b0, const float* b1, const float* b2, const float*
 }
 
 // ===== persistent loop (every step in one cooperative launch; 2 grid barrier(s) a step) =====
+#ifndef CF_LOOP_PRELUDE
+#define CF_LOOP_PRELUDE
 #ifndef CF_EMULATION
 static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
   __syncthreads();
@@ -115,6 +117,7 @@ static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
   __syncthreads();
 }
 #define CF_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) unsigned char cf_dynamic_shared[]; T* name = reinterpret_cast<T*>(cf_dynamic_shared)
+#endif
 #endif
 // persistent loop cf_elman_persistent: all steps in one cooperative launch, 256 threads a block; block x owns columns [N x / G, N (x+1) / G) of every product, its weights in shared memory
 extern "C" __global__ void __launch_bounds__(256)
@@ -187,6 +190,102 @@ cf_elman_persistent(const float* in0, const float* init0, const float* param0, c
     cf_st0 = (out0 + t * 7);
   }
   for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) final0[e] = __ldcg(&cf_st0[e]);
+}
+
+// ===== resident loop (every step in one block, weights in its shared memory, 1072 bytes) =====
+#ifndef CF_LOOP_PRELUDE
+#define CF_LOOP_PRELUDE
+#ifndef CF_EMULATION
+static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = bar + 1;
+    const unsigned g = *gen;
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*gen == g) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+#define CF_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) unsigned char cf_dynamic_shared[]; T* name = reinterpret_cast<T*>(cf_dynamic_shared)
+#endif
+#endif
+// resident loop cf_elman_resident: all steps in ONE block of 128 threads; every weight, state and temporary in shared memory, __syncthreads() between steps
+extern "C" __global__ void __launch_bounds__(128)
+cf_elman_resident(const float* in0, const float* init0, const float* param0, const float* param1, float* out0, float* final0, float* cf_ws, unsigned* cf_bar, long long steps, long long reverse) {
+  CF_DYNAMIC_SHARED(float, cf_smem);
+  (void)cf_ws;
+  float* const cf_w0 = cf_smem + 0;
+  for (int e = threadIdx.x; e < 49; e += 128) cf_w0[e] = param0[static_cast<long long>(e % 7) * 7 + e / 7];
+  float* const cf_sp1 = cf_smem + 49;
+  for (int e = threadIdx.x; e < 7; e += 128) cf_sp1[e] = param1[e];
+  float* const cf_in0 = cf_smem + 56;
+  float* const cf_sws = cf_smem + 70;
+  float* const cf_part = cf_smem + 91;
+  float* const cf_red = cf_smem + 140;
+  (void)cf_sws; (void)cf_part; (void)cf_red; (void)cf_bar;
+  if (steps > 0) {  // step 0's inputs
+    const long long t = reverse ? steps - 1 : 0;
+    for (int e = threadIdx.x; e < 7; e += 128) cf_in0[e] = in0[t * 7 + e];
+  }
+  __syncthreads();
+  const float* cf_st0 = init0;
+  for (long long k = 0; k < steps; ++k) {
+    const long long t = reverse ? steps - 1 - k : k;
+    const long long t_next = reverse ? steps - 2 - k : k + 1;
+    const bool more = k + 1 < steps;
+    (void)t; (void)t_next;
+    float cf_pf0_0 = more && threadIdx.x + 0 < 7 ? in0[t_next * 7 + threadIdx.x + 0] : float(0);
+    {  // resident product: out[r, n] = x[r, k] W[k, n], k < 7, n < 7, 7 thread(s) a column, 1 row(s) a group
+      for (long long r0 = 0; r0 < 1; r0 += 1) {
+    for (int u = threadIdx.x; u < 49; u += 128) {
+      const int n = u % 7;
+      const int kb = (u / 7) * 1;
+      const int ke = kb + 1 < 7 ? kb + 1 : 7;
+      const float* xr = (cf_st0 + 0) + r0 * 7;
+      float a0 = 0;
+      for (int k = kb; k < ke; ++k) {
+        const float w = cf_w0[k * 7 + n];
+        a0 = fmaf(xr[k], w, a0);
+      }
+      cf_part[((u / 7) * 1 + 0) * 7 + n] = a0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 7; e += 128) {
+      const int i = e / 7, n = e % 7;
+      float sum = cf_part[i * 7 + n];
+      for (int s = 1; s < 7; ++s) sum += cf_part[(s * 1 + i) * 7 + n];
+      ((cf_sws + 14) + 0)[(r0 + i) * 7 + n] = cf_sp1[n] + sum;
+    }
+    __syncthreads();
+      }
+    }
+    __syncthreads();
+    for (long long e = static_cast<long long>(blockIdx.x) * 128 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 128) {
+      const long long row = e / 7;
+      const int j = static_cast<int>(e % 7);
+      (void)row;
+      const float v0 = (cf_in0 + (k & 1) * 7)[row * 7 + j];
+      const float v1 = (cf_sws + 14)[row * 7 + j];
+      const float v2 = v0 + v1;
+      const float v3 = tanhf(v2);
+      (cf_sws + 0 + (k & 1) * 7)[row * 7 + j] = v3;
+    }
+    if (more) {
+      if (threadIdx.x + 0 < 7) (cf_in0 + ((k + 1) & 1) * 7)[threadIdx.x + 0] = cf_pf0_0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 7; e += 128) out0[t * 7 + e] = (cf_sws + 0 + (k & 1) * 7)[e];
+    cf_st0 = (cf_sws + 0 + (k & 1) * 7);
+  }
+  for (int e = threadIdx.x; e < 7; e += 128) final0[e] = cf_st0[e];
 }
 
 // Support kernels the runtime launches around the generated ones.

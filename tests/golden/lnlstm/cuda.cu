@@ -419,6 +419,8 @@ cf_lnlstm_loop_k0(const float* b0, const float* b1, const float* b5, const float
 }
 
 // ===== persistent loop (every step in one cooperative launch; 7 grid barrier(s) a step) =====
+#ifndef CF_LOOP_PRELUDE
+#define CF_LOOP_PRELUDE
 #ifndef CF_EMULATION
 static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
   __syncthreads();
@@ -439,6 +441,7 @@ static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
   __syncthreads();
 }
 #define CF_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) unsigned char cf_dynamic_shared[]; T* name = reinterpret_cast<T*>(cf_dynamic_shared)
+#endif
 #endif
 // persistent loop cf_lnlstm_persistent: all steps in one cooperative launch, 256 threads a block; block x owns columns [N x / G, N (x+1) / G) of every product, its weights in shared memory
 extern "C" __global__ void __launch_bounds__(256)
@@ -644,6 +647,241 @@ cf_lnlstm_persistent(const float* in0, const float* init0, const float* init1, c
   }
   for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) final0[e] = __ldcg(&cf_st0[e]);
   for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) final1[e] = __ldcg(&cf_st1[e]);
+}
+
+// ===== resident loop (every step in one block, weights in its shared memory, 3476 bytes) =====
+#ifndef CF_LOOP_PRELUDE
+#define CF_LOOP_PRELUDE
+#ifndef CF_EMULATION
+static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = bar + 1;
+    const unsigned g = *gen;
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*gen == g) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+#define CF_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) unsigned char cf_dynamic_shared[]; T* name = reinterpret_cast<T*>(cf_dynamic_shared)
+#endif
+#endif
+// resident loop cf_lnlstm_resident: all steps in ONE block of 256 threads; every weight, state and temporary in shared memory, __syncthreads() between steps
+extern "C" __global__ void __launch_bounds__(256)
+cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, const float* param0, const float* param1, const float* param2, const float* param3, const float* param4, float* out0, float* final0, float* final1, float* cf_ws, unsigned* cf_bar, long long steps, long long reverse) {
+  CF_DYNAMIC_SHARED(float, cf_smem);
+  (void)cf_ws;
+  float* const cf_w0 = cf_smem + 0;
+  for (int e = threadIdx.x; e < 196; e += 256) cf_w0[e] = param0[static_cast<long long>(e % 28) * 7 + e / 28];
+  float* const cf_sp1 = cf_smem + 196;
+  for (int e = threadIdx.x; e < 28; e += 256) cf_sp1[e] = param1[e];
+  float* const cf_sp2 = cf_smem + 224;
+  for (int e = threadIdx.x; e < 28; e += 256) cf_sp2[e] = param2[e];
+  float* const cf_sp3 = cf_smem + 252;
+  for (int e = threadIdx.x; e < 7; e += 256) cf_sp3[e] = param3[e];
+  float* const cf_sp4 = cf_smem + 259;
+  for (int e = threadIdx.x; e < 7; e += 256) cf_sp4[e] = param4[e];
+  float* const cf_in0 = cf_smem + 266;
+  float* const cf_sws = cf_smem + 322;
+  float* const cf_part = cf_smem + 417;
+  float* const cf_red = cf_smem + 613;
+  (void)cf_sws; (void)cf_part; (void)cf_red; (void)cf_bar;
+  if (steps > 0) {  // step 0's inputs
+    const long long t = reverse ? steps - 1 : 0;
+    for (int e = threadIdx.x; e < 28; e += 256) cf_in0[e] = in0[t * 28 + e];
+  }
+  __syncthreads();
+  const float* cf_st0 = init0;
+  const float* cf_st1 = init1;
+  for (long long k = 0; k < steps; ++k) {
+    const long long t = reverse ? steps - 1 - k : k;
+    const long long t_next = reverse ? steps - 2 - k : k + 1;
+    const bool more = k + 1 < steps;
+    (void)t; (void)t_next;
+    float cf_pf0_0 = more && threadIdx.x + 0 < 28 ? in0[t_next * 28 + threadIdx.x + 0] : float(0);
+    {  // resident product: out[r, n] = x[r, k] W[k, n], k < 7, n < 28, 7 thread(s) a column, 1 row(s) a group
+      for (long long r0 = 0; r0 < 1; r0 += 1) {
+    for (int u = threadIdx.x; u < 196; u += 256) {
+      const int n = u % 28;
+      const int kb = (u / 28) * 1;
+      const int ke = kb + 1 < 7 ? kb + 1 : 7;
+      const float* xr = (cf_st0 + 0) + r0 * 7;
+      float a0 = 0;
+      for (int k = kb; k < ke; ++k) {
+        const float w = cf_w0[k * 28 + n];
+        a0 = fmaf(xr[k], w, a0);
+      }
+      cf_part[((u / 28) * 1 + 0) * 28 + n] = a0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 28; e += 256) {
+      const int i = e / 28, n = e % 28;
+      float sum = cf_part[i * 28 + n];
+      for (int s = 1; s < 7; ++s) sum += cf_part[(s * 1 + i) * 28 + n];
+      ((cf_sws + 14) + 0)[(r0 + i) * 28 + n] = sum;
+    }
+    __syncthreads();
+      }
+    }
+    __syncthreads();
+    for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
+      float acc0 = 0;
+      for (int j = threadIdx.x; j < 28; j += 256) {
+        const float v0 = (cf_sws + 14)[row * 28 + j];
+        acc0 += v0;
+      }
+      cf_red[0 + threadIdx.x] = acc0;
+      __syncthreads();
+      for (int step = 128; step > 0; step /= 2) {
+        if (threadIdx.x < step) {
+          cf_red[0 + threadIdx.x] += cf_red[0 + threadIdx.x + step];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        (cf_sws + 42)[row * 1 + 0] = cf_red[0] * 0.0357142873f;
+      }
+      __syncthreads();
+    }
+    __syncthreads();
+    for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
+      float acc0 = 0;
+      for (int j = threadIdx.x; j < 28; j += 256) {
+        const float v0 = (cf_sws + 14)[row * 28 + j];
+        const float v1 = (cf_sws + 42)[row * 1 + 0];
+        const float v2 = v0 - v1;
+        const float v3 = v2 * v2;
+        acc0 += v3;
+      }
+      cf_red[0 + threadIdx.x] = acc0;
+      __syncthreads();
+      for (int step = 128; step > 0; step /= 2) {
+        if (threadIdx.x < step) {
+          cf_red[0 + threadIdx.x] += cf_red[0 + threadIdx.x + step];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        (cf_sws + 43)[row * 1 + 0] = cf_red[0] * 0.0357142873f;
+      }
+      __syncthreads();
+    }
+    __syncthreads();
+    for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 28; e += static_cast<long long>(gridDim.x) * 256) {
+      const long long row = e / 28;
+      const int j = static_cast<int>(e % 28);
+      (void)row;
+      const float v0 = (cf_in0 + (k & 1) * 28)[row * 28 + j];
+      const float v1 = (cf_sws + 14)[row * 28 + j];
+      const float v2 = (cf_sws + 42)[row * 1 + 0];
+      const float v3 = v1 - v2;
+      const float v4 = 9.99999975e-06f;
+      const float v5 = (cf_sws + 43)[row * 1 + 0];
+      const float v6 = v4 + v5;
+      const float v7 = cf_rsqrt(v6);
+      const float v8 = v3 * v7;
+      const float v9 = cf_sp1[j];
+      const float v10 = v8 * v9;
+      const float v11 = cf_sp2[j];
+      const float v12 = v10 + v11;
+      const float v13 = v0 + v12;
+      (cf_sws + 44)[row * 28 + j] = v13;
+    }
+    __syncthreads();
+    for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
+      float acc0 = 0;
+      for (int j = threadIdx.x; j < 7; j += 256) {
+        const float v0 = cf_st1[row * 7 + j];
+        const float v1 = (cf_sws + 44)[row * 28 + j + 7];
+        const float v2 = cf_sigmoid(v1);
+        const float v3 = v0 * v2;
+        const float v4 = (cf_sws + 44)[row * 28 + j];
+        const float v5 = cf_sigmoid(v4);
+        const float v6 = (cf_sws + 44)[row * 28 + j + 14];
+        const float v7 = tanhf(v6);
+        const float v8 = v5 * v7;
+        const float v9 = v3 + v8;
+        (cf_sws + 72)[row * 7 + j] = v9;
+        acc0 += v9;
+      }
+      cf_red[0 + threadIdx.x] = acc0;
+      __syncthreads();
+      for (int step = 128; step > 0; step /= 2) {
+        if (threadIdx.x < step) {
+          cf_red[0 + threadIdx.x] += cf_red[0 + threadIdx.x + step];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        (cf_sws + 79)[row * 1 + 0] = cf_red[0] * 0.142857149f;
+      }
+      __syncthreads();
+    }
+    __syncthreads();
+    for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
+      float acc0 = 0;
+      for (int j = threadIdx.x; j < 7; j += 256) {
+        const float v0 = (cf_sws + 72)[row * 7 + j];
+        const float v1 = (cf_sws + 79)[row * 1 + 0];
+        const float v2 = v0 - v1;
+        const float v3 = v2 * v2;
+        acc0 += v3;
+      }
+      cf_red[0 + threadIdx.x] = acc0;
+      __syncthreads();
+      for (int step = 128; step > 0; step /= 2) {
+        if (threadIdx.x < step) {
+          cf_red[0 + threadIdx.x] += cf_red[0 + threadIdx.x + step];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        (cf_sws + 80)[row * 1 + 0] = cf_red[0] * 0.142857149f;
+      }
+      __syncthreads();
+    }
+    __syncthreads();
+    for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) {
+      const long long row = e / 7;
+      const int j = static_cast<int>(e % 7);
+      (void)row;
+      const float v0 = (cf_sws + 72)[row * 7 + j];
+      const float v1 = (cf_sws + 79)[row * 1 + 0];
+      const float v2 = v0 - v1;
+      const float v3 = 9.99999975e-06f;
+      const float v4 = (cf_sws + 80)[row * 1 + 0];
+      const float v5 = v3 + v4;
+      const float v6 = cf_rsqrt(v5);
+      const float v7 = v2 * v6;
+      const float v8 = cf_sp3[j];
+      const float v9 = v7 * v8;
+      const float v10 = cf_sp4[j];
+      const float v11 = v9 + v10;
+      const float v12 = (cf_sws + 44)[row * 28 + j + 21];
+      const float v13 = cf_sigmoid(v12);
+      const float v14 = tanhf(v11);
+      const float v15 = v13 * v14;
+      (cf_sws + 81 + (k & 1) * 7)[row * 7 + j] = v11;
+      (cf_sws + 0 + (k & 1) * 7)[row * 7 + j] = v15;
+    }
+    if (more) {
+      if (threadIdx.x + 0 < 28) (cf_in0 + ((k + 1) & 1) * 28)[threadIdx.x + 0] = cf_pf0_0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 7; e += 256) out0[t * 7 + e] = (cf_sws + 0 + (k & 1) * 7)[e];
+    cf_st0 = (cf_sws + 0 + (k & 1) * 7);
+    cf_st1 = (cf_sws + 81 + (k & 1) * 7);
+  }
+  for (int e = threadIdx.x; e < 7; e += 256) final0[e] = cf_st0[e];
+  for (int e = threadIdx.x; e < 7; e += 256) final1[e] = cf_st1[e];
 }
 
 // Support kernels the runtime launches around the generated ones.

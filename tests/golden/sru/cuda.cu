@@ -204,6 +204,8 @@ cf_SRU_post_k0(const float* b0, const float* b1, const float* b2, const float* b
 
 // persistent loop: not available: a loop output is a leaf (%c [B,13]), not computed by a kernel
 
+// resident loop: not available: a loop output is a leaf (%c [B,13]), not computed by a kernel
+
 // Support kernels the runtime launches around the generated ones.
 CF_DEVICE float cf_bf16_to_f32(unsigned short h) { return __uint_as_float(static_cast<unsigned>(h) << 16); }
 CF_DEVICE unsigned short cf_f32_to_bf16(float f) {
