@@ -67,7 +67,10 @@ class PersistentEmitter : SourceText {
     std::set<std::uint32_t> seen;
     for (std::size_t o = 0; o < c_.outputs.size(); ++o) {
       ValueId v = c_.outputs[o].value;
-      if (is_leaf(g_.node(v).op)) return fail("a loop output is a leaf (" + g_.describe(v) + "), not computed by a kernel");
+      // One block copies a state or input that is also an output (the tape of a training forward
+      // keeps every step's starting state) during the step; the grid kernel computes outputs only.
+      if (is_leaf(g_.node(v).op) && !(block_ && is_state_or_input(v)))
+        return fail("a loop output is a leaf (" + g_.describe(v) + "), not computed by a kernel");
       // One block copies each output out of shared memory after the step: one value can go to
       // several outputs (a backward step's gradient often does). The grid kernel writes outputs
       // in place, once.
@@ -90,6 +93,14 @@ class PersistentEmitter : SourceText {
   // One block: every param that statements read element by element (not a product's weight,
   // which gets its K-major copy) is copied into shared memory once.
   void stage_params();
+
+  bool is_state_or_input(ValueId v) const {
+    for (ValueId s : c_.states)
+      if (s == v) return true;
+    for (ValueId i : c_.inputs)
+      if (i == v) return true;
+    return false;
+  }
 
   // `elements` of workspace: in the block's shared memory (one block, `shared`) or global memory.
   std::string allocate(std::int64_t elements, bool shared) {
@@ -114,7 +125,7 @@ class PersistentEmitter : SourceText {
       }
       // One block: the step's outputs in shared memory (two slots, as next states), copied out
       // after the step's barrier while the next step computes.
-      if (role_.count(v.index)) continue;  // the same value as an earlier output
+      if (role_.count(v.index)) continue;  // the same value as an earlier output, or a state or input
       role_[v.index] = {'n', 0};
       temp_[v.index] = allocate(2 * B_ * cols(v), /*shared=*/true);
     }
@@ -264,6 +275,9 @@ class PersistentEmitter : SourceText {
     return role_.at(out_.program.steps[ki].kernel.buffers[static_cast<std::size_t>(b)].index).second;
   }
 
+  // One block: how many threads share a column of `m` (cuda_resident_matvec.h).
+  int product_splits(const kernel::MatVec& m) const;
+
   // One block: the whole product from the resident weight (cuda_resident_matvec.h).
   void emit_block_matvec(std::size_t ki, const kernel::MatVec& m, int p);
 
@@ -303,9 +317,23 @@ class PersistentEmitter : SourceText {
           pending_writes.clear();
         }
         first = false;
-        if (st.kind == kernel::Statement::Kind::MatVec) emit_matvec(ki, st.matvec, p++);
-        else if (st.loop.reductions.empty()) emit_loop(ki, st.loop);
-        else emit_reduction_loop(ki, st.loop);
+        // One block: a reduction loop, and a product whose columns are split between threads, end
+        // with __syncthreads() of their own, after which nothing is pending.
+        bool ends_with_barrier = false;
+        if (st.kind == kernel::Statement::Kind::MatVec) {
+          ends_with_barrier = block_ && product_splits(st.matvec) > 1;
+          emit_matvec(ki, st.matvec, p++);
+        } else if (st.loop.reductions.empty()) {
+          emit_loop(ki, st.loop);
+        } else {
+          ends_with_barrier = block_;
+          emit_reduction_loop(ki, st.loop);
+        }
+        if (ends_with_barrier) {
+          pending_reads.clear();
+          pending_writes.clear();
+          continue;
+        }
         pending_reads.insert(reads.begin(), reads.end());
         pending_writes.insert(writes.begin(), writes.end());
       }

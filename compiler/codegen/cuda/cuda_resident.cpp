@@ -43,6 +43,15 @@ void PersistentEmitter::stage_params() {
     }
 }
 
+int PersistentEmitter::product_splits(const kernel::MatVec& m) const {
+  ResidentProduct r;
+  r.k = m.k;
+  r.n = m.n;
+  r.batch = B_;
+  r.threads = out_.threads;
+  return r.splits();
+}
+
 void PersistentEmitter::emit_block_matvec(std::size_t ki, const kernel::MatVec& m, int p) {
   const auto& bufs = out_.program.steps[ki].kernel.kernel.buffers;
   ResidentProduct r;
@@ -131,6 +140,17 @@ void PersistentEmitter::emit_block(const std::vector<Mv>& mvs) {
     }
   }
   emit_statements();
+  // Outputs that are the step's own state or input (a training forward's tape), before the
+  // barrier: the next step overwrites the slot the state was read from.
+  auto copy_out = [&](bool leaves) {
+    for (std::size_t o = 0; o < c_.outputs.size(); ++o) {
+      const ValueId v = c_.outputs[o].value;
+      if (is_leaf(g_.node(v).op) != leaves) continue;
+      const std::string O = str(static_cast<std::int64_t>(o)), n = str(B_ * cols(v));
+      line("for (int e = threadIdx.x; e < " + n + "; e += " + th + ") out" + O + "[t * " + n + " + e] = " + value_base(v) + "[e];");
+    }
+  };
+  copy_out(true);
   line("if (more) {");
   for (std::size_t i = 0; i < staged_inputs; ++i) {
     const std::int64_t n = B_ * cols(c_.inputs[i]);
@@ -145,11 +165,7 @@ void PersistentEmitter::emit_block(const std::vector<Mv>& mvs) {
   line("}");
   line("__syncthreads();");  // the next step reads what this one wrote
   ++out_.barriers_per_step;
-  for (std::size_t o = 0; o < c_.outputs.size(); ++o) {
-    const std::string O = str(static_cast<std::int64_t>(o)), n = str(B_ * cols(c_.outputs[o].value));
-    line("for (int e = threadIdx.x; e < " + n + "; e += " + th + ") out" + O + "[t * " + n + " + e] = " +
-         value_base(c_.outputs[o].value) + "[e];");
-  }
+  copy_out(false);
   for (std::size_t s = 0; s < c_.states.size(); ++s)
     line("cf_st" + str(static_cast<std::int64_t>(s)) + " = " + value_base(c_.next_states[s]) + ";");
   --indent_;

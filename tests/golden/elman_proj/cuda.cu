@@ -279,7 +279,6 @@ cf_elman_proj_resident(const float* in0, const float* init0, const float* param0
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 128 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 128) {
       const long long row = e / 7;
       const int j = static_cast<int>(e % 7);

@@ -353,7 +353,6 @@ cf_gru_resident(const float* in0, const float* in1, const float* in2, const floa
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 128 + threadIdx.x; e < 6; e += static_cast<long long>(gridDim.x) * 128) {
       const long long row = e / 6;
       const int j = static_cast<int>(e % 6);

@@ -731,7 +731,6 @@ cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, con
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
       float acc0 = 0;
       for (int j = threadIdx.x; j < 28; j += 256) {
@@ -751,7 +750,6 @@ cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, con
       }
       __syncthreads();
     }
-    __syncthreads();
     for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
       float acc0 = 0;
       for (int j = threadIdx.x; j < 28; j += 256) {
@@ -774,7 +772,6 @@ cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, con
       }
       __syncthreads();
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 28; e += static_cast<long long>(gridDim.x) * 256) {
       const long long row = e / 28;
       const int j = static_cast<int>(e % 28);
@@ -825,7 +822,6 @@ cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, con
       }
       __syncthreads();
     }
-    __syncthreads();
     for (long long row = blockIdx.x; row < 1; row += gridDim.x) {
       float acc0 = 0;
       for (int j = threadIdx.x; j < 7; j += 256) {
@@ -848,7 +844,6 @@ cf_lnlstm_resident(const float* in0, const float* init0, const float* init1, con
       }
       __syncthreads();
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) {
       const long long row = e / 7;
       const int j = static_cast<int>(e % 7);

@@ -436,7 +436,6 @@ cf_MultiplicativeLSTM_resident(const float* in0, const float* in1, const float* 
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 1024 + threadIdx.x; e < 17; e += static_cast<long long>(gridDim.x) * 1024) {
       const long long row = e / 17;
       const int j = static_cast<int>(e % 17);
@@ -471,7 +470,6 @@ cf_MultiplicativeLSTM_resident(const float* in0, const float* in1, const float* 
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 1024 + threadIdx.x; e < 17; e += static_cast<long long>(gridDim.x) * 1024) {
       const long long row = e / 17;
       const int j = static_cast<int>(e % 17);

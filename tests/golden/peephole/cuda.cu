@@ -364,7 +364,6 @@ cf_peephole_resident(const float* in0, const float* init0, const float* init1, c
     __syncthreads();
       }
     }
-    __syncthreads();
     for (long long e = static_cast<long long>(blockIdx.x) * 256 + threadIdx.x; e < 7; e += static_cast<long long>(gridDim.x) * 256) {
       const long long row = e / 7;
       const int j = static_cast<int>(e % 7);

@@ -204,7 +204,92 @@ cf_SRU_post_k0(const float* b0, const float* b1, const float* b2, const float* b
 
 // persistent loop: not available: a loop output is a leaf (%c [B,13]), not computed by a kernel
 
-// resident loop: not available: a loop output is a leaf (%c [B,13]), not computed by a kernel
+// ===== resident loop (every step in one block, weights in its shared memory, 984 bytes) =====
+#ifndef CF_LOOP_PRELUDE
+#define CF_LOOP_PRELUDE
+#ifndef CF_EMULATION
+static __device__ __forceinline__ void cf_grid_sync(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = bar + 1;
+    const unsigned g = *gen;
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*gen == g) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+#define CF_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) unsigned char cf_dynamic_shared[]; T* name = reinterpret_cast<T*>(cf_dynamic_shared)
+#endif
+#endif
+// resident loop cf_SRU_resident: all steps in ONE block of 128 threads; every weight, state and temporary in shared memory, __syncthreads() between steps
+extern "C" __global__ void __launch_bounds__(128)
+cf_SRU_resident(const float* in0, const float* in1, const float* init0, const float* param0, const float* param1, float* out0, float* out1, float* final0, float* cf_ws, unsigned* cf_bar, long long steps, long long reverse) {
+  CF_DYNAMIC_SHARED(float, cf_smem);
+  (void)cf_ws;
+  float* const cf_sp0 = cf_smem + 0;
+  for (int e = threadIdx.x; e < 13; e += 128) cf_sp0[e] = param0[e];
+  float* const cf_sp1 = cf_smem + 13;
+  for (int e = threadIdx.x; e < 13; e += 128) cf_sp1[e] = param1[e];
+  float* const cf_in0 = cf_smem + 26;
+  float* const cf_in1 = cf_smem + 52;
+  float* const cf_sws = cf_smem + 78;
+  float* const cf_part = cf_smem + 117;
+  float* const cf_red = cf_smem + 118;
+  (void)cf_sws; (void)cf_part; (void)cf_red; (void)cf_bar;
+  if (steps > 0) {  // step 0's inputs
+    const long long t = reverse ? steps - 1 : 0;
+    for (int e = threadIdx.x; e < 13; e += 128) cf_in0[e] = in0[t * 13 + e];
+    for (int e = threadIdx.x; e < 13; e += 128) cf_in1[e] = in1[t * 13 + e];
+  }
+  __syncthreads();
+  const float* cf_st0 = init0;
+  for (long long k = 0; k < steps; ++k) {
+    const long long t = reverse ? steps - 1 - k : k;
+    const long long t_next = reverse ? steps - 2 - k : k + 1;
+    const bool more = k + 1 < steps;
+    (void)t; (void)t_next;
+    float cf_pf0_0 = more && threadIdx.x + 0 < 13 ? in0[t_next * 13 + threadIdx.x + 0] : float(0);
+    float cf_pf1_0 = more && threadIdx.x + 0 < 13 ? in1[t_next * 13 + threadIdx.x + 0] : float(0);
+    for (long long e = static_cast<long long>(blockIdx.x) * 128 + threadIdx.x; e < 13; e += static_cast<long long>(gridDim.x) * 128) {
+      const long long row = e / 13;
+      const int j = static_cast<int>(e % 13);
+      (void)row;
+      const float v0 = (cf_in0 + (k & 1) * 13)[row * 13 + j];
+      const float v1 = cf_st0[row * 13 + j];
+      const float v2 = cf_sp0[j];
+      const float v3 = v1 * v2;
+      const float v4 = v0 + v3;
+      const float v5 = cf_sp1[j];
+      const float v6 = v4 + v5;
+      const float v7 = cf_sigmoid(v6);
+      const float v8 = cf_st0[row * 13 + j];
+      const float v9 = v8 * v7;
+      const float v10 = (cf_in1 + (k & 1) * 13)[row * 13 + j];
+      const float v11 = 1.0f;
+      const float v12 = v11 - v7;
+      const float v13 = v10 * v12;
+      const float v14 = v9 + v13;
+      (cf_sws + 0 + (k & 1) * 13)[row * 13 + j] = v14;
+    }
+    for (int e = threadIdx.x; e < 13; e += 128) out0[t * 13 + e] = cf_st0[e];
+    if (more) {
+      if (threadIdx.x + 0 < 13) (cf_in0 + ((k + 1) & 1) * 13)[threadIdx.x + 0] = cf_pf0_0;
+      if (threadIdx.x + 0 < 13) (cf_in1 + ((k + 1) & 1) * 13)[threadIdx.x + 0] = cf_pf1_0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 13; e += 128) out1[t * 13 + e] = (cf_sws + 0 + (k & 1) * 13)[e];
+    cf_st0 = (cf_sws + 0 + (k & 1) * 13);
+  }
+  for (int e = threadIdx.x; e < 13; e += 128) final0[e] = cf_st0[e];
+}
 
 // Support kernels the runtime launches around the generated ones.
 CF_DEVICE float cf_bf16_to_f32(unsigned short h) { return __uint_as_float(static_cast<unsigned>(h) << 16); }
