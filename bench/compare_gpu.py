@@ -23,8 +23,7 @@ FlashRNN: bfloat16, none for f16).
 FlashRNN on the GPU machine (offline): its wheel and dependencies for Python 3.12, downloaded on a
 connected machine with
 
-    pip download flashrnn==1.0.8 einops packaging --only-binary=:all: --python-version 3.12 \
-        --platform manylinux2014_x86_64 --platform any --no-deps -d build-wheels
+    pip download flashrnn==1.0.8 einops packaging ninja --only-binary=:all: --no-deps --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d build-wheels
 
 and installed there with `pip install --no-index --no-deps --target /tmp/site build-wheels/*.whl`,
 PYTHONPATH=/tmp/site. It needs nvcc of torch's CUDA major, ninja and g++: its first call builds

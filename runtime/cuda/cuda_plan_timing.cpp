@@ -107,7 +107,15 @@ void CudaCell::Impl::plan_for(const DeviceSequenceArgs& a, CUstream stream) {
   std::vector<double> ms;
   for (const auto& plan : plans) {
     active = plan;
-    ms.push_back(time_active(b, stream));
+    try {
+      ms.push_back(time_active(b, stream));
+    } catch (const Error& e) {
+      throw Error(std::string("CUDA backend: timing the loop plans on the first run of length ") + std::to_string(a.steps) +
+                  " failed at the " + loop_strategy_name(plan.kind) +
+                  " plan (the timing waits for the GPU, so that run cannot be captured into a CUDA graph: run once "
+                  "before capturing, or choose the plan with CELLFUSE_CUDA_LOOP, or CELLFUSE_CUDA_PLAN_TIMING=0): " +
+                  e.what());
+    }
   }
   const std::size_t best = static_cast<std::size_t>(std::min_element(ms.begin(), ms.end()) - ms.begin());
   timed[cls] = best;

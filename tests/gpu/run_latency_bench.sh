@@ -21,7 +21,7 @@
 #             auto against each plan forced (sized by the SWEEP_* variables to fit the budget)
 #
 # Knobs: OUT, DEADLINE_S (default 510: no phase starts after it), RUNS (bench medians, default 5),
-# SWEEP_KINDS (lstm,gru,elman), SWEEP_H (64,128,256,512), SWEEP_B (1,4,16,64), SWEEP_MODES
+# SWEEP_KINDS (lstm,gru,elman), SWEEP_H (64,128,256), SWEEP_B (1,4,16,64), SWEEP_MODES
 # (forward,train), SWEEP_STEPS (100), PHASES (build,correct,bench,sweep), CELLFUSE_JOBS (build
 # parallelism, default nproc).
 set -uo pipefail
@@ -34,7 +34,7 @@ OUT=$(cd "$OUT" && pwd)
 DEADLINE_S=${DEADLINE_S:-510}
 RUNS=${RUNS:-5}
 SWEEP_KINDS=${SWEEP_KINDS:-lstm,gru,elman}
-SWEEP_H=${SWEEP_H:-64,128,256,512}
+SWEEP_H=${SWEEP_H:-64,128,256}
 SWEEP_B=${SWEEP_B:-1,4,16,64}
 SWEEP_MODES=${SWEEP_MODES:-forward,train}
 SWEEP_STEPS=${SWEEP_STEPS:-100}
