@@ -54,10 +54,11 @@ struct CudaOptions {
   bool graphs = true;                    // CELLFUSE_CUDA_GRAPHS=0 in the environment turns them off
   // Auto reads $CELLFUSE_CUDA_LOOP (auto, persistent, graph or resident) first. Persistent or
   // Resident where the stage does not fit (loop_strategy_reason() says why) runs the graph path.
-  // Auto times every strategy that fits on the first run of each sequence length (its outputs
-  // written to scratch memory, so the run itself is unaffected; that first run waits for the
-  // timing) and keeps the fastest, also on disk (plan_record.h) for the next process on the same
-  // device; CELLFUSE_CUDA_PLAN_TIMING=0 replaces the timing by a fixed rule (choose_loop_strategy).
+  // Auto times the strategies that fit among $CELLFUSE_CUDA_PLANS (default graph,persistent;
+  // add resident) on the first run of each length class (outputs written to scratch memory, so
+  // the run itself is unaffected; that first run waits for the timing) and keeps the fastest,
+  // also on disk (plan_record.h) for the next process on the same device;
+  // CELLFUSE_CUDA_PLAN_TIMING=0 replaces the timing by a fixed rule (choose_loop_strategy).
   LoopStrategy loop = LoopStrategy::Auto;
   // BF16 or F16 (f32 cells only): the caller's device tensors hold 16-bit elements. The cell
   // widens inputs, states and params into f32 buffers of its own, computes in f32, and rounds

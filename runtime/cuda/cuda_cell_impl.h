@@ -104,7 +104,9 @@ struct CudaCell::Impl {
   // Auto with timing: a plan is chosen on the first run of each length class (plan_class) and
   // kept here; until then `active` is Graph.
   bool timing = false;
-  std::map<int, std::size_t> timed;  // length class -> index into plans
+  std::vector<std::size_t> candidates;  // the plans Auto times (CELLFUSE_CUDA_PLANS), indices into plans
+  std::string candidate_names;          // their names, comma-separated
+  std::map<int, std::size_t> timed;     // length class -> index into plans
   std::string plan_reasons;          // what timing measured, per length class
   std::mutex mutex;
   Workspace ws;

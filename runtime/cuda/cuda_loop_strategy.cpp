@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <set>
 #include <string>
 
 #include "compiler/ir/error.h"
@@ -162,9 +163,39 @@ void CudaCell::Impl::choose_loop_strategy(LoopStrategy asked) {
     loop_reason = std::string(loop_strategy_name(asked)) + " (asked for): " + p->description;
     return;
   }
-  if (plans.size() > 1 && cuda_run::plan_timing_enabled()) {
-    timing = true;
-    loop_reason = "auto: timed on the first run of each length";
+  // The plans Auto may pick: CELLFUSE_CUDA_PLANS (names, comma-separated), by default graph and
+  // persistent: the resident kernel joins once tests/gpu/run_latency_bench.sh's correctness
+  // phase has passed on a GPU (it is verified on the fake driver and by NVRTC only so far).
+  const char* allowed = std::getenv("CELLFUSE_CUDA_PLANS");
+  const std::string list = allowed && *allowed ? allowed : "graph,persistent";
+  std::set<std::string> names;
+  for (std::size_t start = 0; start <= list.size();) {
+    std::size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    const std::string name = list.substr(start, end - start);
+    if (name != "graph" && name != "persistent" && name != "resident")
+      throw Error("CELLFUSE_CUDA_PLANS: '" + name + "' in '" + list + "' is none of graph, persistent, resident");
+    names.insert(name);
+    start = end + 1;
+  }
+  candidates.clear();
+  candidate_names.clear();
+  for (std::size_t i = 0; i < plans.size(); ++i)
+    if (names.count(loop_strategy_name(plans[i].kind))) {
+      candidates.push_back(i);
+      candidate_names += (candidate_names.empty() ? "" : ",") + std::string(loop_strategy_name(plans[i].kind));
+    }
+  if (cuda_run::plan_timing_enabled()) {
+    if (candidates.size() > 1) {
+      timing = true;
+      loop_reason = "auto: timed on the first run of each length among " + candidate_names;
+    } else if (candidates.size() == 1) {
+      active = plans[candidates.front()];
+      loop_reason = std::string(loop_strategy_name(active.kind)) + ": the only plan of CELLFUSE_CUDA_PLANS (" + list +
+                    ") that fits: " + active.description;
+    } else {
+      loop_reason = "graph: no plan of CELLFUSE_CUDA_PLANS (" + list + ") fits (" + why_persistent + "; " + why_resident + ")";
+    }
     return;
   }
   // The fixed rule, from measurements: see kAutoPersistentRows.

@@ -79,11 +79,11 @@ void CudaCell::Impl::plan_for(const DeviceSequenceArgs& a, CUstream stream) {
                             std::to_string(std::int64_t{1} << cls) + ": ";
   const cuda::CacheKey source = cuda::cache_key(program.source, "", architecture, {});
   const std::string key = "device=" + dev->name + " source=" + source.hex() + " batch=" + std::to_string(batch) +
-                          " lengths<=2^" + std::to_string(cls);
+                          " lengths<=2^" + std::to_string(cls) + " plans=" + candidate_names;
   cuda::KernelCache& cache = cuda::default_kernel_cache();
   if (cache.enabled()) {
     if (auto name = cuda::load_plan_record(cache.directory(), key)) {
-      for (std::size_t i = 0; i < plans.size(); ++i)
+      for (std::size_t i : candidates)
         if (*name == loop_strategy_name(plans[i].kind)) {
           timed[cls] = i;
           active = plans[i];
@@ -105,7 +105,8 @@ void CudaCell::Impl::plan_for(const DeviceSequenceArgs& a, CUstream stream) {
     b.final_states[s] = scratch.back().get();
   }
   std::vector<double> ms;
-  for (const auto& plan : plans) {
+  for (std::size_t i : candidates) {
+    const cuda_run::LoopPlan& plan = plans[i];
     active = plan;
     try {
       ms.push_back(time_active(b, stream));
@@ -117,13 +118,13 @@ void CudaCell::Impl::plan_for(const DeviceSequenceArgs& a, CUstream stream) {
                   e.what());
     }
   }
-  const std::size_t best = static_cast<std::size_t>(std::min_element(ms.begin(), ms.end()) - ms.begin());
+  const std::size_t best = candidates[static_cast<std::size_t>(std::min_element(ms.begin(), ms.end()) - ms.begin())];
   timed[cls] = best;
   active = plans[best];
   std::string measured;
-  for (std::size_t i = 0; i < plans.size(); ++i) {
+  for (std::size_t c = 0; c < candidates.size(); ++c) {
     char text[64];
-    std::snprintf(text, sizeof text, "%s%s %.3f ms", i ? ", " : "", loop_strategy_name(plans[i].kind), ms[i]);
+    std::snprintf(text, sizeof text, "%s%s %.3f ms", c ? ", " : "", loop_strategy_name(plans[candidates[c]].kind), ms[c]);
     measured += text;
   }
   plan_reasons += where + loop_strategy_name(active.kind) + " (timed at T=" + std::to_string(a.steps) + ": " + measured + "): " +

@@ -407,8 +407,12 @@ TEST(CudaEmulated, TheFakeDriverCatchesWhatItShould) {
 // cell, batch and length class reads instead of timing; a corrupt record is timed again.
 TEST(CudaEmulated, PlanTimingPicksOnceAndTheRecordServesTheNextCell) {
   ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "1", 1);
+  ::setenv("CELLFUSE_CUDA_PLANS", "graph,persistent,resident", 1);
   struct Restore {
-    ~Restore() { ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1); }
+    ~Restore() {
+      ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1);
+      ::unsetenv("CELLFUSE_CUDA_PLANS");
+    }
   } restore;
   Cell cell = cells::elman(5, 9);
   const std::int64_t B = 2, T = 6;
@@ -444,6 +448,7 @@ TEST(CudaEmulated, PlanTimingPicksOnceAndTheRecordServesTheNextCell) {
   std::getline(in, plan);
   EXPECT_EQ(magic, "cellfuse-plan 1");
   EXPECT_THAT(key, HasSubstr("device=cellfuse fake GPU (host emulation) source="));
+  EXPECT_THAT(key, HasSubstr(" plans=graph,persistent,resident"));
   EXPECT_EQ(plan, loop_strategy_name(chosen));
 
   CudaCell second(cell, B);
@@ -463,6 +468,21 @@ TEST(CudaEmulated, PlanTimingPicksOnceAndTheRecordServesTheNextCell) {
   EXPECT_THAT(third.loop_strategy_reason(), HasSubstr("(timed at T=6: "));
   EXPECT_EQ(fake_errors(), "");
 
+  // By default Auto times graph and persistent only (the resident kernel joins once verified on
+  // a GPU), with a record of its own; a plan name it does not know is refused.
+  ::unsetenv("CELLFUSE_CUDA_PLANS");
+  CudaCell defaults(cell, B);
+  expect_matches(defaults.run(args), want, 1e-5, "default plans");
+  EXPECT_THAT(defaults.loop_strategy_reason(), HasSubstr("(timed at T=6: graph "));
+  EXPECT_THAT(defaults.loop_strategy_reason(), ::testing::Not(HasSubstr("resident ")));
+  EXPECT_NE(defaults.loop_plan(), LoopStrategy::Resident);
+  ::setenv("CELLFUSE_CUDA_PLANS", "graph,cluster", 1);
+  EXPECT_THAT([&] { CudaCell bad(cell, B); }, ::testing::ThrowsMessage<Error>(HasSubstr("'cluster' in 'graph,cluster'")));
+  ::setenv("CELLFUSE_CUDA_PLANS", "resident", 1);
+  CudaCell only(cell, B);
+  EXPECT_EQ(only.loop_plan(), LoopStrategy::Resident);
+  EXPECT_THAT(only.loop_strategy_reason(), HasSubstr("the only plan of CELLFUSE_CUDA_PLANS (resident) that fits"));
+  ::setenv("CELLFUSE_CUDA_PLANS", "graph,persistent,resident", 1);
   // CELLFUSE_CUDA_LOOP still forces one, with no timing.
   ::setenv("CELLFUSE_CUDA_LOOP", "resident", 1);
   CudaCell forced(cell, B);

@@ -14,11 +14,12 @@
 #             every standard cell (f32 <= 1e-5, f64 <= 1e-12 against the f64 reference, B = 1,
 #             3, 64), forward and BPTT; W1's shape and others resident and Auto (timed)
 #   bench     bench_gpu --only W1,W5,W2, f32 and bf16 storage: "before" = the fixed rule of
-#             earlier versions (CELLFUSE_CUDA_PLAN_TIMING=0), "auto" = plans timed, and each plan
-#             forced (graph, persistent, resident; a plan that does not fit runs the graph path
-#             and its reason is printed by the sweep)
+#             earlier versions (CELLFUSE_CUDA_PLAN_TIMING=0), "auto" = graph and persistent timed
+#             (today's default), "auto_with_resident" = the resident kernel timed too
+#             (CELLFUSE_CUDA_PLANS=graph,persistent,resident), and W1 with the resident kernel forced
 #   sweep     bench_gpu --sweep over SWEEP_KINDS x SWEEP_H x SWEEP_B, forward and forward+backward,
-#             auto against each plan forced (sized by the SWEEP_* variables to fit the budget)
+#             auto (resident included) against each plan forced (sized by the SWEEP_* variables to
+#             fit the budget)
 #
 # Knobs: OUT, DEADLINE_S (default 510: no phase starts after it), RUNS (bench medians, default 5),
 # SWEEP_KINDS (lstm,gru,elman), SWEEP_H (64,128,256), SWEEP_B (1,4,16,64), SWEEP_MODES
@@ -112,6 +113,8 @@ if phase bench 150; then
     CELLFUSE_CUDA_PLAN_TIMING=0 run "bench_${storage}_before.log" 60 "$BUILD/bench/bench_gpu" --runs "$RUNS" --only W1,W5,W2 \
       --storage "$storage"
     run "bench_${storage}_auto.log" 60 "$BUILD/bench/bench_gpu" --runs "$RUNS" --only W1,W5,W2 --storage "$storage"
+    CELLFUSE_CUDA_PLANS=graph,persistent,resident run "bench_${storage}_auto_with_resident.log" 60 "$BUILD/bench/bench_gpu" \
+      --runs "$RUNS" --only W1,W5,W2 --storage "$storage"
     run "bench_${storage}_resident.log" 60 "$BUILD/bench/bench_gpu" --runs "$RUNS" --only W1 --storage "$storage" \
       --strategy resident
   done
@@ -122,7 +125,7 @@ if phase bench 150; then
 fi
 
 if phase sweep 240; then
-  run sweep.log 240 "$BUILD/bench/bench_gpu" --sweep --runs 3 --sweep-kinds "$SWEEP_KINDS" --sweep-h "$SWEEP_H" \
+  CELLFUSE_CUDA_PLANS=graph,persistent,resident run sweep.log 240 "$BUILD/bench/bench_gpu" --sweep --runs 3 --sweep-kinds "$SWEEP_KINDS" --sweep-h "$SWEEP_H" \
     --sweep-b "$SWEEP_B" --sweep-modes "$SWEEP_MODES" --sweep-steps "$SWEEP_STEPS"
   grep -v "^sweep-json" "$OUT/sweep.log" | sed "s/^/    /" | tee -a "$SUMMARY"
 fi
