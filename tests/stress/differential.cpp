@@ -82,10 +82,11 @@ double relative_error(const HostTensor<T>& got, const HostTensor<double>& want) 
     diff += (g - w) * (g - w);
     norm += w * w;
   }
-  // A tensor whose root mean square is below 1e-6 is all but zero next to the O(1) values of a
-  // generated cell (a gradient through saturated functions, where 1 - tanh^2 cancels): its error
-  // is measured against that floor instead of its own tiny norm.
-  const double floor = 1e-6 * std::sqrt(static_cast<double>(want.data.size()));
+  // A tensor whose root mean square is below 1e-2 is small next to the O(1) values it is summed
+  // from (a gradient that cancels, one through saturated functions where 1 - tanh^2 cancels):
+  // its error is measured against that floor, i.e. as an absolute error, instead of against its
+  // own norm, which rounding alone can exceed in relative terms.
+  const double floor = 1e-2 * std::sqrt(static_cast<double>(want.data.size()));
   return std::sqrt(diff) / std::max(std::sqrt(norm), floor);
 }
 

@@ -1,5 +1,7 @@
 #include "runtime/cpu/quant/quant_matrix.h"
 
+#include <cpuid.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -12,12 +14,19 @@
 namespace cellfuse::cpu::quant {
 namespace {
 
+// F16C from CPUID (leaf 1, ECX bit 29): clang 14 (the fuzz build's compiler) does not know
+// __builtin_cpu_supports("f16c").
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+
 Isa detect() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
     return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
     return Isa::Avx2;
   return Isa::Scalar;
 }
