@@ -229,8 +229,10 @@ TEST(Text, EveryOpPrintsAndParsesBack) {
   %a10 = erf %a9
   %a11 = hardsigmoid %a10
   %a12 = softsign %a11
+  %a13 = log1p %a12
+  %a14 = expm1 %a13
   %b0 = add %a6, %a7
-  %b1 = sub %b0, %a12
+  %b1 = sub %b0, %a14
   %b2 = mul %b1, %l2
   %b3 = div %b2, %one
   %b4 = min %b3, %m
