@@ -70,7 +70,7 @@ int default_thread_count() {
   return n ? static_cast<int>(n) : 1;
 }
 
-Team::Team(int size) : size_(size < 1 ? 1 : size), active_(size_), adaptive_(adaptive_by_default()) {
+Team::Team(int size) : size_(size < 1 ? 1 : size), adaptive_(adaptive_by_default()) {
   for (int part = 1; part < size_; ++part) threads_.emplace_back([this, part] { worker(part); });
 }
 
@@ -93,8 +93,9 @@ void Team::worker(int part) {
 }
 
 void Team::run_task(void* fn, Trampoline call) {
-  if (size_ > 1 && solo_left_ > 0 && --solo_left_ == 0) active_ = size_;  // time to probe again
-  if (size_ == 1 || active_ == 1) {
+  // The run that ends a solo stretch is the probe: the whole team again.
+  const bool solo = solo_left_ > 0 && --solo_left_ > 0;
+  if (size_ == 1 || solo) {
     parts_ = 1;
     call(fn, 0, 1);
     return;
@@ -129,7 +130,6 @@ void Team::judge(std::int64_t run_ns, std::int64_t wait_ns) {
     // while, longer each time a probe finds the machine still busy.
     backoff_ = backoff_ == 0 ? kFirstBackoff : std::min(2 * backoff_, kMaxBackoff);
     solo_left_ = backoff_;
-    active_ = 1;
   } else {
     backoff_ = 0;
   }

@@ -33,7 +33,7 @@ class Team {
 
   // How many members the next run() uses: size(), or 1 while the team has found the machine
   // oversubscribed (see above).
-  int active() const { return active_; }
+  int active() const { return solo_left_ > 0 ? 1 : size_; }
 
   // Whether a run of `run_ns` in which the caller waited `wait_ns` for the others shows a busy
   // machine (the rule the team goes solo by).
@@ -79,10 +79,10 @@ class Team {
   // Members of the current run (size_ or 1) and the adaptive state, all touched by the caller
   // only (runs never overlap: user_mutex_). `parts_` is read by workers after the generation
   // bump that publishes it.
-  int parts_ = 1, active_ = 1;
+  int parts_ = 1;
   bool adaptive_ = true;
   std::int64_t caller_wait_ns_ = 0;  // time the caller spent in barrier() during this run
-  int solo_left_ = 0;                // runs left on the caller alone before the next probe
+  int solo_left_ = 0;                // runs left on the caller alone, the last one being the probe
   int backoff_ = 0;                  // length of the next solo stretch after a failed probe
 };
 
