@@ -92,9 +92,7 @@ void int4_scalar(const std::uint8_t* w, const std::uint16_t* scales, std::int64_
         const std::int8_t* xg = x.q.data() + b * kpad + g * kGroup;
         std::int32_t d = 0;
         for (int i = 0; i < kGroup; ++i) {
-          int shift = 0;
-          const std::size_t at = int4_panel_at(groups, r, g * kGroup + i, shift);
-          d += ((w[at] >> shift) & 15) * xg[i];
+          d += ((w[int4_panel_at(groups, r, g * kGroup + i)] >> int4_shift(i)) & 15) * xg[i];
         }
         d -= 8 * x.sum[static_cast<std::size_t>(b * groups + g)];
         s += static_cast<float>(d) *
@@ -361,8 +359,8 @@ void QuantMatrix::derive() {
         const std::uint8_t* src = data_.data() + (r * groups + g) * 16;
         for (int i = 0; i < kGroup; ++i) {
           const int level = (src[i % 16] >> (i < 16 ? 0 : 4)) & 15;
-          int shift = 0;
-          std::uint8_t& byte = panels[int4_panel_at(groups, r, g * kGroup + i, shift)];
+          const int shift = int4_shift(i);
+          std::uint8_t& byte = panels[int4_panel_at(groups, r, g * kGroup + i)];
           byte = static_cast<std::uint8_t>((byte & ~(15 << shift)) | (level << shift));
         }
         std::memcpy(halves + int4_scale_at(groups, r, g), data_.data() + n_ * groups * 16 + (r * groups + g) * 2, 2);
@@ -385,8 +383,7 @@ std::vector<std::uint8_t> QuantMatrix::raw_data() const {
       for (std::int64_t g = 0; g < groups; ++g) {
         std::uint8_t* dst = out.data() + (r * groups + g) * 16;
         for (int i = 0; i < kGroup; ++i) {
-          int shift = 0;
-          const int level = (data_[int4_panel_at(groups, r, g * kGroup + i, shift)] >> shift) & 15;
+          const int level = (data_[int4_panel_at(groups, r, g * kGroup + i)] >> int4_shift(i)) & 15;
           dst[i % 16] = static_cast<std::uint8_t>(dst[i % 16] | (level << (i < 16 ? 0 : 4)));
         }
         std::memcpy(out.data() + n_ * groups * 16 + (r * groups + g) * 2, int4_scales() + int4_scale_at(groups, r, g), 2);
@@ -424,8 +421,7 @@ double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
              scales_[static_cast<std::size_t>(row)];
     case Format::Int4: {
       const std::int64_t groups = kpad_ / kGroup;
-      int shift = 0;
-      const int level = (data_[int4_panel_at(groups, row, col, shift)] >> shift) & 15;
+      const int level = (data_[int4_panel_at(groups, row, col)] >> int4_shift(col)) & 15;
       return static_cast<double>(level - 8) * half_to_float(int4_scales()[int4_scale_at(groups, row, col / kGroup)]);
     }
   }

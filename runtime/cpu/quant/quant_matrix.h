@@ -65,12 +65,14 @@ inline std::size_t int8_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t
 // Int4: group g = i / 32 of panel r / 16 is 4 vectors of 64 bytes; in vector c = (i % 32) / 8,
 // byte (r % 16) * 4 + i % 4 holds k = 32g + 8c + i % 4 in its low nibble and that k + 4 in its
 // high one. Then the fp16 group scales, [r / 16][g][r % 16].
-inline std::size_t int4_panel_at(std::int64_t groups, std::int64_t r, std::int64_t i, int& shift) {
-  const std::int64_t within = i % 8;
-  shift = within >= 4 ? 4 : 0;
+inline std::size_t int4_panel_at(std::int64_t groups, std::int64_t r, std::int64_t i) {
   return static_cast<std::size_t>(((r / kPanel) * groups + i / kGroup) * 256 + (i % kGroup) / 8 * 64 +
-                                  (r % kPanel) * 4 + within % 4);
+                                  (r % kPanel) * 4 + i % 4);
 }
+// Which nibble of its byte holds k = i: 0 (low) or 4 (high). A separate function, not an out
+// parameter of int4_panel_at: `(w[int4_panel_at(.., shift)] >> shift)` reads shift before the
+// call under GCC 12's -fsanitize=undefined, which instruments the shift.
+inline int int4_shift(std::int64_t i) { return i % 8 >= 4 ? 4 : 0; }
 inline std::size_t int4_scale_at(std::int64_t groups, std::int64_t r, std::int64_t g) {  // in halves
   return static_cast<std::size_t>(((r / kPanel) * groups + g) * kPanel + r % kPanel);
 }
