@@ -2,6 +2,7 @@
 // The few pieces of JSON the profiler writes (the trace and the report): a quoted string and a
 // number that every JSON reader accepts (no NaN or inf: those become null).
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
