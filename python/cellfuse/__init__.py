@@ -10,6 +10,10 @@ for the whole API. cellfuse.SUPPORTED_OPS lists what the tracer accepts:
 >>> "sigmoid" in cellfuse.SUPPORTED_OPS and "layer_norm" in cellfuse.SUPPORTED_OPS
 True
 """
+# PyTorch first, then the extension: on a GPU machine (torch 2.11 with its CUDA libraries, the
+# module built with g++ 13) loading _C before torch made `import torch` crash (SIGSEGV in its
+# operator registry); libraries that share a process with libtorch load after it.
+import torch  # noqa: F401,E402  (import order matters: see above)
 from ._C import CellfuseError, cuda_available  # noqa: F401
 from ._rnn import RNN, compile  # noqa: F401
 from ._generate import Generator  # noqa: F401

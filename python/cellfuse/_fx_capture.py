@@ -91,8 +91,43 @@ def _decompositions():
         native = {n for op in _C.op_table() if op["pointwise"] and op["unary"] for n in op["torch"]}
         for op in [op for op in table if getattr(getattr(op, "overloadpacket", None), "__name__", None) in native]:
             table.pop(op)
+        # On CUDA tensors nn.LSTMCell and nn.GRUCell call fused CUDA-only kernels, which
+        # core_aten_decompositions leaves whole (on the CPU they decompose to pointwise ops).
+        table[aten._thnn_fused_lstm_cell.default] = _fused_lstm_cell
+        table[aten._thnn_fused_gru_cell.default] = _fused_gru_cell
         _DECOMPOSITIONS = table
     return _DECOMPOSITIONS
+
+
+def _fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
+    """aten._thnn_fused_lstm_cell: the gate sums (i, f, g, o) -> (hy, cy, workspace); the
+    workspace (the activated gates, for the fused backward) is never read by a traced step."""
+    gates = input_gates + hidden_gates
+    if input_bias is not None:
+        gates = gates + input_bias
+    if hidden_bias is not None:
+        gates = gates + hidden_bias
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    cy = f * cx + i * g
+    hy = o * torch.tanh(cy)
+    return hy, cy, torch.cat([i, f, g, o], dim=1)
+
+
+def _fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None):
+    """aten._thnn_fused_gru_cell: x and h products (r, z, n each) -> (hy, workspace); the reset
+    gate scales the hidden side of n only, as nn.GRUCell defines it."""
+    if input_bias is not None:
+        input_gates = input_gates + input_bias
+    if hidden_bias is not None:
+        hidden_gates = hidden_gates + hidden_bias
+    ir, iz, in_ = input_gates.chunk(3, dim=1)
+    hr, hz, hn = hidden_gates.chunk(3, dim=1)
+    r = torch.sigmoid(ir + hr)
+    z = torch.sigmoid(iz + hz)
+    n = torch.tanh(in_ + r * hn)
+    hy = n + z * (hx - n)
+    return hy, torch.cat([r, z, in_, hn, hx], dim=1)
 
 
 def _data_dependent(error) -> bool:

@@ -217,7 +217,7 @@ class MaskedRecurrentRNN(nn.Module):
         self.register_buffer("mask", (torch.rand(h, h) > 0.5).float())
 
     def forward(self, x, h):
-        U = self.U * self.mask + 0.5 * torch.eye(self.U.shape[0])
+        U = self.U * self.mask + 0.5 * torch.eye(self.U.shape[0], device=self.U.device)
         return torch.tanh(self.W(x) + F.linear(h, U))
 
 
@@ -590,7 +590,7 @@ class EinsumRNN(nn.Module):
 
 
 class ConstantsAndMasks(nn.Module):
-    """Constants made in the step (torch.zeros(x.size(0), n), new_zeros, ones_like), masked_fill,
+    """Constants made in the step (torch.zeros(x.size(0), n, device=x.device), new_zeros, ones_like), masked_fill,
     torch.where with a boolean buffer, F.normalize, unbind of heads, nn.Dropout in eval()."""
 
     def __init__(self, i, h):
@@ -601,7 +601,7 @@ class ConstantsAndMasks(nn.Module):
 
     def forward(self, x, h):
         n = h.shape[1]
-        z = self.lin(self.drop(x)) + h + torch.zeros(x.size(0), n) + x.new_zeros(x.shape[0], n) + torch.ones_like(h)
+        z = self.lin(self.drop(x)) + h + torch.zeros(x.size(0), n, device=x.device) + x.new_zeros(x.shape[0], n) + torch.ones_like(h)
         z = z.masked_fill(z < 0, 0.1) + torch.where(self.mask, z, -z)
         a, b = F.normalize(z, dim=-1).view(-1, 2, n // 2).unbind(1)
         return torch.tanh(torch.cat([b, a], 1)) * 0.9 + 0.1 * h
