@@ -9,9 +9,10 @@
 
 namespace cellfuse::testing_support {
 
-// The same cell in f64: what the interpreter uses as the oracle for an f32 cell.
-inline Cell as_f64(const Cell& cell) {
-  Cell out(DType::f64);
+// The same cell in another dtype: f64 is the interpreter's oracle for an f32 cell, f32 the
+// conditioning probe of an f64 one (tests/stress).
+inline Cell as_dtype(const Cell& cell, DType dtype) {
+  Cell out(dtype);
   out.name = cell.name;
   for (const Node& n : cell.graph.nodes()) {
     ValueId id = out.graph.add_distinct(n.op, n.inputs, n.attrs, n.shape);
@@ -23,6 +24,8 @@ inline Cell as_f64(const Cell& cell) {
   out.next_states = cell.next_states;
   return out;
 }
+inline Cell as_f64(const Cell& cell) { return as_dtype(cell, DType::f64); }
+inline Cell as_f32(const Cell& cell) { return as_dtype(cell, DType::f32); }
 
 template <class From, class To>
 HostTensor<To> convert(const HostTensor<From>& t) {

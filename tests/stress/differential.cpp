@@ -18,24 +18,10 @@
 namespace cellfuse::stress {
 namespace {
 
+using testing_support::as_f32;
 using testing_support::as_f64;
 using testing_support::convert;
 using testing_support::convert_seeds;
-
-// The same cell in f32: the conditioning probe of an f64 cell.
-Cell as_f32(const Cell& cell) {
-  Cell out(DType::f32);
-  out.name = cell.name;
-  for (const Node& n : cell.graph.nodes()) {
-    ValueId id = out.graph.add_distinct(n.op, n.inputs, n.attrs, n.shape);
-    if (n.op == OpKind::input) out.inputs.push_back(id);
-    if (n.op == OpKind::param) out.params.push_back(id);
-    if (n.op == OpKind::state) out.states.push_back(id);
-  }
-  out.outputs = cell.outputs;
-  out.next_states = cell.next_states;
-  return out;
-}
 
 // A named list of tensors: outputs, final states, then (BPTT) every gradient.
 template <class T>
