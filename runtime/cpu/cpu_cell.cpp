@@ -3,6 +3,7 @@
 #include <llvm/IR/LLVMContext.h>  // the module handed to the JIT
 #include <llvm/IR/Module.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -22,7 +23,8 @@
 namespace cellfuse {
 namespace {
 
-std::size_t g_compile_count = 0;
+// Atomic: cells are compiled from many threads at once (ThreadSanitizer, test_llvm_concurrency).
+std::atomic<std::size_t> g_compile_count{0};
 
 // What one sequence length needs in memory, kept between runs of that length: the stage
 // runners, the arrays stages hand to each other, and the two arrays of every state.
@@ -358,6 +360,6 @@ std::shared_ptr<const CpuCell> compile_cpu(const Cell& cell, std::int64_t batch)
   return compiled;
 }
 
-std::size_t cpu_compile_count() { return g_compile_count; }
+std::size_t cpu_compile_count() { return g_compile_count.load(); }
 
 }  // namespace cellfuse
