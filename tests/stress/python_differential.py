@@ -49,6 +49,24 @@ REDUCE = {
 }
 
 
+class ExactHardsigmoid(torch.autograd.Function):
+    """F.hardsigmoid with its gradient dy / 6 in the tensor's own precision: the oracle's form.
+    PyTorch's own hardsigmoid_backward multiplies by 1.0f / 6.0f, a float32 constant, also for
+    float64 (torch 2.x, aten/src/ATen/native/cpu/Activation.cpp), so its float64 gradient is off
+    by 3e-8 relative per hardsigmoid on the path: python_differential seeds 300034, 300037, 300091
+    and 300128 failed against it by 1e-9 to 1e-7 where cellfuse's dy / 6 was right."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.hardsigmoid(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return torch.where((x > -3) & (x < 3), dy / 6, torch.zeros_like(dy))
+
+
 class Node:
     def __init__(self, name, op, operands, attrs, shape):
         self.name, self.op, self.operands, self.attrs, self.shape = name, op, operands, attrs, shape
@@ -134,6 +152,9 @@ class TextCell(nn.Module):
     def __init__(self, cell, seed):
         super().__init__()
         self.cell = cell
+        # The eager oracle (eager()) sets it: ops whose PyTorch gradient is not computed in the
+        # tensor's precision take an exact form there; the module cellfuse captures keeps F.*.
+        self.oracle = False
         dtype = torch.float32 if cell.dtype == "f32" else torch.float64
         g = torch.Generator().manual_seed(seed)
         for n in cell.leaves("param"):
@@ -165,6 +186,8 @@ class TextCell(nn.Module):
                 v = F.linear(*a)
             elif n.op == "matmul":
                 v = a[0] @ a[1]
+            elif n.op == "hardsigmoid" and self.oracle:
+                v = ExactHardsigmoid.apply(a[0])
             elif n.op in UNARY:
                 v = UNARY[n.op](a[0])
             elif n.op in BINARY:
@@ -194,6 +217,7 @@ class TextCell(nn.Module):
 def eager(module, X, h0, dtype):
     """Steps `module` (a copy in `dtype`) over X with autograd: outputs, final states, and the module."""
     m = copy.deepcopy(module).to(dtype)
+    m.oracle = True
     X = X.detach().to(dtype).requires_grad_(True)
     hs = [h.detach().to(dtype).requires_grad_(True) for h in h0]
     states, ys = list(hs), []
@@ -212,7 +236,12 @@ def rel_err(got, want):
     got, want = got.double(), want.double()
     if not torch.isfinite(got).all() or not torch.isfinite(want).all():
         return 0.0 if torch.equal(torch.isnan(got), torch.isnan(want)) and torch.allclose(got.nan_to_num(), want.nan_to_num()) else math.inf
-    return ((got - want).norm() / max(want.norm().item(), 1e-9 * math.sqrt(want.numel() + 1))).item()
+    # As the C++ driver (tests/stress/differential.cpp): a tensor whose root mean square is below
+    # 1e-2 is measured against that floor, an absolute error. A value that cancels to about 0 is
+    # all rounding in relative terms: seed 300146, x - mean(x) over three equal columns, is exactly 0
+    # in eager PyTorch and +-1 ulp of x in cellfuse's float32 (relative error 39 against 1e-9).
+    floor = 1e-2 * math.sqrt(want.numel())
+    return ((got - want).norm() / max(want.norm().item(), floor, 1e-300)).item()
 
 
 def check(cellfuse, text, seed, steps, batch):
