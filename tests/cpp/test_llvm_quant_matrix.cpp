@@ -54,7 +54,10 @@ double activation(const Activations& a, std::int64_t row, std::int64_t col) {
 struct Case {
   std::int64_t n, k, rows;
 };
-const Case kCases[] = {{1, 1, 1}, {7, 33, 3}, {33, 100, 5}, {64, 1000, 2}, {129, 64, 8}, {40, 96, 1}, {300, 257, 4}};
+// Rows past 4 take the many-stream kernels (k in blocks: 700 spans several, with a short last
+// one); one row of several panels takes two panels at a time (an odd count: one left alone).
+const Case kCases[] = {{1, 1, 1},   {7, 33, 3},   {33, 100, 5},  {64, 1000, 2}, {129, 64, 8},
+                       {40, 96, 1}, {300, 257, 4}, {45, 700, 11}, {37, 101, 6},  {80, 530, 1}};
 
 TEST(QuantMatrix, KernelsMatchTheDequantizedOracle) {
   std::mt19937 rng(123);
@@ -165,6 +168,43 @@ TEST(QuantMatrix, SameBitsOnAnyTeamSize) {
   }
 }
 
+// Each stream of a product gets the bits of its own product alone: whatever the streams beside
+// it (1 to 12: every kernel width, several groups of 8) and whether its panel ran paired with
+// another, its sums run in the same order. A generation stream's text then never depends on the
+// number of streams.
+TEST(QuantMatrix, EachStreamGetsTheBitsOfItsOwnProduct) {
+  std::mt19937 rng(17);
+  for (Isa isa : runnable_isas()) {
+    IsaGuard guard(isa);
+    for (Format f : kFormats)
+      for (std::int64_t n : {35, 64})
+        for (std::int64_t k : {45, 1100}) {
+          const std::int64_t rows = 12;
+          auto w = random_values(static_cast<std::size_t>(n * k), rng, 0.3f);
+          auto x = random_values(static_cast<std::size_t>(rows * k), rng, 1.0f);
+          auto bias = random_values(static_cast<std::size_t>(n), rng, 0.5f);
+          QuantMatrix m = QuantMatrix::quantize(w.data(), true, k, n, f);
+          std::vector<std::vector<float>> alone;
+          for (std::int64_t b = 0; b < rows; ++b) {
+            Activations a;
+            a.prepare(f, x.data() + b * k, 1, k, k);
+            alone.emplace_back(static_cast<std::size_t>(n));
+            m.multiply(a, bias.data(), alone.back().data(), n);
+          }
+          for (std::int64_t count = 1; count <= rows; ++count) {
+            Activations a;
+            a.prepare(f, x.data(), count, k, k);
+            std::vector<float> out(static_cast<std::size_t>(count * n));
+            m.multiply(a, bias.data(), out.data(), n);
+            for (std::int64_t b = 0; b < count; ++b)
+              ASSERT_EQ(std::vector<float>(out.begin() + b * n, out.begin() + (b + 1) * n), alone[static_cast<std::size_t>(b)])
+                  << isa_name(isa) << " " << format_name(f) << " n=" << n << " k=" << k << ": stream " << b << " of "
+                  << count;
+          }
+        }
+  }
+}
+
 // fp16 (int4's group scales) against the exact values it can hold and their neighbours.
 TEST(QuantMatrix, HalfPrecisionRoundsToNearestEven) {
   EXPECT_EQ(float_to_half(1.0f), 0x3c00);
@@ -209,6 +249,19 @@ TEST(QuantMatrix, ClearErrors) {
   EXPECT_THROW(parse_format("int3"), Error);
   if (host_isa() != Isa::Avx512) {
     EXPECT_THROW(force_isa(Isa::Avx512), Error);
+  }
+  // The stored rows keep padded(k) columns (zeros past k) whatever the panels keep.
+  for (Format f : kFormats) {
+    std::vector<float> v(3 * 37, 0.25f);
+    QuantMatrix q = QuantMatrix::quantize(v.data(), true, 37, 3, f);
+    EXPECT_EQ(q.kpad(), 64);
+    EXPECT_EQ(q.kpanel(), f == Format::F32 || f == Format::BF16 ? 40 : 64);
+    const std::size_t element = f == Format::F32 ? 4 : f == Format::BF16 ? 2 : 1;
+    if (f != Format::Int4) {
+      EXPECT_EQ(q.raw_data().size(), 3 * 64 * element) << format_name(f);
+    }
+    QuantMatrix r = QuantMatrix::from_raw(f, 37, 3, q.raw_data(), q.raw_scales());
+    for (std::int64_t i = 0; i < 64; ++i) EXPECT_EQ(r.at(2, i), q.at(2, i)) << format_name(f) << " column " << i;
   }
   // A matrix rebuilt from its bytes multiplies the same.
   QuantMatrix back = QuantMatrix::from_raw(m.format(), m.k(), m.n(), m.raw_data(), m.raw_scales());

@@ -36,7 +36,7 @@ CF_AVX2 void f32_avx2(const float* w, std::int64_t kpad, const Activations& x, s
     const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
     const __m256 add = bias_rows(bias, r, count);
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const float* xr = x.f.data() + b * kpad;
+      const float* xr = x.f.data() + b * x.kpad;
       __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
       for (std::int64_t k = 0; k < kpad; k += 2)
         for (int a = 0; a < 2; ++a)
@@ -56,7 +56,7 @@ CF_AVX2 void bf16_avx2(const std::uint16_t* w, std::int64_t kpad, const Activati
     const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
     const __m256 add = bias_rows(bias, r, count);
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const float* xr = x.f.data() + b * kpad;
+      const float* xr = x.f.data() + b * x.kpad;
       __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
       for (std::int64_t k = 0; k < kpad; k += 2) {
         const __m256i pair = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + k * kPanel));
@@ -79,7 +79,7 @@ CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int
     const std::int8_t* wp = w + (r / kPanel) * kPanel * kpad + (r % kPanel) * 4;
     const std::int64_t count = std::min<std::int64_t>(8, r1 - r);
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const std::int8_t* xr = x.q.data() + b * kpad;
+      const std::int8_t* xr = x.q.data() + b * x.kpad;
       __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       for (std::int64_t q = 0; q < kpad / 4; ++q) {
         std::int32_t four;
@@ -111,7 +111,7 @@ CF_AVX2 void int4_avx2(const std::uint8_t* w, const std::uint16_t* scales, std::
       __m256 acc = _mm256_setzero_ps();
       for (std::int64_t g = 0; g < groups; ++g) {
         __m256i dot = _mm256_setzero_si256();
-        const std::int8_t* xq = x.q.data() + b * kpad + g * kGroup;
+        const std::int8_t* xq = x.q.data() + b * x.kpad + g * kGroup;
         for (int v = 0; v < 4; ++v) {
           const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + g * 256 + v * 64));
           const __m256i lo = _mm256_and_si256(bytes, low), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);

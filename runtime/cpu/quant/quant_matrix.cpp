@@ -52,7 +52,7 @@ void f32_scalar(const float* w, std::int64_t kpad, const Activations& x, std::in
                 const float* bias, float* out, std::int64_t ldo) {
   for (std::int64_t r = r0; r < r1; ++r)
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const float* xr = x.f.data() + b * kpad;
+      const float* xr = x.f.data() + b * x.kpad;
       float s = 0;
       for (std::int64_t i = 0; i < kpad; ++i) s += w[f32_panel_at(kpad, r, i)] * xr[i];
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
@@ -63,7 +63,7 @@ void bf16_scalar(const std::uint16_t* w, std::int64_t kpad, const Activations& x
                  const float* bias, float* out, std::int64_t ldo) {
   for (std::int64_t r = r0; r < r1; ++r)
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const float* xr = x.f.data() + b * kpad;
+      const float* xr = x.f.data() + b * x.kpad;
       float s = 0;
       for (std::int64_t i = 0; i < kpad; ++i) s += from_bf16(w[bf16_panel_at(kpad, r, i)]) * xr[i];
       out[b * ldo + r] = s + (bias ? bias[r] : 0.0f);
@@ -75,7 +75,7 @@ void int8_scalar(const std::int8_t* w, const float* scales, const std::int32_t*,
                  std::int64_t ldo) {
   for (std::int64_t r = r0; r < r1; ++r)
     for (std::int64_t b = 0; b < x.rows; ++b) {
-      const std::int8_t* xr = x.q.data() + b * kpad;
+      const std::int8_t* xr = x.q.data() + b * x.kpad;
       std::int32_t s = 0;
       for (std::int64_t i = 0; i < kpad; ++i) s += w[int8_panel_at(kpad, r, i)] * xr[i];
       out[b * ldo + r] = static_cast<float>(s) * (scales[r] * x.scale[b]) + (bias ? bias[r] : 0.0f);
@@ -89,7 +89,7 @@ void int4_scalar(const std::uint8_t* w, const std::uint16_t* scales, std::int64_
     for (std::int64_t b = 0; b < x.rows; ++b) {
       float s = 0;
       for (std::int64_t g = 0; g < groups; ++g) {
-        const std::int8_t* xg = x.q.data() + b * kpad + g * kGroup;
+        const std::int8_t* xg = x.q.data() + b * x.kpad + g * kGroup;
         std::int32_t d = 0;
         for (int i = 0; i < kGroup; ++i) {
           d += ((w[int4_panel_at(groups, r, g * kGroup + i)] >> int4_shift(i)) & 15) * xg[i];
@@ -226,7 +226,7 @@ QuantMatrix QuantMatrix::quantize(const float* w, bool n_by_k, std::int64_t k, s
   if (k < 1 || n < 1)
     throw Error("quantize: a weight of " + std::to_string(n) + " x " + std::to_string(k) + " is empty");
   QuantMatrix m;
-  m.format_ = format, m.k_ = k, m.n_ = n, m.kpad_ = padded(k);
+  m.format_ = format, m.k_ = k, m.n_ = n, m.kpad_ = padded(k), m.kpanel_ = panel_k(format, k);
   const std::int64_t kpad = m.kpad_;
   std::vector<float> row(static_cast<std::size_t>(kpad));
   auto load_row = [&](std::int64_t r) {
@@ -307,7 +307,7 @@ QuantMatrix QuantMatrix::quantize(const float* w, bool n_by_k, std::int64_t k, s
 QuantMatrix QuantMatrix::from_raw(Format format, std::int64_t k, std::int64_t n, std::vector<std::uint8_t> data,
                                   std::vector<float> scales) {
   QuantMatrix m;
-  m.format_ = format, m.k_ = k, m.n_ = n, m.kpad_ = padded(k);
+  m.format_ = format, m.k_ = k, m.n_ = n, m.kpad_ = padded(k), m.kpanel_ = panel_k(format, k);
   const std::int64_t kpad = m.kpad_;
   std::size_t want_data = 0, want_scales = 0;
   switch (format) {
@@ -331,11 +331,13 @@ void QuantMatrix::derive() {
   row_sum_.clear();
   const std::int64_t npad = panel_rows(n_), groups = kpad_ / kGroup;
   if (format_ == Format::F32 || format_ == Format::BF16) {
+    // The panels keep k rounded up to 4 (what the kernels step by), not to 32: the row-major
+    // form's padding is zeros a product would only multiply by zeros.
     const std::size_t size = format_ == Format::F32 ? 4 : 2;
-    std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpad_) * size, 0);
+    std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpanel_) * size, 0);
     for (std::int64_t r = 0; r < n_; ++r)
-      for (std::int64_t i = 0; i < kpad_; ++i)
-        std::memcpy(panels.data() + (size == 4 ? f32_panel_at(kpad_, r, i) : bf16_panel_at(kpad_, r, i)) * size,
+      for (std::int64_t i = 0; i < std::min(k_, kpanel_); ++i)
+        std::memcpy(panels.data() + (size == 4 ? f32_panel_at(kpanel_, r, i) : bf16_panel_at(kpanel_, r, i)) * size,
                     data_.data() + static_cast<std::size_t>(r * kpad_ + i) * size, size);
     data_ = std::move(panels);
   } else if (format_ == Format::Int8) {
@@ -391,11 +393,11 @@ std::vector<std::uint8_t> QuantMatrix::raw_data() const {
     return out;
   }
   const std::size_t size = format_ == Format::F32 ? 4 : 2;
-  std::vector<std::uint8_t> out(static_cast<std::size_t>(n_ * kpad_) * size);
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(n_ * kpad_) * size, 0);  // zeros from k on
   for (std::int64_t r = 0; r < n_; ++r)
-    for (std::int64_t i = 0; i < kpad_; ++i)
+    for (std::int64_t i = 0; i < k_; ++i)
       std::memcpy(out.data() + static_cast<std::size_t>(r * kpad_ + i) * size,
-                  data_.data() + (size == 4 ? f32_panel_at(kpad_, r, i) : bf16_panel_at(kpad_, r, i)) * size, size);
+                  data_.data() + (size == 4 ? f32_panel_at(kpanel_, r, i) : bf16_panel_at(kpanel_, r, i)) * size, size);
   return out;
 }
 
@@ -405,15 +407,16 @@ std::vector<float> QuantMatrix::raw_scales() const {
 }
 
 double QuantMatrix::at(std::int64_t row, std::int64_t col) const {
+  if (col >= kpanel_) return 0;  // padding the panels leave out
   switch (format_) {
     case Format::F32: {
       float v;
-      std::memcpy(&v, data_.data() + f32_panel_at(kpad_, row, col) * 4, 4);
+      std::memcpy(&v, data_.data() + f32_panel_at(kpanel_, row, col) * 4, 4);
       return v;
     }
     case Format::BF16: {
       std::uint16_t h;
-      std::memcpy(&h, data_.data() + bf16_panel_at(kpad_, row, col) * 2, 2);
+      std::memcpy(&h, data_.data() + bf16_panel_at(kpanel_, row, col) * 2, 2);
       return from_bf16(h);
     }
     case Format::Int8:
@@ -446,9 +449,9 @@ void QuantMatrix::multiply_rows(const Activations& x, const float* bias, float* 
   const KernelSet& ks = isa == Isa::Avx512 ? avx512_kernels() : isa == Isa::Avx2 ? avx2_kernels() : scalar_kernels();
   switch (format_) {
     case Format::F32:
-      return ks.f32(reinterpret_cast<const float*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
+      return ks.f32(reinterpret_cast<const float*>(data_.data()), kpanel_, x, r0, r1, bias, out, ldo);
     case Format::BF16:
-      return ks.bf16(reinterpret_cast<const std::uint16_t*>(data_.data()), kpad_, x, r0, r1, bias, out, ldo);
+      return ks.bf16(reinterpret_cast<const std::uint16_t*>(data_.data()), kpanel_, x, r0, r1, bias, out, ldo);
     case Format::Int8:
       return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), row_sum_.data(), kpad_, x, r0,
                      r1, bias, out, ldo);

@@ -10,7 +10,9 @@
 //
 // At batch 1 these products only stream the weights (100 MB of fp32 for a 3-layer LSTM of 1024),
 // so fewer bytes per weight is the speed-up. A weight is [n, k] (nn.Linear's layout, n output
-// rows), each row padded with zeros to a multiple of 32 so that every kernel reads whole vectors.
+// rows). Activations (and the stored form of a matrix) pad each row with zeros to a multiple of
+// 32; the kernels' panels keep k rounded up to what they step by (panel_k): every kernel reads
+// whole vectors, and a product of k = 100 reads 104 columns of fp32 weights, not 128.
 //
 // The kernels are picked at run time for the CPU: AVX-512 (F, BW, VL and VNNI: Intel since
 // Cascade Lake, AMD Zen 4), AVX2 + FMA, or plain C++. Every output element is summed by one
@@ -43,6 +45,11 @@ const char* isa_name(Isa isa);
 
 constexpr std::int64_t kGroup = 32;  // int4 group size; every row is padded to a multiple of it
 inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * kGroup; }
+// The k per row of a matrix's panels: F32 and BF16 round up to 4 (the kernels take 4 k a step),
+// Int8 and Int4 to padded(k) (16 k a step; int4's groups of 32).
+inline std::int64_t panel_k(Format f, std::int64_t k) {
+  return f == Format::F32 || f == Format::BF16 ? (k + 3) / 4 * 4 : padded(k);
+}
 
 // Weights are kept in panels of 16 rows (n padded with zero rows to whole panels), interleaved
 // so that one 64-byte vector holds the 16 rows at 1 (fp32), 2 (bf16) or 4 (int8, int4: twice)
@@ -51,7 +58,8 @@ inline std::int64_t padded(std::int64_t k) { return (k + kGroup - 1) / kGroup * 
 // (raw_data()).
 constexpr std::int64_t kPanel = 16;
 inline std::int64_t panel_rows(std::int64_t n) { return (n + kPanel - 1) / kPanel * kPanel; }
-// Fp32: element [r, i] is [r / 16][i][r % 16]; bf16: [r / 16][i / 2][r % 16][i % 2].
+// Fp32: element [r, i] is [r / 16][i][r % 16]; bf16: [r / 16][i / 2][r % 16][i % 2]. `kpad`
+// in these helpers is the panels' k per row (panel_k).
 inline std::size_t f32_panel_at(std::int64_t kpad, std::int64_t r, std::int64_t i) {
   return static_cast<std::size_t>(((r / kPanel) * kpad + i) * kPanel + r % kPanel);
 }
@@ -119,7 +127,8 @@ class QuantMatrix {
   Format format() const { return format_; }
   std::int64_t k() const { return k_; }
   std::int64_t n() const { return n_; }
-  std::int64_t kpad() const { return kpad_; }
+  std::int64_t kpad() const { return kpad_; }  // padded(k): the activations' and the stored rows' length
+  std::int64_t kpanel() const { return kpanel_; }  // panel_k(format, k): the panels' (at() is 0 past it)
   // The weight the kernels use, as a double (the test oracle).
   double at(std::int64_t row, std::int64_t col) const;
   // Bytes a product reads (the weight-streaming floor's numerator).
@@ -134,17 +143,19 @@ class QuantMatrix {
   void derive();  // the kernels' layout (panels) and the per-row sums VNNI's unsigned operand needs
   void check(const Activations& x) const;  // x prepared for this matrix, else Error
   const std::uint16_t* int4_scales() const {
-    return reinterpret_cast<const std::uint16_t*>(data_.data() + panel_rows(n_) * (kpad_ / kGroup) * 16);
+    return reinterpret_cast<const std::uint16_t*>(data_.data() + panel_rows(n_) * (kpanel_ / kGroup) * 16);
   }
   Format format_ = Format::F32;
-  std::int64_t k_ = 0, n_ = 0, kpad_ = 0;
+  std::int64_t k_ = 0, n_ = 0, kpad_ = 0, kpanel_ = 0;
   // In panels of panel_rows(n) rows (f32_panel_at, bf16_panel_at, int8_panel_at, int4_panel_at).
   std::vector<std::uint8_t> data_;
   std::vector<float> scales_;  // Int8: [panel_rows(n)], zero past n
   std::vector<std::int32_t> row_sum_;  // Int8: [panel_rows(n)], sum of each row's q (VNNI's offset)
 };
 
-// The kernels of one instruction set: rows [r0, r1) of out for all rows of x.
+// The kernels of one instruction set: rows [r0, r1) of out for all rows of x. `kpad` is the k
+// per row of w's panels (QuantMatrix::kpanel()); rows of x are x.kpad apart (>= kpad, the columns
+// past kpad zero).
 struct KernelSet {
   void (*f32)(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
               const float* bias, float* out, std::int64_t ldo);
