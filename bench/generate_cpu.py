@@ -4,6 +4,7 @@ format against PyTorch eager, quantize_dynamic and ONNX Runtime, with the machin
 bandwidth and each format's weight-streaming floor.
 
     python3 bench/generate_cpu.py [--chars 1000] [--rounds 5] [--quick] [--out FILE]
+                                  [--only charrnn,streams,lnlstm,gru]
 
 (cellfuse importable: `pip install .`, or the package and a built _C on PYTHONPATH.)
 
@@ -228,9 +229,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--settle-ms", type=float, default=50)
     ap.add_argument("--quick", action="store_true", help="smaller models (a smoke test of this script)")
+    parts = ("charrnn", "streams", "lnlstm", "gru")
+    ap.add_argument("--only", default=",".join(parts),
+                    help="comma-separated parts to run (while iterating): " + ", ".join(parts))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "generate_cpu.md"))
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(parts):
+        ap.error(f"--only: {', '.join(sorted(only - set(parts)))} not among {', '.join(parts)}")
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     settle = args.settle_ms / 1e3
@@ -243,105 +250,112 @@ def main():
     notes.append(f"read bandwidth (sum over 256 MiB, {THREADS} threads): {bw:.1f} GB/s")
 
     # 1. The char-RNN: every format against PyTorch and ONNX Runtime.
-    model = CharRNN(V, E, H, 3).eval()
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")) as f:
-        text_ids = [min(ord(ch), 127) % V for ch in f.read()[:1000]]
-    peak_decoder(model, text_ids[:300])
-    qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
-    gens = {w: cellfuse.Generator.from_torch(model, weights=w) for w in ("fp32", "bf16", "int8", "int4")}
-    notes.append(f"cellfuse's matrix-vector kernels on this CPU: {gens['fp32'].kernels}")
-    path = os.path.join(tmp, "charrnn.onnx")
-    step_model = _LstmStep(model)
-    ort32 = ort_session(step_model, (torch.tensor([1]), *model.zero_state()), ["ids", "h", "c"],
-                        ["logits", "h_out", "c_out"], path, False)
-    ort8 = ort_session(step_model, (torch.tensor([1]), *model.zero_state()), ["ids", "h", "c"],
-                       ["logits", "h_out", "c_out"], path, True)
-    # Accuracy: mean KL of each format's next-token distribution against fp32, teacher-forced over
-    # 1000 characters of real text (this repository's README, mapped onto the 100 ids).
-    base = gens["fp32"].logits(text_ids).double().log_softmax(1)
-    with torch.no_grad():
-        eager, state = [], model.zero_state()
-        for t in text_ids[:200]:
-            logits, state = model(torch.tensor([t]), state)
-            eager.append(logits)
-    eager = torch.cat(eager).double()
-    rel = ((gens["fp32"].logits(text_ids[:200]).double() - eager).abs().max() / eager.abs().max()).item()
-    notes.append(f"fp32 teacher-forced logits against PyTorch eager (200 characters): max relative difference {rel:.2e}")
-    for w in ("bf16", "int8", "int4"):
-        lq = gens[w].logits(text_ids).double().log_softmax(1)
-        kl = (base.exp() * (base - lq)).sum(1).mean().item()
-        notes.append(f"{w}: mean KL of the next-token distribution against fp32 over {len(text_ids)} steps: {kl:.2e}")
-
-    contenders = {f"cellfuse {w}": (cellfuse_run(g), False) for w, g in gens.items()}
-    contenders["PyTorch eager fp32"] = (torch_loop(model, model), True)
-    contenders["PyTorch quantize_dynamic int8"] = (torch_loop(model, qmodel), True)
-    contenders["ONNX Runtime fp32"] = (ort_loop(ort32, model.zero_state), False)
-    contenders["ONNX Runtime int8"] = (ort_loop(ort8, model.zero_state), False)
-    pr = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
     title = f"char-RNN: embedding {E} -> 3-layer nn.LSTM {H} -> Linear {V}"
-    for name in contenders:
-        floor = ""
-        if name.startswith("cellfuse"):
-            g = gens[name.split()[1]]
-            floor_ms = g.weight_bytes / (bw * 1e9) * 1e3
-            floor = f"{g.weight_bytes / 2**20:.1f} MiB, floor {floor_ms:.3f} ms, {med(pr[name]) / floor_ms:.2f}x floor"
-        rows.append((title, name, med(pr[name]), floor))
-    shown = progress(rows, 0)
-    figures = [
-        ("fp32 / ONNX Runtime fp32", ratio(pr, "cellfuse fp32", "ONNX Runtime fp32"), "<= 1"),
-        ("fp32 / its floor", med(pr["cellfuse fp32"]) / (gens["fp32"].weight_bytes / bw / 1e6), "<= 1.15"),
-        ("bf16 / cellfuse fp32", ratio(pr, "cellfuse bf16", "cellfuse fp32"), "<= 0.6"),
-        ("int8 / ONNX Runtime int8", ratio(pr, "cellfuse int8", "ONNX Runtime int8"), "<= 0.8"),
-        ("int8 / its floor", med(pr["cellfuse int8"]) / (gens["int8"].weight_bytes / bw / 1e6), "<= 1.3"),
-        ("int4 / cellfuse int8", ratio(pr, "cellfuse int4", "cellfuse int8"), "<= 0.6"),
-        ("PyTorch eager fp32 / cellfuse fp32", ratio(pr, "PyTorch eager fp32", "cellfuse fp32"), ""),
-        ("quantize_dynamic int8 / cellfuse int8", ratio(pr, "PyTorch quantize_dynamic int8", "cellfuse int8"), ""),
-    ]
+    figures, shown, gens = [], 0, None
+    if only & {"charrnn", "streams"}:
+        model = CharRNN(V, E, H, 3).eval()
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")) as f:
+            text_ids = [min(ord(ch), 127) % V for ch in f.read()[:1000]]
+        peak_decoder(model, text_ids[:300])
+        gens = {w: cellfuse.Generator.from_torch(model, weights=w) for w in ("fp32", "bf16", "int8", "int4")}
+        notes.append(f"cellfuse's matrix-vector kernels on this CPU: {gens['fp32'].kernels}")
+    if "charrnn" in only:
+        qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        path = os.path.join(tmp, "charrnn.onnx")
+        step_model = _LstmStep(model)
+        ort32 = ort_session(step_model, (torch.tensor([1]), *model.zero_state()), ["ids", "h", "c"],
+                            ["logits", "h_out", "c_out"], path, False)
+        ort8 = ort_session(step_model, (torch.tensor([1]), *model.zero_state()), ["ids", "h", "c"],
+                           ["logits", "h_out", "c_out"], path, True)
+        # Accuracy: mean KL of each format's next-token distribution against fp32, teacher-forced over
+        # 1000 characters of real text (this repository's README, mapped onto the 100 ids).
+        base = gens["fp32"].logits(text_ids).double().log_softmax(1)
+        with torch.no_grad():
+            eager, state = [], model.zero_state()
+            for t in text_ids[:200]:
+                logits, state = model(torch.tensor([t]), state)
+                eager.append(logits)
+        eager = torch.cat(eager).double()
+        rel = ((gens["fp32"].logits(text_ids[:200]).double() - eager).abs().max() / eager.abs().max()).item()
+        notes.append(f"fp32 teacher-forced logits against PyTorch eager (200 characters): max relative difference {rel:.2e}")
+        for w in ("bf16", "int8", "int4"):
+            lq = gens[w].logits(text_ids).double().log_softmax(1)
+            kl = (base.exp() * (base - lq)).sum(1).mean().item()
+            notes.append(f"{w}: mean KL of the next-token distribution against fp32 over {len(text_ids)} steps: {kl:.2e}")
 
-    # 2. 8 streams at once against one (per step), same model.
-    contenders = {f"cellfuse {w} x1": (cellfuse_run(gens[w], 1), False) for w in ("fp32", "int8")}
-    contenders.update({f"cellfuse {w} x8": (cellfuse_run(gens[w], 8), False) for w in ("fp32", "int8")})
-    pr8 = paired(contenders, prime, args.chars // 2, args.chars // 2, args.rounds, settle)
-    for name in contenders:
-        rows.append((title + ", streams", name + " (ms per step)", med(pr8[name]), ""))
-    for w in ("fp32", "int8"):
-        figures.append((f"8 streams / 1 stream per step ({w})", ratio(pr8, f"cellfuse {w} x8", f"cellfuse {w} x1"), "<= 2"))
-    shown = progress(rows, shown)
-    del gens, contenders
+        contenders = {f"cellfuse {w}": (cellfuse_run(g), False) for w, g in gens.items()}
+        contenders["PyTorch eager fp32"] = (torch_loop(model, model), True)
+        contenders["PyTorch quantize_dynamic int8"] = (torch_loop(model, qmodel), True)
+        contenders["ONNX Runtime fp32"] = (ort_loop(ort32, model.zero_state), False)
+        contenders["ONNX Runtime int8"] = (ort_loop(ort8, model.zero_state), False)
+        pr = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
+        for name in contenders:
+            floor = ""
+            if name.startswith("cellfuse"):
+                g = gens[name.split()[1]]
+                floor_ms = g.weight_bytes / (bw * 1e9) * 1e3
+                floor = f"{g.weight_bytes / 2**20:.1f} MiB, floor {floor_ms:.3f} ms, {med(pr[name]) / floor_ms:.2f}x floor"
+            rows.append((title, name, med(pr[name]), floor))
+        shown = progress(rows, 0)
+        figures += [
+            ("fp32 / ONNX Runtime fp32", ratio(pr, "cellfuse fp32", "ONNX Runtime fp32"), "<= 1"),
+            ("fp32 / its floor", med(pr["cellfuse fp32"]) / (gens["fp32"].weight_bytes / bw / 1e6), "<= 1.15"),
+            ("bf16 / cellfuse fp32", ratio(pr, "cellfuse bf16", "cellfuse fp32"), "<= 0.6"),
+            ("int8 / ONNX Runtime int8", ratio(pr, "cellfuse int8", "ONNX Runtime int8"), "<= 0.8"),
+            ("int8 / its floor", med(pr["cellfuse int8"]) / (gens["int8"].weight_bytes / bw / 1e6), "<= 1.3"),
+            ("int4 / cellfuse int8", ratio(pr, "cellfuse int4", "cellfuse int8"), "<= 0.6"),
+            ("PyTorch eager fp32 / cellfuse fp32", ratio(pr, "PyTorch eager fp32", "cellfuse fp32"), ""),
+            ("quantize_dynamic int8 / cellfuse int8", ratio(pr, "PyTorch quantize_dynamic int8", "cellfuse int8"), ""),
+        ]
 
-    # 3. A custom cell: the LayerNorm-LSTM char model.
-    LH, LE = (128, 64) if args.quick else (512, 128)
-    ln = LNCharModel(V, LE, LH, 2).eval()
-    lgens = {w: cellfuse.Generator(cell=list(ln.cells), embedding=ln.emb, decoder=ln.dec, weights=w)
-             for w in ("fp32", "int8")}
-    lpath = os.path.join(tmp, "lnlstm.onnx")
-    lort32 = ort_session(ln, (torch.tensor([1]), *ln.zero_state()), ["ids", "h", "c"], ["logits", "h_out", "c_out"],
-                         lpath, False)
-    lort8 = ort_session(ln, (torch.tensor([1]), *ln.zero_state()), ["ids", "h", "c"], ["logits", "h_out", "c_out"],
-                        lpath, True)
-    contenders = {f"cellfuse {w}": (cellfuse_run(g), False) for w, g in lgens.items()}
-    contenders["PyTorch eager fp32"] = (torch_loop(ln, lambda ids, st: _ln_call(ln, ids, st)), True)
-    contenders["ONNX Runtime fp32"] = (ort_loop(lort32, ln.zero_state), False)
-    contenders["ONNX Runtime int8"] = (ort_loop(lort8, ln.zero_state), False)
-    prl = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
-    ltitle = f"LayerNorm-LSTM char model: embedding {LE} -> 2 x LN-LSTM {LH} -> Linear {V}"
-    for name in contenders:
-        rows.append((ltitle, name, med(prl[name]), ""))
-    shown = progress(rows, shown)
-    best_ort = min(("ONNX Runtime fp32", "ONNX Runtime int8"), key=lambda n: med(prl[n]))
-    figures.append((f"LN-LSTM: {best_ort} / cellfuse int8", ratio(prl, best_ort, "cellfuse int8"), ">= 2"))
-    figures.append(("LN-LSTM: eager / cellfuse fp32", ratio(prl, "PyTorch eager fp32", "cellfuse fp32"), ""))
+    if "streams" in only:
+        # 2. 8 streams at once against one (per step), same model.
+        contenders = {f"cellfuse {w} x1": (cellfuse_run(gens[w], 1), False) for w in ("fp32", "int8")}
+        contenders.update({f"cellfuse {w} x8": (cellfuse_run(gens[w], 8), False) for w in ("fp32", "int8")})
+        pr8 = paired(contenders, prime, args.chars // 2, args.chars // 2, args.rounds, settle)
+        for name in contenders:
+            rows.append((title + ", streams", name + " (ms per step)", med(pr8[name]), ""))
+        for w in ("fp32", "int8"):
+            figures.append((f"8 streams / 1 stream per step ({w})", ratio(pr8, f"cellfuse {w} x8", f"cellfuse {w} x1"), "<= 2"))
+        shown = progress(rows, shown)
 
-    # 4. The small GRU: per-call overhead, not bandwidth, rules.
-    gru = CharRNN(V, 32, 100, 2, kind=nn.GRU).eval()
-    ggen = cellfuse.Generator.from_torch(gru, weights="fp32")
-    contenders = {"cellfuse fp32": (cellfuse_run(ggen), False),
-                  "PyTorch eager fp32": (torch_loop(gru, gru), True)}
-    prg = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
-    gtitle = f"2-layer nn.GRU 100: embedding 32 -> GRU 100 x 2 -> Linear {V}"
-    for name in contenders:
-        rows.append((gtitle, name, med(prg[name]), ""))
-    figures.append(("GRU 100: eager / cellfuse", ratio(prg, "PyTorch eager fp32", "cellfuse fp32"), ">= 30"))
+    del gens
+
+    if "lnlstm" in only:
+        # 3. A custom cell: the LayerNorm-LSTM char model.
+        LH, LE = (128, 64) if args.quick else (512, 128)
+        ln = LNCharModel(V, LE, LH, 2).eval()
+        lgens = {w: cellfuse.Generator(cell=list(ln.cells), embedding=ln.emb, decoder=ln.dec, weights=w)
+                 for w in ("fp32", "int8")}
+        lpath = os.path.join(tmp, "lnlstm.onnx")
+        lort32 = ort_session(ln, (torch.tensor([1]), *ln.zero_state()), ["ids", "h", "c"], ["logits", "h_out", "c_out"],
+                             lpath, False)
+        lort8 = ort_session(ln, (torch.tensor([1]), *ln.zero_state()), ["ids", "h", "c"], ["logits", "h_out", "c_out"],
+                            lpath, True)
+        contenders = {f"cellfuse {w}": (cellfuse_run(g), False) for w, g in lgens.items()}
+        contenders["PyTorch eager fp32"] = (torch_loop(ln, lambda ids, st: _ln_call(ln, ids, st)), True)
+        contenders["ONNX Runtime fp32"] = (ort_loop(lort32, ln.zero_state), False)
+        contenders["ONNX Runtime int8"] = (ort_loop(lort8, ln.zero_state), False)
+        prl = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
+        ltitle = f"LayerNorm-LSTM char model: embedding {LE} -> 2 x LN-LSTM {LH} -> Linear {V}"
+        for name in contenders:
+            rows.append((ltitle, name, med(prl[name]), ""))
+        shown = progress(rows, shown)
+        best_ort = min(("ONNX Runtime fp32", "ONNX Runtime int8"), key=lambda n: med(prl[n]))
+        figures.append((f"LN-LSTM: {best_ort} / cellfuse int8", ratio(prl, best_ort, "cellfuse int8"), ">= 2"))
+        figures.append(("LN-LSTM: eager / cellfuse fp32", ratio(prl, "PyTorch eager fp32", "cellfuse fp32"), ""))
+
+    if "gru" in only:
+        # 4. The small GRU: per-call overhead, not bandwidth, rules.
+        gru = CharRNN(V, 32, 100, 2, kind=nn.GRU).eval()
+        ggen = cellfuse.Generator.from_torch(gru, weights="fp32")
+        contenders = {"cellfuse fp32": (cellfuse_run(ggen), False),
+                      "PyTorch eager fp32": (torch_loop(gru, gru), True)}
+        prg = paired(contenders, prime, args.chars, args.slow_chars, args.rounds, settle)
+        gtitle = f"2-layer nn.GRU 100: embedding 32 -> GRU 100 x 2 -> Linear {V}"
+        for name in contenders:
+            rows.append((gtitle, name, med(prg[name]), ""))
+        figures.append(("GRU 100: eager / cellfuse", ratio(prg, "PyTorch eager fp32", "cellfuse fp32"), ">= 30"))
 
     report(args, rows, figures, notes)
 
