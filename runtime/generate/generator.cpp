@@ -1,6 +1,7 @@
 #include "runtime/generate/generator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -8,16 +9,9 @@
 #include "compiler/ir/error.h"
 #include "runtime/cpu/blas.h"
 #include "runtime/cpu/team.h"
+#include "runtime/generate/step_parts.h"
 
 namespace cellfuse::generate {
-namespace {
-
-// Below this many weight bytes per step (times the streams) a generation step runs on the
-// calling thread alone: a 2-layer GRU of 100 (0.4 MB) takes a few microseconds a step, about
-// what the barriers between its products would cost.
-constexpr std::size_t kMinSharedStepBytes = 1u << 20;
-
-}  // namespace
 
 using cpu::quant::Format;
 using cpu::quant::QuantMatrix;
@@ -90,6 +84,7 @@ void Generator::finish_setup(int threads) {
                 std::to_string(vocab_));
   cpu::use_single_threaded_blas();
   team_ = cpu::shared_team(threads > 0 ? threads : cpu::default_thread_count());
+  step_bytes_ = weight_bytes();
 }
 
 std::size_t Generator::weight_bytes() const {
@@ -167,6 +162,11 @@ std::vector<std::vector<std::int32_t>> Generator::generate(const std::vector<std
   decoder_in_.prepare(format_, top_.data() + (T - 1) * B * hidden, B, hidden, hidden);
   decoder_.multiply(decoder_in_, bias, logits.data(), vocab_, team_.get());
   ids.resize(static_cast<std::size_t>(B));
+  // Kept from call to call (for as many streams): a served model does not probe at every request.
+  if (!step_parts_ || step_parts_rows_ != B) {
+    step_parts_ = std::make_unique<StepParts>(step_bytes_ * static_cast<std::size_t>(B), team_->size());
+    step_parts_rows_ = B;
+  }
   for (std::int64_t step = 0; step < length; ++step) {
     for (std::int64_t b = 0; b < B; ++b) {
       ids[static_cast<std::size_t>(b)] = samplers[static_cast<std::size_t>(b)].sample(logits.data() + b * vocab_, vocab_, options);
@@ -174,21 +174,24 @@ std::vector<std::vector<std::int32_t>> Generator::generate(const std::vector<std
     }
     if (on_step && !on_step(step, ids.data())) break;
     if (step + 1 == length) break;
-    generation_step(ids.data(), B, logits.data());
+    StepParts& parts = *step_parts_;
+    const bool timed = parts.timing();
+    const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    generation_step(ids.data(), B, logits.data(), parts.next());
+    parts.record(timed ? std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count()
+                       : 0);
   }
   return out;
 }
 
-// One token per stream through every layer and the decoder, in one run of the team: each
-// member takes its share of every product's output rows (QuantCell::step), with barriers only
-// where one reads what another wrote.
-void Generator::generation_step(const std::int32_t* ids, std::int64_t rows, float* logits) {
+// One token per stream through every layer and the decoder, in one run of the team (`parts`
+// members; 1: the caller alone, no barriers): each member takes its share of every product's
+// output rows (QuantCell::step), with barriers only where one reads what another wrote.
+void Generator::generation_step(const std::int32_t* ids, std::int64_t rows, float* logits, int parts) {
   x_.resize(static_cast<std::size_t>(rows * embed_dim_));
   for (std::int64_t r = 0; r < rows; ++r)
     std::memcpy(x_.data() + r * embed_dim_, embedding_.data() + ids[r] * embed_dim_,
                 static_cast<std::size_t>(embed_dim_) * sizeof(float));
-  // A small model's step is over in microseconds: the caller alone beats any barrier.
-  const int parts = weight_bytes() * static_cast<std::size_t>(rows) < kMinSharedStepBytes ? 1 : team_->size();
   step_out_.resize(layers_.size());
   const float* input = x_.data();
   for (std::size_t l = 0; l < layers_.size(); ++l) {

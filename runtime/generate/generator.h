@@ -21,6 +21,7 @@
 #include "runtime/cpu/quant/quant_matrix.h"
 #include "runtime/generate/quant_cell.h"
 #include "runtime/generate/sampler.h"
+#include "runtime/generate/step_parts.h"
 
 namespace cellfuse::cpu {
 class Team;
@@ -86,8 +87,9 @@ class Generator {
   // Runs the layers over `steps` x `rows` input rows from the embedding of `ids` ([steps*rows]);
   // leaves the last layer's outputs in top_.
   void run_layers(const std::int32_t* ids, std::int64_t steps, std::int64_t rows);
-  // One generation step of `rows` streams fed `ids`: the logits [rows, vocab] of the next token.
-  void generation_step(const std::int32_t* ids, std::int64_t rows, float* logits);
+  // One generation step of `rows` streams fed `ids` on `parts` members of the team (1: the
+  // caller alone): the logits [rows, vocab] of the next token.
+  void generation_step(const std::int32_t* ids, std::int64_t rows, float* logits, int parts);
 
   cpu::quant::Format format_ = cpu::quant::Format::F32;
   std::int64_t vocab_ = 0, embed_dim_ = 0;
@@ -104,6 +106,9 @@ class Generator {
   std::vector<std::vector<float>> step_out_;                // per layer: one step's output
   std::vector<float*> step_states_;
   std::vector<cpu::quant::Activations> decoder_members_;   // per team member (the step path)
+  std::size_t step_bytes_ = 0;                              // weight_bytes(), fixed at setup
+  std::unique_ptr<StepParts> step_parts_;                   // for step_parts_rows_ streams
+  std::int64_t step_parts_rows_ = 0;
 
   friend struct GeneratorFile;
 };

@@ -1,0 +1,43 @@
+#pragma once
+// How many members of the team a generation step runs on: the caller alone or the whole team.
+// The results are the same bits either way (every product's output rows are summed in one
+// order whoever sums them); which is faster depends on the model and on the machine. A large
+// model's step streams megabytes of weights and wants every core's bandwidth; a small one's
+// (a 2-layer GRU of 100, 0.45 MB of fp32 in the L2 caches) takes a few microseconds, about what
+// its barriers cost; and on a busy machine every barrier waits for a descheduled worker. So a
+// model in between is timed on this machine as it runs: steps alternate between the two
+// choices for a few probes, the faster runs the next stretch, then both are probed again.
+#include <cstdint>
+
+namespace cellfuse::generate {
+
+class StepParts {
+ public:
+  // Weights a step reads (all streams' rows counted: a step of 8 streams does 8 times the
+  // multiply-adds) and the team's size.
+  StepParts(std::size_t step_bytes, int team_size);
+
+  // Below this a step always runs on the caller alone, at or above it always on the team.
+  static constexpr std::size_t kAlwaysAlone = 64 * 1024, kAlwaysShared = 8u << 20;
+  // Probes per choice (the first of each set, which may find a sleeping worker, is dropped),
+  // and steps run on the winner before probing again.
+  static constexpr int kProbes = 6, kStretch = 1000;
+
+  // The members the next step runs on (1 or the team's size), and whether to time it.
+  int next() const { return parts_; }
+  bool timing() const { return mode_ == Mode::Probing; }
+  // After each step run on next() members: its time in ns (read only when timing()).
+  void record(std::int64_t ns);
+
+ private:
+  enum class Mode { Fixed, Probing, Stretch };
+  void start_probing();
+  Mode mode_ = Mode::Fixed;
+  int team_;
+  int parts_ = 1;
+  int probe_ = 0;  // probes done in this round, alternating shared (even) and alone (odd)
+  int left_ = 0;   // steps left in the current stretch
+  std::int64_t samples_[2][kProbes] = {};  // [shared, alone][probe]
+};
+
+}  // namespace cellfuse::generate
