@@ -43,6 +43,25 @@ std::int32_t Sampler::sample(const float* logits, std::int64_t vocab, const Samp
     if (logits[i] > logits[best]) best = i;
   }
   if (o.temperature == 0) return static_cast<std::int32_t>(best);
+  const double top = logits[best];
+  if ((o.top_k == 0 || o.top_k >= vocab) && o.top_p >= 1) {
+    // Every token kept, in id order: what the general path below computes with `order_` the
+    // identity, without building it (the same weights, sums and draw; a step of a small model
+    // takes a few microseconds, this part a good share of them).
+    weight_.resize(static_cast<std::size_t>(vocab));
+    double total = 0;
+    for (std::int64_t i = 0; i < vocab; ++i) {
+      weight_[static_cast<std::size_t>(i)] = std::exp((logits[i] - top) / o.temperature);
+      total += weight_[static_cast<std::size_t>(i)];
+    }
+    const double u = uniform() * total;
+    double acc = 0;
+    for (std::int64_t i = 0; i < vocab; ++i) {
+      acc += weight_[static_cast<std::size_t>(i)];
+      if (u < acc) return static_cast<std::int32_t>(i);
+    }
+    return static_cast<std::int32_t>(vocab - 1);  // u within rounding of the total
+  }
   // More likely first, lower id first among equals: a total order, so the result is unique.
   auto before = [&](std::int32_t a, std::int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   order_.resize(static_cast<std::size_t>(vocab));
@@ -55,7 +74,6 @@ std::int32_t Sampler::sample(const float* logits, std::int64_t vocab, const Samp
   }
   if (o.top_p < 1) std::sort(order_.begin(), order_.end(), before);
   weight_.resize(keep);
-  const double top = logits[best];
   double total = 0;
   for (std::size_t j = 0; j < keep; ++j) {
     weight_[j] = std::exp((logits[order_[j]] - top) / o.temperature);

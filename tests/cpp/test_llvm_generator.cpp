@@ -3,6 +3,7 @@
 // sampler's distribution, the file format and its errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -252,6 +253,36 @@ TEST(Sampler, FrequenciesFollowTheTemperedDistribution) {
   Sampler s(1);
   EXPECT_EQ(s.sample(logits.data(), V, {.temperature = 0}), 1);  // ties go to the lower id
   EXPECT_EQ(s.sample(logits.data(), V, {.top_k = 1}), 1);
+}
+
+// Without top-k or top-p every token is kept in id order: the draw is the first token whose
+// running sum of exp((logit - max) / T) passes u * total, u the sampler's next uniform. Computed
+// here from a second sampler of the same seed, draw by draw, on fresh logits each time.
+TEST(Sampler, KeepingEveryTokenDrawsByTheRunningSumInIdOrder) {
+  std::mt19937 rng(8);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  const std::int64_t V = 97;
+  for (std::int64_t k : {std::int64_t{0}, V, V + 5}) {
+    Sampler s(2024), twin(2024);
+    const SampleOptions o{.temperature = 0.7, .top_k = k};
+    std::vector<float> logits(static_cast<std::size_t>(V));
+    for (int draw = 0; draw < 2000; ++draw) {
+      for (auto& l : logits) l = d(rng);
+      const double top = *std::max_element(logits.begin(), logits.end());
+      std::vector<double> w;
+      double total = 0;
+      for (float l : logits) total += w.emplace_back(std::exp((l - top) / o.temperature));
+      const double u = twin.uniform() * total;
+      std::int32_t want = static_cast<std::int32_t>(V - 1);
+      double acc = 0;
+      for (std::int64_t i = 0; i < V; ++i)
+        if (u < (acc += w[static_cast<std::size_t>(i)])) {
+          want = static_cast<std::int32_t>(i);
+          break;
+        }
+      ASSERT_EQ(s.sample(logits.data(), V, o), want) << "draw " << draw << ", top_k " << k;
+    }
+  }
 }
 
 TEST(Generator, BadArgumentsAreClearErrors) {
