@@ -9,11 +9,17 @@
 //   step_product/*        h W_hh^T (256 -> 1024) 1000 times through the other kernels: the
 //                         generation's fp32 panels (quant F32) and the packed GEMM at one row
 //
-// Run: CELLFUSE_NUM_THREADS=2 bench_batch1_step --benchmark_repetitions=5
-//        --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true
+// Each on the whole team (threads:0, CELLFUSE_NUM_THREADS or every core) and on the caller alone
+// (threads:1); on one thread the CPU column is the work itself even on a loaded machine (no
+// waiting for another member), which compares the kernels where wall times drift.
+//
+// Run: bench_batch1_step --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
+//        --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <memory>
 #include <mutex>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -38,9 +44,9 @@ std::vector<float> values(std::size_t n, float scale) {
   return v;
 }
 
-void sequence(benchmark::State& state, std::int64_t input) {
+void sequence(benchmark::State& state, std::int64_t input, int threads) {
   const Cell cell = cells::lstm(input, kHidden);
-  auto compiled = compile_cpu(cell, 1);
+  auto compiled = std::make_shared<CpuCell>(cell, 1, threads);
   auto args = random_sequence_args<float>(cell, kSteps, 1, 5);
   SequenceResult<float> result;
   compiled->run_into(args, result);  // the workspace and the rearranged weights, once
@@ -50,8 +56,10 @@ void sequence(benchmark::State& state, std::int64_t input) {
   }
 }
 
-void hoisted_product(benchmark::State& state) {
-  auto team = cpu::shared_team(cpu::default_thread_count());
+int team_size(int threads) { return threads > 0 ? threads : cpu::default_thread_count(); }
+
+void hoisted_product(benchmark::State& state, int threads) {
+  auto team = cpu::shared_team(team_size(threads));
   std::lock_guard<std::mutex> lock(team->user_mutex());
   auto x = values(static_cast<std::size_t>(kSteps * kInput), 1.0f), w = values(static_cast<std::size_t>(kGates * kInput), 0.05f),
        bias = values(static_cast<std::size_t>(kGates), 0.1f), out = values(static_cast<std::size_t>(kSteps * kGates), 0.0f);
@@ -65,8 +73,8 @@ void hoisted_product(benchmark::State& state) {
 
 // h W_hh^T for 1000 steps, each step's h the previous step's output squashed (a chain, as in the
 // loop), through the generation's fp32 panels or the packed GEMM at one row.
-void step_product(benchmark::State& state, bool quant) {
-  auto team = cpu::shared_team(cpu::default_thread_count());
+void step_product(benchmark::State& state, bool quant, int threads) {
+  auto team = cpu::shared_team(team_size(threads));
   std::lock_guard<std::mutex> lock(team->user_mutex());
   auto w = values(static_cast<std::size_t>(kGates * kHidden), 0.05f), bias = values(static_cast<std::size_t>(kGates), 0.1f);
   std::vector<float> h = values(static_cast<std::size_t>(kHidden), 1.0f), out(static_cast<std::size_t>(kGates));
@@ -89,12 +97,17 @@ void step_product(benchmark::State& state, bool quant) {
 }
 
 const bool registered = [] {
-  auto ms = [](benchmark::internal::Benchmark* b) { b->UseRealTime()->Unit(benchmark::kMillisecond); };
-  ms(benchmark::RegisterBenchmark("W5/forward", sequence, kInput));
-  ms(benchmark::RegisterBenchmark("W5/loop_only", sequence, std::int64_t{1}));
-  ms(benchmark::RegisterBenchmark("W5/hoisted_product", hoisted_product));
-  ms(benchmark::RegisterBenchmark("step_product/quant_f32_panels", step_product, true));
-  ms(benchmark::RegisterBenchmark("step_product/packed_gemm_one_row", step_product, false));
+  for (int threads : {0, 1}) {
+    auto add = [&](std::string name, auto fn, auto... args) {
+      name += "/threads:" + std::to_string(threads);
+      benchmark::RegisterBenchmark(name.c_str(), fn, args..., threads)->UseRealTime()->Unit(benchmark::kMillisecond);
+    };
+    add("W5/forward", sequence, kInput);
+    add("W5/loop_only", sequence, std::int64_t{1});
+    add("W5/hoisted_product", hoisted_product);
+    add("step_product/quant_f32_panels", step_product, true);
+    add("step_product/packed_gemm_one_row", step_product, false);
+  }
   return true;
 }();
 
