@@ -18,7 +18,12 @@ cmake --preset asan -B "$build" -DCELLFUSE_BUILD_TESTS=OFF \
 cmake --build "$build" --target cellfuse_python ${CELLFUSE_JOBS:+--parallel "$CELLFUSE_JOBS"}
 runtime=$("${CXX:-c++}" -print-file-name=libasan.so)
 [[ -f $runtime ]] || { echo "asan_python.sh: no libasan.so from ${CXX:-c++}" >&2; exit 2; }
-export LD_PRELOAD="$runtime ${LD_PRELOAD:-}"
+# libstdc++ too, with it: the interpreter does not link it, so without it ASan finds no real
+# __cxa_throw when it starts, and the first C++ exception (torch's own, e.g. make_fx meeting
+# data-dependent control flow in test_errors.py) aborts in its interceptor ("CHECK failed:
+# real___cxa_throw != 0") before any cellfuse code runs.
+stdcxx=$("${CXX:-c++}" -print-file-name=libstdc++.so)
+export LD_PRELOAD="$runtime $stdcxx ${LD_PRELOAD:-}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 # The package of this tree with the sanitized extension beside it (links, nothing installed).
