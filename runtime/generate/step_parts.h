@@ -6,7 +6,8 @@
 // (a 2-layer GRU of 100, 0.45 MB of fp32 in the L2 caches) takes a few microseconds, about what
 // its barriers cost; and on a busy machine every barrier waits for a descheduled worker. So a
 // model in between is timed on this machine as it runs: steps alternate between the two
-// choices for a few probes, the faster runs the next stretch, then both are probed again.
+// choices for a few probes, the faster runs the next stretch (the team only when it saves at
+// least a tenth), then both are probed again.
 #include <cstdint>
 
 namespace cellfuse::generate {
