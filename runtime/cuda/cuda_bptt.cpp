@@ -370,7 +370,7 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
 
   const cuda::Driver& d = cuda::driver();
   m.dev = &cuda::device(options.device);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   cuda::check(d.event_create(&m.done, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
   const cuda::Cublas& b = cuda::cublas();
   cuda::check(b.create(&m.blas), "cublasCreate");
@@ -406,7 +406,7 @@ void CudaBptt::forward_device(const DeviceTrainingArgs& a, CudaStream stream) co
   Impl& m = *impl_;
   m.check(a, false);
   std::lock_guard<std::mutex> lock(m.mutex);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   profile::PhaseScope phase(profile::Phase::Forward);
   m.forward_locked(a, stream);
 }
@@ -415,7 +415,7 @@ void CudaBptt::backward_device(const DeviceTrainingArgs& a, CudaStream stream) c
   Impl& m = *impl_;
   m.check(a, true);
   std::lock_guard<std::mutex> lock(m.mutex);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   profile::PhaseScope phase(profile::Phase::Backward);
   m.backward_any(a, stream);
 }
@@ -457,7 +457,7 @@ BpttResult<T> CudaBptt::run(const SequenceArgs<T>& args, const LossGradients<T>&
     bool tape = false;
   };
   std::lock_guard<std::mutex> lock(m.mutex);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   DeviceTrainingArgs& d = m.staging.args;
   auto slots = [&] {
     std::vector<Slot> out;

@@ -42,7 +42,8 @@ CudaCell::Impl::~Impl() {
   const cuda::Driver& d = cuda::driver();
   (void)d.ctx_set_current(dev->context);
   if (own_stream) (void)d.stream_synchronize(own_stream);
-  if (last_stream && last_stream != own_stream) (void)d.stream_synchronize(last_stream);
+  // The last run's end, not its stream: a caller's stream may be gone by now (its handle reused).
+  if (has_run) (void)d.event_synchronize(done);
   for (auto& g : graphs_cached) (void)d.graph_exec_destroy(g.exec);
   if (done) (void)d.event_destroy(done);
   if (entry) (void)d.event_destroy(entry);
@@ -81,7 +82,7 @@ void CudaCell::load(CompiledProgram compiled, std::int64_t batch, const CudaOpti
   m.storage = options.storage;
   const cuda::Driver& d = cuda::driver();  // throws "no CUDA driver ..." on a machine without one
   m.dev = &cuda::device(options.device);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   m.batch = batch;
   m.architecture = cuda::architecture_for(m.dev->major, m.dev->minor);
   m.program = std::move(*compiled.cuda);
@@ -186,7 +187,7 @@ void CudaCell::run_device(const DeviceSequenceArgs& args, CudaStream stream) con
   Impl& m = *impl_;
   m.check_device_args(args);
   std::lock_guard<std::mutex> lock(m.mutex);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   m.run_any(args, m.start(stream));
   m.finish(stream);
 }
@@ -202,7 +203,7 @@ SequenceResult<T> CudaCell::run(const SequenceArgs<T>& args, CudaStream stream) 
   for (const auto& s : args.states) result.final_states.emplace_back(s.shape);
 
   std::lock_guard<std::mutex> lock(m.mutex);
-  cuda::make_current(*m.dev);
+  cuda::ContextScope context(*m.dev);
   CUstream s = m.start(stream);
   HostStaging& io = m.staging;
   if (io.steps != steps) {

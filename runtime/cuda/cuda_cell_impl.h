@@ -130,9 +130,10 @@ struct CudaCell::Impl {
   // was registered with which recorder.
   cuda_run::DeviceTimer timer;
   std::uint64_t profiled = 0;
-  int persistent_site = -1;
-  std::uint64_t persistent_site_generation = 0;
-  LoopStrategy persistent_site_kind = LoopStrategy::Auto;
+  // The loop kernel's call sites, per plan and length (its cost is the whole sequence's), for the
+  // recorder of generation `persistent_sites_generation`.
+  std::map<std::pair<LoopStrategy, std::int64_t>, int> persistent_sites;
+  std::uint64_t persistent_sites_generation = 0;
 
   ~Impl();
 

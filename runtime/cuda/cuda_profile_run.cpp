@@ -26,7 +26,12 @@ void CudaCell::Impl::run_profiled(profile::Recorder& rec, const DeviceSequenceAr
 }
 
 int CudaCell::Impl::persistent_call_site(profile::Recorder& rec, std::int64_t steps) {
-  if (persistent_site_generation == rec.generation() && persistent_site_kind == active.kind) return persistent_site;
+  if (persistent_sites_generation != rec.generation()) {
+    persistent_sites.clear();
+    persistent_sites_generation = rec.generation();
+  }
+  const auto key = std::make_pair(active.kind, steps);
+  if (auto it = persistent_sites.find(key); it != persistent_sites.end()) return it->second;
   // The whole loop in one launch (the persistent grid kernel or the resident block kernel): its
   // cost is the loop stage's per step, times the steps.
   profile::CallSite site{active.kernel->name,
@@ -36,10 +41,9 @@ int CudaCell::Impl::persistent_call_site(profile::Recorder& rec, std::int64_t st
     site.flops += s.flops * static_cast<double>(steps);
     site.bytes += s.bytes * static_cast<double>(steps);
   }
-  persistent_site = rec.add_site(std::move(site));
-  persistent_site_generation = rec.generation();
-  persistent_site_kind = active.kind;
-  return persistent_site;
+  const int id = rec.add_site(std::move(site));
+  persistent_sites.emplace(key, id);
+  return id;
 }
 
 }  // namespace cellfuse

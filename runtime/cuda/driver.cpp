@@ -138,6 +138,19 @@ const Device& device(int ordinal) {
 
 void make_current(const Device& dev) { check(driver().ctx_set_current(dev.context), "cuCtxSetCurrent"); }
 
+ContextScope::ContextScope(const Device& dev) {
+  const Driver& d = driver();
+  check(d.ctx_get_current(&previous_), "cuCtxGetCurrent");
+  if (previous_ == dev.context) return;
+  check(d.ctx_set_current(dev.context), "cuCtxSetCurrent");
+  switched_ = true;
+}
+
+ContextScope::~ContextScope() {
+  // Cannot be reported from a destructor; a failure means the caller's context is gone.
+  if (switched_) (void)driver_slot().table.ctx_set_current(previous_);
+}
+
 DeviceMemory::DeviceMemory(std::size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
   check(driver().mem_alloc(&ptr_, bytes), ("cuMemAlloc(" + std::to_string(bytes) + " bytes)").c_str());

@@ -25,6 +25,7 @@ namespace cellfuse::cuda {
   X(device_get_attribute, cuDeviceGetAttribute, "cuDeviceGetAttribute")            \
   X(primary_ctx_retain, cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")      \
   X(ctx_set_current, cuCtxSetCurrent, "cuCtxSetCurrent")                           \
+  X(ctx_get_current, cuCtxGetCurrent, "cuCtxGetCurrent")                           \
   X(module_load_data, cuModuleLoadData, "cuModuleLoadData")                        \
   X(module_unload, cuModuleUnload, "cuModuleUnload")                               \
   X(module_get_function, cuModuleGetFunction, "cuModuleGetFunction")               \
@@ -85,8 +86,25 @@ struct Device {
 // Device `ordinal`, its primary context retained on first use. Throws Error when there is no
 // such device.
 const Device& device(int ordinal);
-// Makes the device's primary context current on the calling thread.
+// Makes the device's primary context current on the calling thread (and leaves it so: for
+// destructors, whose members are freed after their body; entry points use ContextScope).
 void make_current(const Device& device);
+
+// The device's primary context current on this thread while it lives; then the thread's own
+// again. Every entry point of the runners (and the profiler's measurement) works in one: a caller
+// such as PyTorch keeps its current device in the thread's context, and one left switched to
+// another device would send its next work there.
+class ContextScope {
+ public:
+  explicit ContextScope(const Device& device);
+  ~ContextScope();
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  CUcontext previous_ = nullptr;
+  bool switched_ = false;
+};
 
 // Device memory, freed when the object goes.
 class DeviceMemory {

@@ -135,7 +135,22 @@ class Recorder {
 
 // The recorder of the Profiler that is on, or null (the default: profiling off).
 extern std::atomic<Recorder*> g_active;
-inline Recorder* active() { return g_active.load(std::memory_order_relaxed); }
+// Non-zero while this thread runs work that is not the caller's (Auto timing the loop plans on
+// the first run of a length): none of it is recorded (PauseRecording).
+inline thread_local int t_recording_paused = 0;
+inline Recorder* active() {
+  Recorder* rec = g_active.load(std::memory_order_relaxed);
+  return rec && t_recording_paused == 0 ? rec : nullptr;  // the thread-local read only when on
+}
+
+// Nothing this thread runs is recorded while one lives.
+class PauseRecording {
+ public:
+  PauseRecording() { ++t_recording_paused; }
+  ~PauseRecording() { --t_recording_paused; }
+  PauseRecording(const PauseRecording&) = delete;
+  PauseRecording& operator=(const PauseRecording&) = delete;
+};
 
 // Sets the phase for a scope when recording (a BPTT run's backward half).
 class PhaseScope {

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -41,6 +42,7 @@
 #include "runtime/cuda/cuda_bptt.h"
 #include "runtime/cuda/cuda_cell.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/profile/ceilings.h"
 #include "runtime/profile/profiler.h"
 
 namespace cellfuse {
@@ -962,6 +964,223 @@ TEST(CudaEmulatedProfiler, EventsAreTheLaunchesTheDriverSaw) {
     EXPECT_NE(profiler.trace_json().find("GPU (CUDA events)"), std::string::npos);
     // The profiled run computed what an unprofiled one does.
     EXPECT_TRUE(same_bits(profiled, compiled->run(args)));
+  }
+  EXPECT_EQ(fake_errors(), "");
+}
+
+
+// What Profiler::report() does after a profiled GPU run, as on a GPU: the ceilings measured on
+// the device (machine_ceilings("cuda") -> measure_cuda_ceilings(): cuBLAS SGEMM and a device
+// copy timed by CUDA events; the problems shrunk, the fake cuBLAS being a host loop), then kept
+// in the cache directory and read back; then the report's text and JSON and the trace. The cell
+// is compiled and its plans timed while the profiler is on, as cellfuse.profile's first call does.
+struct ProfilerOnTheDevice {
+  profile::CudaCeilingSizes saved = profile::cuda_ceiling_sizes();
+  fs::path ceilings_dir;
+  explicit ProfilerOnTheDevice(const std::string& name) : ceilings_dir(work_dir() / name) {
+    profile::cuda_ceiling_sizes() = {48, std::size_t{3} << 20};
+    fs::remove_all(ceilings_dir);
+    // The kernel cache keeps the directory it was first given; only the ceilings move here.
+    ::setenv("CELLFUSE_CACHE_DIR", ceilings_dir.c_str(), 1);
+    ::unsetenv("CELLFUSE_CACHE");
+    ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "1", 1);
+    ::setenv("CELLFUSE_CUDA_PLANS", "graph,persistent,resident", 1);
+  }
+  ~ProfilerOnTheDevice() {
+    profile::cuda_ceiling_sizes() = saved;
+    ::setenv("CELLFUSE_CACHE_DIR", (work_dir() / "cache").c_str(), 1);
+    ::unsetenv("CELLFUSE_CACHE");
+    ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1);
+    ::unsetenv("CELLFUSE_CUDA_PLANS");
+  }
+};
+
+// The report of what `profiler` recorded, three times: measured (6 SGEMMs: a warm-up and five
+// timed) and written to the cache, read back from it (no SGEMM), measured again with
+// CELLFUSE_CACHE=0 (nothing written). Checks the figures, the text, the JSON and the trace.
+void check_device_reports(const Profiler& profiler, const std::vector<std::string>& phases, const std::string& what) {
+  const Counters before = fake_counters();
+  const ProfileReport measured = profiler.report();
+  EXPECT_EQ(fake_counters().gemms - before.gemms, 6u) << what << ": the ceilings were not measured on the device";
+  const MachineCeilings& c = measured.ceilings;
+  EXPECT_EQ(c.device, "cuda cellfuse fake GPU (host emulation)") << what;
+  EXPECT_FALSE(c.from_cache) << what;
+  for (double v : {c.gflops, c.gbytes, c.gbytes_cache}) EXPECT_TRUE(std::isfinite(v) && v > 0) << what << ": " << v;
+  EXPECT_TRUE(fs::exists(c.cache_file)) << what << ": " << c.cache_file;
+  ASSERT_EQ(measured.phases.size(), phases.size()) << what;
+  for (std::size_t i = 0; i < phases.size(); ++i) {
+    EXPECT_EQ(measured.phases[i].phase, phases[i]) << what;
+    EXPECT_GT(measured.phases[i].device_us_per_step, 0) << what << " " << phases[i];
+    EXPECT_GT(measured.phases[i].launches_per_step, 0) << what << " " << phases[i];
+  }
+  EXPECT_EQ(measured.target, "cuda") << what;
+  const std::string text = measured.text(), json = measured.json();
+  EXPECT_THAT(text, HasSubstr("machine: cuda cellfuse fake GPU (host emulation): ")) << what;
+  EXPECT_THAT(text, HasSubstr("device us per step (CUDA events)")) << what;
+  EXPECT_THAT(json, HasSubstr("\"device\": \"cuda cellfuse fake GPU (host emulation)\"")) << what;
+  EXPECT_EQ(json.find("null"), std::string::npos) << what << ": a figure that is not a number\n" << json;
+  const auto d = profiler.data();
+  std::size_t calls = 0;
+  for (const auto& e : d.host) calls += e.site >= 0 ? 1 : 0;
+  EXPECT_EQ(d.device.size(), calls) << what << ": a launch without its device time";
+  const std::string trace = profiler.trace_json();
+  EXPECT_THAT(trace, HasSubstr("GPU (CUDA events)")) << what;
+  EXPECT_EQ(trace.find("null"), std::string::npos) << what;
+
+  const Counters cached_before = fake_counters();
+  const ProfileReport cached = profiler.report();
+  EXPECT_EQ(fake_counters().gemms, cached_before.gemms) << what << ": measured again despite the cache";
+  EXPECT_TRUE(cached.ceilings.from_cache) << what;
+  EXPECT_EQ(cached.ceilings.gflops, c.gflops) << what;
+  EXPECT_EQ(cached.ceilings.gbytes, c.gbytes) << what;
+  EXPECT_EQ(cached.json(), measured.json()) << what;
+
+  ::setenv("CELLFUSE_CACHE", "0", 1);
+  const Counters uncached_before = fake_counters();
+  const ProfileReport uncached = profiler.report();
+  ::unsetenv("CELLFUSE_CACHE");
+  EXPECT_EQ(fake_counters().gemms - uncached_before.gemms, 6u) << what;
+  EXPECT_FALSE(uncached.ceilings.from_cache) << what;
+  EXPECT_EQ(uncached.ceilings.cache_file, "") << what;
+  EXPECT_GT(uncached.ceilings.gflops, 0) << what;
+}
+
+TEST(CudaEmulatedProfiler, ReportsWithTheCeilingsMeasuredOnTheDevice) {
+  for (std::int64_t batch : {1, 16}) {  // products fused into the loop kernel at 1, cuBLAS at 16
+    const std::string what = "batch " + std::to_string(batch);
+    ProfilerOnTheDevice setup("ceilings_cell_B" + std::to_string(batch));
+    const Cell cell = cells::lstm(5, 7);
+    const std::int64_t T = 7;
+    const auto args = random_sequence_args<float>(cell, T, batch, 31);
+    const SequenceResult<double> want = interpret_sequence(as_f64(cell), convert<float, double>(args));
+    Profiler profiler;
+    auto compiled = emulated_cell(cell, batch);  // compiled under the profiler
+    expect_matches(compiled->run(args), want, 1e-5, what + " warm-up");  // times the plans, profiled
+    {
+      // Timing the plans is one compile-side event, not runs of the report: one run recorded,
+      // each of its launches with its device time.
+      const auto d = profiler.data();
+      EXPECT_EQ(d.runs, 1) << what << ": the plan timing's runs were recorded";
+      std::size_t calls = 0;
+      for (const auto& e : d.host) calls += e.site >= 0 ? 1 : 0;
+      EXPECT_EQ(d.device.size(), calls) << what;
+      EXPECT_TRUE(std::any_of(d.compile.begin(), d.compile.end(),
+                              [](const profile::CompileEvent& e) { return e.name.rfind("timing the loop plans", 0) == 0; }))
+          << what;
+      EXPECT_NE(compiled->loop_plan(), LoopStrategy::Auto) << what;
+    }
+    profiler.discard_runs();
+    for (int r = 0; r < 2; ++r) expect_matches(compiled->run(args), want, 1e-5, what + " profiled");
+    profiler.stop();
+    check_device_reports(profiler, {"forward"}, what);
+    const ProfileReport report = profiler.report();
+    EXPECT_EQ(report.phases[0].steps, 2 * T) << what;
+    EXPECT_EQ(report.phases[0].runs, 2) << what;
+  }
+  EXPECT_EQ(fake_errors(), "");
+}
+
+TEST(CudaEmulatedProfiler, TrainingReportsWithTheCeilingsMeasuredOnTheDevice) {
+  for (std::int64_t batch : {1, 16}) {
+    const std::string what = "training, batch " + std::to_string(batch);
+    ProfilerOnTheDevice setup("ceilings_bptt_B" + std::to_string(batch));
+    const Cell cell = cells::gru(4, 6);
+    const std::int64_t T = 5;
+    auto args = random_sequence_args<float>(cell, T, batch, 41);
+    auto seeds = random_loss_gradients<float>(cell, T, batch, 41);
+    const BpttResult<double> want =
+        reference_bptt(differentiate(as_f64(cell)), convert<float, double>(args), convert_seeds<float, double>(seeds));
+    Profiler profiler;
+    auto compiled = emulated_bptt(cell, batch);  // both cells compiled under the profiler
+    auto check = [&](const BpttResult<float>& got, const std::string& run) {
+      expect_matches(got.forward, want.forward, 1e-5, what + " " + run);
+      expect_grads(got.grads, want.grads, 1e-5, what + " " + run);
+    };
+    check(compiled->run(args, seeds), "warm-up");
+    profiler.discard_runs();
+    check(compiled->run(args, seeds), "profiled");
+    profiler.stop();
+    check_device_reports(profiler, {"forward", "backward"}, what);
+  }
+  EXPECT_EQ(fake_errors(), "");
+}
+
+
+// The loop kernel of the persistent and resident plans is one launch for the whole sequence:
+// its call site's cost is per length, so runs of two lengths are two sites, the longer costing
+// proportionally more (one site for both reported the first length's cost for the second).
+TEST(CudaEmulatedProfiler, TheLoopKernelsCostIsPerLength) {
+  const Cell cell = cells::elman(4, 6);
+  for (LoopStrategy plan : {LoopStrategy::Persistent, LoopStrategy::Resident}) {
+    CudaOptions options;
+    options.loop = plan;
+    auto compiled = emulated_cell(cell, 2, options);
+    ASSERT_EQ(compiled->loop_plan(), plan) << compiled->loop_strategy_reason();
+    Profiler profiler;
+    for (std::int64_t T : {3, 6, 3}) {
+      const auto args = random_sequence_args<float>(cell, T, 2, 50 + static_cast<std::uint64_t>(T));
+      expect_matches(compiled->run(args), interpret_sequence(as_f64(cell), convert<float, double>(args)), 1e-5,
+                     std::string(loop_strategy_name(plan)) + " T=" + std::to_string(T));
+    }
+    profiler.stop();
+    const auto d = profiler.data();
+    std::map<std::string, std::vector<double>> flops_by_name;  // the loop kernel's sites, in call order
+    std::set<int> seen;
+    for (const auto& e : d.host)
+      if (e.site >= 0 && d.sites[e.site].stage.find("all steps") != std::string::npos && seen.insert(e.site).second)
+        flops_by_name[d.sites[e.site].name].push_back(d.sites[e.site].flops);
+    ASSERT_EQ(flops_by_name.size(), 1u) << loop_strategy_name(plan);
+    const std::vector<double>& flops = flops_by_name.begin()->second;
+    ASSERT_EQ(flops.size(), 2u) << loop_strategy_name(plan) << ": T=3 and T=6 share a site";
+    EXPECT_GT(flops[0], 0);
+    EXPECT_DOUBLE_EQ(flops[1], 2 * flops[0]) << loop_strategy_name(plan);
+  }
+  EXPECT_EQ(fake_errors(), "");
+}
+
+
+// Every entry point does its work with the device's context current (the fake driver checks
+// each launch and cuBLAS call) and gives the calling thread back the context it had: PyTorch
+// keeps its current device there, and a context left switched would send its next work to
+// another device. Here the thread holds another context throughout.
+TEST(CudaEmulated, EntryPointsGiveTheCallersContextBack) {
+  static int callers_context_object;
+  const CUcontext callers = reinterpret_cast<CUcontext>(&callers_context_object);
+  const cuda::Driver& d = cuda::driver();
+  auto current = [&] {
+    CUcontext c = nullptr;
+    cuda::check(d.ctx_get_current(&c), "cuCtxGetCurrent");
+    return c;
+  };
+  cuda::check(d.ctx_set_current(callers), "cuCtxSetCurrent");
+  struct Restore {
+    ~Restore() { (void)cuda::driver().ctx_set_current(nullptr); }
+  } restore;
+  const Cell cell = cells::gru(3, 5);
+  const std::int64_t B = 2, T = 4;
+  auto compiled = emulated_cell(cell, B);
+  EXPECT_EQ(current(), callers) << "CudaCell's constructor";
+  const auto args = random_sequence_args<float>(cell, T, B, 7);
+  const auto host = compiled->run(args);
+  EXPECT_EQ(current(), callers) << "CudaCell::run";
+  {
+    DeviceScratch scratch;
+    DeviceSequenceArgs dev = device_sequence_args(scratch, args, host, T);
+    compiled->run_device(dev, scratch.stream());
+    EXPECT_EQ(current(), callers) << "CudaCell::run_device";
+    EXPECT_TRUE(same_bits(download(scratch, dev, host), host));
+  }
+  auto bptt = emulated_bptt(cell, B);
+  EXPECT_EQ(current(), callers) << "CudaBptt's constructor";
+  (void)bptt->run(args, random_loss_gradients<float>(cell, T, B, 7));
+  EXPECT_EQ(current(), callers) << "CudaBptt::run";
+  {
+    ProfilerOnTheDevice setup("ceilings_context");
+    Profiler profiler;
+    (void)compiled->run(args);
+    profiler.stop();
+    EXPECT_GT(profiler.report().ceilings.gflops, 0);  // measured: an SGEMM and a copy on the device
+    EXPECT_EQ(current(), callers) << "the ceilings' measurement";
   }
   EXPECT_EQ(fake_errors(), "");
 }

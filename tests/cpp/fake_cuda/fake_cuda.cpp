@@ -69,6 +69,9 @@ std::map<CUdeviceptr, Allocation> g_allocations;
 std::map<CUstream, Graph*> g_capturing;
 std::string g_errors;
 unsigned long long g_counters[4];  // kernel launches, gemms, graph launches, captures
+int g_primary_context_object;
+const CUcontext g_primary_context = reinterpret_cast<CUcontext>(&g_primary_context_object);
+thread_local CUcontext t_current_context = nullptr;
 
 void error(const std::string& what) {
   std::lock_guard<std::recursive_mutex> lock(g_mutex);
@@ -130,6 +133,7 @@ template <class T>
 cublasStatus_t fake_gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const T* alpha,
                          const T* A, int lda, const T* B, int ldb, const T* beta, T* C, int ldc) {
   auto* blas = reinterpret_cast<Blas*>(handle);
+  if (t_current_context != g_primary_context) error("cuBLAS gemm: the device's context is not current");
   if (blas->math != CUBLAS_DEFAULT_MATH && blas->math != CUBLAS_PEDANTIC_MATH) error("cuBLAS: a math mode that allows TF32");
   const int a_cols = ta == CUBLAS_OP_N ? k : m, a_rows = ta == CUBLAS_OP_N ? m : k;
   const int b_cols = tb == CUBLAS_OP_N ? n : k, b_rows = tb == CUBLAS_OP_N ? k : n;
@@ -214,12 +218,20 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute attribute, CUdevice) {
 }
 
 CUresult cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice) {
-  static int the_context;
-  *context = reinterpret_cast<CUcontext>(&the_context);
+  *context = g_primary_context;
   return CUDA_SUCCESS;
 }
 
-CUresult cuCtxSetCurrent(CUcontext) { return CUDA_SUCCESS; }
+// Each thread's current context, as the driver keeps it: launches check it is the device's.
+CUresult cuCtxSetCurrent(CUcontext context) {
+  t_current_context = context;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetCurrent(CUcontext* context) {
+  *context = t_current_context;
+  return CUDA_SUCCESS;
+}
 
 CUresult cuModuleLoadData(CUmodule* module, const void* image) {
   const auto* bytes = static_cast<const unsigned char*>(image);
@@ -286,6 +298,7 @@ CUresult cuModuleGetFunction(CUfunction* function, CUmodule module, const char* 
 CUresult cuLaunchKernel(CUfunction function, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by,
                         unsigned int bz, unsigned int shared, CUstream stream, void** params, void** extra) {
   const auto* f = reinterpret_cast<const Function*>(function);
+  if (t_current_context != g_primary_context) error("cuLaunchKernel(" + f->name + "): the device's context is not current");
   if (gx == 0 || gy != 1 || gz != 1 || bx == 0 || bx > 1024 || by != 1 || bz != 1 || shared != 0 || extra != nullptr || !params) {
     error("cuLaunchKernel(" + f->name + "): an unexpected launch configuration");
     return CUDA_ERROR_INVALID_VALUE;
@@ -305,6 +318,8 @@ CUresult cuLaunchKernel(CUfunction function, unsigned int gx, unsigned int gy, u
 CUresult cuLaunchCooperativeKernel(CUfunction function, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                    unsigned int by, unsigned int bz, unsigned int shared, CUstream stream, void** params) {
   const auto* f = reinterpret_cast<const Function*>(function);
+  if (t_current_context != g_primary_context)
+    error("cuLaunchCooperativeKernel(" + f->name + "): the device's context is not current");
   if (!f->cooperative) {
     error("cuLaunchCooperativeKernel(" + f->name + "): the host build has no cooperative entry point");
     return CUDA_ERROR_NOT_SUPPORTED;
