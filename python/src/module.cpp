@@ -12,7 +12,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "cellfuse native module (builder, CPU and CUDA programs)";
   // Bad input (shapes, ops, arguments) arrives as cellfuse.CellfuseError, a ValueError; an
   // internal invariant broken is a RuntimeError naming itself as a cellfuse bug.
-  static py::exception<cellfuse::Error> error(m, "CellfuseError", PyExc_ValueError);
+  // Never destroyed: a static py::object would be released after the interpreter is gone (at
+  // exit), touching a freed type object.
+  static auto& error = *new py::exception<cellfuse::Error>(m, "CellfuseError", PyExc_ValueError);
   error.attr("__doc__") =
       "What cellfuse raises for bad input: an op the tracer does not support, shapes that do not\n"
       "fit, a cell that cannot compile, arguments of the wrong dtype or device. A ValueError; the\n"
@@ -24,7 +26,9 @@ PYBIND11_MODULE(_C, m) {
       "... except cellfuse.CellfuseError as e:\n"
       "...     print(e)  # doctest: +ELLIPSIS\n"
       "cellfuse RNN: X has 4 input features ..., the cell takes 3 ...\n";
-  py::register_exception_translator([](std::exception_ptr p) {
+  // Local to this module: pybind11's global translators are shared with every module of the same
+  // pybind11 internals (PyTorch's among them), which would then run ours on their exceptions.
+  py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const cellfuse::Error& e) {
