@@ -35,6 +35,8 @@ PYBIND11_MODULE(_C, m) {
       PyErr_SetString(error.ptr(), e.what());
     }
   });
+  // The id of this module's pybind11 internals (python/CMakeLists.txt makes it cellfuse's own).
+  m.attr("_pybind11_internals_id") = PYBIND11_INTERNALS_ID;
   cellfuse::python::bind_builder(m);
   cellfuse::python::bind_cpu(m);
   cellfuse::python::bind_cuda(m);
