@@ -19,12 +19,15 @@ void bind_profile(py::module_& m) {
       .def("stop", &Profiler::stop, "Turns profiling off; what was recorded stays readable.")
       .def_property_readonly("on", &Profiler::on)
       .def("discard_runs", &Profiler::discard_runs, "Drops the runs so far (warm-up), keeping compile events.")
+      // Without the GIL: the first report measures the machine (a second or so on a GPU).
       .def(
-          "report_json", [](const Profiler& p) { return p.report().json(); },
+          "report_json", [](const Profiler& p) { return p.report().json(); }, py::call_guard<py::gil_scoped_release>(),
           "The overhead report as JSON (measures the machine's ceilings on first use, then cached).")
       .def(
-          "report_text", [](const Profiler& p) { return p.report().text(); }, "The overhead report as a text table.")
-      .def("trace_json", &Profiler::trace_json, "The Chrome Trace Event JSON of what was recorded.")
+          "report_text", [](const Profiler& p) { return p.report().text(); }, py::call_guard<py::gil_scoped_release>(),
+          "The overhead report as a text table.")
+      .def("trace_json", &Profiler::trace_json, py::call_guard<py::gil_scoped_release>(),
+           "The Chrome Trace Event JSON of what was recorded.")
       .def(
           "counts",
           [](const Profiler& p) {

@@ -294,6 +294,9 @@ struct CudaBptt::Impl {
     // The parameter gradients over all T*B rows, on the caller's stream (with a null stream,
     // run_device has ordered the legacy stream after the backward step).
     cuda::check(cuda::cublas().set_stream(blas, stream), "cublasSetStream");
+    // Setting a stream resets cuBLAS to its default workspace pool: ours again.
+    cuda::check(cuda::cublas().set_workspace(blas, as_pointer<void>(blas_workspace.get()), blas_workspace.bytes()),
+                "cublasSetWorkspace");
     ParamGradients kernels(*this, stream);
     parameter_gradients(backward, a, s, batch, kernels);
     finished(stream);
@@ -375,8 +378,7 @@ CudaBptt::CudaBptt(const Cell& cell, std::int64_t batch, const CudaOptions& aske
   const cuda::Cublas& b = cuda::cublas();
   cuda::check(b.create(&m.blas), "cublasCreate");
   cuda::check(b.set_math_mode(m.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode(CUBLAS_DEFAULT_MATH)");
-  m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);
-  cuda::check(b.set_workspace(m.blas, as_pointer<void>(m.blas_workspace.get()), kCublasWorkspaceBytes), "cublasSetWorkspace");
+  m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);  // set with the stream of each backward
   m.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -128,8 +128,7 @@ void CudaCell::load(CompiledProgram compiled, std::int64_t batch, const CudaOpti
     const cuda::Cublas& b = cuda::cublas();
     cuda::check(b.create(&m.shared.blas), "cublasCreate");
     cuda::check(b.set_math_mode(m.shared.blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode(CUBLAS_DEFAULT_MATH)");
-    m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);
-    cuda::check(b.set_workspace(m.shared.blas, as_pointer<void>(m.blas_workspace.get()), kCublasWorkspaceBytes), "cublasSetWorkspace");
+    m.blas_workspace = cuda::DeviceMemory(kCublasWorkspaceBytes);  // set with the stream of each run (enqueue)
   }
   cuda::check(d.stream_create(&m.own_stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
   m.choose_loop_strategy(cuda_run::strategy_from_environment(options.loop));

@@ -40,7 +40,14 @@ void CudaCell::Impl::enqueue(const DeviceSequenceArgs& a, CUstream stream) {
   const Cell& cell = this->cell();
   const std::int64_t B = batch, steps = a.steps;
   auto cols = [](const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); };
-  if (shared.blas) cuda::check(cuda::cublas().set_stream(shared.blas, stream), "cublasSetStream");
+  if (shared.blas) {
+    const cuda::Cublas& blas = cuda::cublas();
+    cuda::check(blas.set_stream(shared.blas, stream), "cublasSetStream");
+    // Setting a stream resets cuBLAS to its default workspace pool: ours again, so that cuBLAS
+    // allocates nothing (inside a graph capture least of all).
+    cuda::check(blas.set_workspace(shared.blas, as_pointer<void>(blas_workspace.get()), blas_workspace.bytes()),
+                "cublasSetWorkspace");
+  }
   profile::RunSpans spans(cell.name, steps);  // the profiler's; nothing when it is off
   if (steps == 0) {
     for (std::size_t s = 0; s < cell.states.size(); ++s)

@@ -75,7 +75,7 @@ MachineCeilings measure_cuda_ceilings() {
   {
     const int n = sizes.gemm_n;
     const std::size_t bytes = static_cast<std::size_t>(n) * static_cast<std::size_t>(n) * sizeof(float);
-    cuda::DeviceMemory a(bytes), b(bytes), out(bytes);
+    cuda::DeviceMemory a(bytes), b(bytes), out(bytes), workspace(std::size_t{32} << 20);
     cuda::check(d.memset_d8_async(a.get(), 0, bytes, stream), "cuMemsetD8Async");
     cuda::check(d.memset_d8_async(b.get(), 0, bytes, stream), "cuMemsetD8Async");
     const cuda::Cublas& blas = cuda::cublas();
@@ -88,6 +88,11 @@ MachineCeilings measure_cuda_ceilings() {
     } handle_owner{blas, handle};
     cuda::check(blas.set_math_mode(handle, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     cuda::check(blas.set_stream(handle, stream), "cublasSetStream");
+    // Configured as the runner's handles are (runtime/cuda/cuda_cell.cpp): a workspace of ours,
+    // set after the stream (setting a stream resets it), so that cuBLAS allocates nothing itself.
+    cuda::check(blas.set_workspace(handle, reinterpret_cast<void*>(static_cast<std::uintptr_t>(workspace.get())),
+                                   workspace.bytes()),
+                "cublasSetWorkspace");
     auto as = [](CUdeviceptr p) { return reinterpret_cast<float*>(static_cast<std::uintptr_t>(p)); };
     const float alpha = 1, beta = 0;
     const double ms = best_ms(stream, "the SGEMM", [&] {

@@ -62,6 +62,7 @@ struct Graph {
 struct Blas {
   CUstream stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  void* workspace = nullptr;  // the caller's; cublasSetStream resets it (to the default pool)
 };
 
 std::recursive_mutex g_mutex;
@@ -134,6 +135,8 @@ cublasStatus_t fake_gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOper
                          const T* A, int lda, const T* B, int ldb, const T* beta, T* C, int ldc) {
   auto* blas = reinterpret_cast<Blas*>(handle);
   if (t_current_context != g_primary_context) error("cuBLAS gemm: the device's context is not current");
+  // cellfuse gives every handle a workspace of its own, so that cuBLAS allocates nothing.
+  if (!blas->workspace) error("cuBLAS gemm: no workspace of the caller's (cublasSetStream resets it to the default pool)");
   if (blas->math != CUBLAS_DEFAULT_MATH && blas->math != CUBLAS_PEDANTIC_MATH) error("cuBLAS: a math mode that allows TF32");
   const int a_cols = ta == CUBLAS_OP_N ? k : m, a_rows = ta == CUBLAS_OP_N ? m : k;
   const int b_cols = tb == CUBLAS_OP_N ? n : k, b_rows = tb == CUBLAS_OP_N ? k : n;
@@ -505,8 +508,10 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// As cuBLAS documents: setting a stream also resets the workspace to the default pool.
 cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
   reinterpret_cast<Blas*>(handle)->stream = stream;
+  reinterpret_cast<Blas*>(handle)->workspace = nullptr;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -515,8 +520,10 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void* workspace, size_t bytes) {
-  in_bounds(static_cast<CUdeviceptr>(reinterpret_cast<std::uintptr_t>(workspace)), bytes, "cublasSetWorkspace");
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t bytes) {
+  if (!in_bounds(static_cast<CUdeviceptr>(reinterpret_cast<std::uintptr_t>(workspace)), bytes, "cublasSetWorkspace"))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  reinterpret_cast<Blas*>(handle)->workspace = workspace;
   return CUBLAS_STATUS_SUCCESS;
 }
 
