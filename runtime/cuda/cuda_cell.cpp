@@ -146,6 +146,7 @@ Storage CudaCell::storage() const { return impl_->storage; }
 
 void CudaCell::convert_storage(Storage storage, bool widen, DevicePointer from, DevicePointer to, std::int64_t n,
                                CudaStream stream) const {
+  cuda::ContextScope context(*impl_->dev);  // a public entry point: launches on the cell's device
   impl_->convert(storage, widen, from, to, n, stream);
 }
 double CudaCell::compile_ms() const { return impl_->compile_ms; }
