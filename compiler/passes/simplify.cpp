@@ -48,6 +48,15 @@ class Simplifier {
           return def(n.inputs[0]).float_attr("value") != 0.0 ? n.inputs[1] : n.inputs[2];
         if (n.inputs[1] == n.inputs[2]) return n.inputs[1];
         break;
+      // A product with a zero constant is zero. Autodiff builds these itself: the gradient of a
+      // product whose result nothing reads is a constant 0, and `dx = 0 @ W` would reach code
+      // generation with a constant operand, which no product kernel takes. (A bias keeps
+      // linear's result from being zero.)
+      case OpKind::matmul:
+      case OpKind::linear:
+        if (n.inputs.size() == 2 && (is_const(n.inputs[0], 0.0) || is_const(n.inputs[1], 0.0)))
+          return constant(0.0, n.shape);
+        break;
       case OpKind::slice: return simplify_slice(n);
       case OpKind::cat: return simplify_cat(n);
       default: break;

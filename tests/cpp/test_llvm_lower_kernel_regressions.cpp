@@ -161,5 +161,31 @@ TEST(LowerKernel, MeanOverPiecesCutAtDifferentColumns) {
   check_odd_sizes(parse_cell(text));
 }
 
+// Random cell 200447 (tests/stress, docs/RELIABILITY.md), minimized: the slice reads none of the
+// product's columns, so the product's gradient is a constant 0 and the backward built
+// `dx = matmul(0, W)`, which no product kernel takes ("matrix product operand not in memory").
+// The simplifier now folds a product with a zero constant to zero; the parameter's gradient is 0.
+constexpr const char* kUnreadProduct = R"(
+cell unread_product f32 {
+  %x0 = input : [B,11]
+  %h0 = state : [B,6]
+  %p1 = param : [3,6]
+  %c = constant {value=0.5} : [B,5]
+  %l = linear %h0, %p1 : [B,3]
+  %joined = cat %x0, %c, %l : [B,19]
+  %y = slice %joined {start=9, len=6} : [B,6]
+  %h_next = tanh %h0 : [B,6]
+  output y0 = %y
+  next h0 = %h_next
+}
+)";
+
+TEST(LowerKernel, ProductWhoseResultNothingReads) {
+  check_odd_sizes(parse_cell(kUnreadProduct));
+  std::string f64 = kUnreadProduct;
+  f64.replace(f64.find(" f32 "), 5, " f64 ");
+  check_odd_sizes(parse_cell(f64));
+}
+
 }  // namespace
 }  // namespace cellfuse
