@@ -304,7 +304,10 @@ class KernelEmitter {
     // per tile: in the loop the weight is one pointer stepping by a constant-per-tile stride
     // (computed per k, the layout's division and select cost three scalar instructions per
     // vector of the product at batch 1, where the loop streams W_hh from L2).
-    const auto [tile_base, k_stride] = weight_layout(m, n0);
+    // (Named, not a structured binding: clang 14, the fuzz build's compiler, cannot capture one.)
+    const std::pair<Value*, Value*> layout = weight_layout(m, n0);
+    Value* const tile_base = layout.first;
+    Value* const k_stride = layout.second;
     acc = emit_for(b_.getInt64(0), b_.getInt64(m.k), 1, acc, [&](Value* kk, const std::vector<Value*>& a) {
       Value* wbase = b_.CreateAdd(tile_base, b_.CreateMul(kk, k_stride));
       std::vector<Value*> w;
