@@ -17,6 +17,8 @@
 //        --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include "bench/bench_values.h"
+
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,13 +38,7 @@ using namespace cellfuse;
 
 constexpr std::int64_t kSteps = 1000, kHidden = 256, kInput = 256, kGates = 4 * kHidden;
 
-std::vector<float> values(std::size_t n, float scale) {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> d(0, scale);
-  std::vector<float> v(n);
-  for (float& f : v) f = d(rng);
-  return v;
-}
+using cellfuse::bench::normal_values;
 
 void sequence(benchmark::State& state, std::int64_t input, int threads) {
   const Cell cell = cells::lstm(input, kHidden);
@@ -61,8 +57,8 @@ int team_size(int threads) { return threads > 0 ? threads : cpu::default_thread_
 void hoisted_product(benchmark::State& state, int threads) {
   auto team = cpu::shared_team(team_size(threads));
   std::lock_guard<std::mutex> lock(team->user_mutex());
-  auto x = values(static_cast<std::size_t>(kSteps * kInput), 1.0f), w = values(static_cast<std::size_t>(kGates * kInput), 0.05f),
-       bias = values(static_cast<std::size_t>(kGates), 0.1f), out = values(static_cast<std::size_t>(kSteps * kGates), 0.0f);
+  auto x = normal_values(static_cast<std::size_t>(kSteps * kInput), 1.0f), w = normal_values(static_cast<std::size_t>(kGates * kInput), 0.05f),
+       bias = normal_values(static_cast<std::size_t>(kGates), 0.1f), out = normal_values(static_cast<std::size_t>(kSteps * kGates), 0.0f);
   cpu::PackedWeights packed;
   packed.pack(w.data(), true, kInput, kGates);
   for (auto _ : state) {
@@ -76,8 +72,8 @@ void hoisted_product(benchmark::State& state, int threads) {
 void step_product(benchmark::State& state, bool quant, int threads) {
   auto team = cpu::shared_team(team_size(threads));
   std::lock_guard<std::mutex> lock(team->user_mutex());
-  auto w = values(static_cast<std::size_t>(kGates * kHidden), 0.05f), bias = values(static_cast<std::size_t>(kGates), 0.1f);
-  std::vector<float> h = values(static_cast<std::size_t>(kHidden), 1.0f), out(static_cast<std::size_t>(kGates));
+  auto w = normal_values(static_cast<std::size_t>(kGates * kHidden), 0.05f), bias = normal_values(static_cast<std::size_t>(kGates), 0.1f);
+  std::vector<float> h = normal_values(static_cast<std::size_t>(kHidden), 1.0f), out(static_cast<std::size_t>(kGates));
   auto qm = cpu::quant::QuantMatrix::quantize(w.data(), true, kHidden, kGates, cpu::quant::Format::F32);
   cpu::quant::Activations a;
   cpu::PackedWeights packed;

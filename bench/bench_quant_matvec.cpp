@@ -5,6 +5,8 @@
 // Run: bench_quant_matvec --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include "bench/bench_values.h"
+
 #include <mutex>
 #include <random>
 #include <vector>
@@ -16,13 +18,7 @@ namespace {
 
 using namespace cellfuse::cpu::quant;
 
-std::vector<float> values(std::size_t n, float scale) {
-  std::mt19937 rng(3);
-  std::normal_distribution<float> d(0, scale);
-  std::vector<float> v(n);
-  for (float& f : v) f = d(rng);
-  return v;
-}
+using cellfuse::bench::normal_values;
 
 // Several matrices, used in turn, so that each call streams its weights from memory as a
 // generation step does (one layer's weights are long out of cache when the next step reads them).
@@ -30,10 +26,10 @@ void product(benchmark::State& state, Format format, Isa isa, std::int64_t strea
   const std::int64_t n = 4096, k = 1024, copies = 6;
   if (static_cast<int>(isa) > static_cast<int>(host_isa())) return state.SkipWithError("kernel set not on this CPU");
   force_isa(isa);
-  auto w = values(static_cast<std::size_t>(n * k), 0.03f);
+  auto w = normal_values(static_cast<std::size_t>(n * k), 0.03f);
   std::vector<QuantMatrix> ms;
   for (int c = 0; c < copies; ++c) ms.push_back(QuantMatrix::quantize(w.data(), true, k, n, format));
-  auto x = values(static_cast<std::size_t>(streams * k), 1.0f);
+  auto x = normal_values(static_cast<std::size_t>(streams * k), 1.0f);
   std::vector<float> out(static_cast<std::size_t>(streams * n));
   auto team = cellfuse::cpu::shared_team(cellfuse::cpu::default_thread_count());
   std::lock_guard<std::mutex> lock(team->user_mutex());
