@@ -47,6 +47,17 @@ CF_INLINE __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) {
   return acc;
 }
 
+// acc += u times the 4 signed bytes at p, broadcast to every lane from memory: the broadcast is
+// part of the load, where _mm512_set1_epi32 of a loaded int costs a shuffle per stream, the same
+// port VNNI needs (with 8 streams the shuffles held the product to half of VNNI's rate).
+struct FourBytes {
+  std::int8_t b[4];
+};
+CF_INLINE __m512i dot_u8_bcast_s8(__m512i acc, __m512i u, const std::int8_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const FourBytes*>(p)));
+  return acc;
+}
+
 // --- fp32 and bf16. Each output lane sums its k in 4 accumulators (k mod 4), added as
 // (a0 + a1) + (a2 + a3) at the end: that order is the same for every count of streams and
 // panels below, so a stream's result never depends on the others.
@@ -200,35 +211,64 @@ struct Bf16Span {
 // streams they also prefetch 16 KiB ahead: at 8 streams a generation step's 24 MiB of int8 sat
 // waiting on its weight loads (the hardware prefetchers alone did not keep up), not on VNNI.
 
-// Rows [r, r + 16) (a panel; the store is masked to r1) for streams [b, b + S), S <= 8, of int8
-// weights in panels: every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast
-// (VNNI multiplies unsigned by signed bytes), less 128 times each row's sum at the end.
+// How far ahead the many-stream integer kernels ask for weights: at 8 streams a 64-byte vector
+// takes ~8 cycles, so 4 KiB is a few microseconds ahead; 16 KiB (the float kernels' block) was
+// 15-20% slower at int8 x 8 on Zen 4 (prefetched lines and the streams' x competing for L1),
+// no prefetch slower still.
+constexpr std::int64_t kStreamsAhead = 4096;
+
+// Rows [r, r + 16) (a panel; the store is masked to r1) of stream b, int8 weights in panels:
+// every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast (VNNI multiplies
+// unsigned by signed bytes), less 128 times each row's sum at the end. One stream streams its
+// weights from memory: 4 independent sums, no prefetch (the hardware's keeps up at this rate).
+CF_AVX512 void int8_panel_one(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  constexpr int D = 4;
+  const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
+  const std::uint8_t* x = c.x->u.data() + b * c.xk();
+  __m512i acc[D];
+  for (int d = 0; d < D; ++d) acc[d] = _mm512_setzero_si512();
+  for (std::int64_t k = 0; k < c.kpad; k += 16)
+    for (int v = 0; v < 4; ++v) {
+      std::int32_t four;
+      std::memcpy(&four, x + k + 4 * v, 4);
+      acc[v] = dot_u8s8(acc[v], _mm512_set1_epi32(four), _mm512_loadu_si512(w + (k + 4 * v) * 16));
+    }
+  const __mmask16 m = rows_mask(r, r1);
+  const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(c.row_sum + r), 7);
+  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
+  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+  const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
+  const __m512 y = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_loadu_ps(c.scales + r), _mm512_set1_ps(c.x->scale[b])), bias);
+  _mm512_mask_storeu_ps(c.out + b * c.ldo + r, m, y);
+}
+
+// The same product for S streams (2 to 8) with the roles of the bytes swapped: the weights made
+// unsigned (w + 128, one xor per 64 bytes for all S streams) times x's signed levels broadcast
+// from memory, less 128 times each stream's sum of levels. The integer sums are int8_panel_one's,
+// so the results are the same bits. It asks for the weights kStreamsAhead bytes ahead.
 template <int S>
-CF_AVX512 void int8_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
-  constexpr int D = S == 1 ? 4 : S < 4 ? 2 : 1;
+CF_AVX512 void int8_panel_streams(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  constexpr int D = S < 4 ? 2 : 1;
   const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
   const std::int64_t xk = c.xk();
-  const std::uint8_t* x = c.x->u.data() + b * xk;
+  const std::int8_t* x = c.x->q.data() + b * xk;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512i acc[S][D];
   for (int j = 0; j < S; ++j)
     for (int d = 0; d < D; ++d) acc[j][d] = _mm512_setzero_si512();
   for (std::int64_t k = 0; k < c.kpad; k += 16)
     for (int v = 0; v < 4; ++v) {
-      if constexpr (S > 1) prefetch(w + (k + 4 * v) * 16 + kBlockBytes);
-      const __m512i wv = _mm512_loadu_si512(w + (k + 4 * v) * 16);
-      for (int j = 0; j < S; ++j) {
-        std::int32_t four;
-        std::memcpy(&four, x + j * xk + k + 4 * v, 4);
-        acc[j][v % D] = dot_u8s8(acc[j][v % D], _mm512_set1_epi32(four), wv);
-      }
+      prefetch(w + (k + 4 * v) * 16 + kStreamsAhead);
+      const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512(w + (k + 4 * v) * 16), flip);
+      for (int j = 0; j < S; ++j) acc[j][v % D] = dot_u8_bcast_s8(acc[j][v % D], wu, x + j * xk + k + 4 * v);
     }
   const __mmask16 m = rows_mask(r, r1);
-  const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(c.row_sum + r), 7);
   const __m512 scales = _mm512_loadu_ps(c.scales + r);
   const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
   for (int j = 0; j < S; ++j) {
     __m512i sum = acc[j][0];
     for (int d = 1; d < D; ++d) sum = _mm512_add_epi32(sum, acc[j][d]);
+    const __m512i offset = _mm512_set1_epi32(128 * c.x->sum[static_cast<std::size_t>(b + j)]);
     const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
     const __m512 y = _mm512_fmadd_ps(dot, _mm512_mul_ps(scales, _mm512_set1_ps(c.x->scale[b + j])), bias);
     _mm512_mask_storeu_ps(c.out + (b + j) * c.ldo + r, m, y);
@@ -255,16 +295,13 @@ CF_AVX512 void int4_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::in
       for (int d = 0; d < D; ++d) dot[j][d] = _mm512_setzero_si512();
     const std::uint8_t* wg = w + g * 256;
     for (int v = 0; v < 4; ++v) {
-      if constexpr (S > 1) prefetch(wg + 64 * v + kBlockBytes);
+      if constexpr (S > 1) prefetch(wg + 64 * v + kStreamsAhead);
       const __m512i bytes = _mm512_loadu_si512(wg + 64 * v);
       const __m512i lo = _mm512_and_si512(bytes, low), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
       for (int j = 0; j < S; ++j) {
         const std::int8_t* xq = a.q.data() + (b + j) * xk + g * kGroup + 8 * v;
-        std::int32_t x0, x1;
-        std::memcpy(&x0, xq, 4);
-        std::memcpy(&x1, xq + 4, 4);
-        dot[j][(2 * v) % D] = dot_u8s8(dot[j][(2 * v) % D], lo, _mm512_set1_epi32(x0));
-        dot[j][(2 * v + 1) % D] = dot_u8s8(dot[j][(2 * v + 1) % D], hi, _mm512_set1_epi32(x1));
+        dot[j][(2 * v) % D] = dot_u8_bcast_s8(dot[j][(2 * v) % D], lo, xq);
+        dot[j][(2 * v + 1) % D] = dot_u8_bcast_s8(dot[j][(2 * v + 1) % D], hi, xq + 4);
       }
     }
     const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + g * kPanel)));
@@ -301,7 +338,10 @@ CF_AVX512 void drive_integer(const Ctx& c, std::int64_t r0, std::int64_t r1) {
 
 template <int S>
 struct Int8Panel {
-  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) { int8_panel<S>(c, r, r1, b); }
+  CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+    if constexpr (S == 1) int8_panel_one(c, r, r1, b);
+    else int8_panel_streams<S>(c, r, r1, b);
+  }
 };
 template <int S>
 struct Int4Panel {

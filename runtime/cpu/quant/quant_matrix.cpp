@@ -198,10 +198,8 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
   // Int8: one scale per row of x (the whole vector); Int4: one per group of 32.
   const std::int64_t span = fmt == Format::Int8 ? kpad : kGroup, groups = kpad / span;
   scale.resize(static_cast<std::size_t>(rows * groups));
-  if (fmt == Format::Int4) {
-    sum.resize(static_cast<std::size_t>(rows * groups));
-    offset.resize(sum.size());
-  }
+  sum.resize(static_cast<std::size_t>(rows * groups));
+  if (fmt == Format::Int4) offset.resize(sum.size());
   const Isa isa = active_isa();
   const auto quantize = (isa == Isa::Avx512 ? avx512_kernels() : scalar_kernels()).quantize;
   for (std::int64_t r = 0; r < rows; ++r)
@@ -211,12 +209,12 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
       std::int8_t* dst = q.data() + r * kpad;
       const float s = quantize(x + r * ldx + lo, valid, span, dst + lo, &total);
       scale[static_cast<std::size_t>(r * groups + g)] = s;
+      sum[static_cast<std::size_t>(r * groups + g)] = total;
       if (fmt == Format::Int8) {
         for (std::int64_t i = lo; i < lo + span; ++i)
           u[static_cast<std::size_t>(r * kpad + i)] = static_cast<std::uint8_t>(dst[i] + 128);
       }
       if (fmt == Format::Int4) {
-        sum[static_cast<std::size_t>(r * groups + g)] = total;
         offset[static_cast<std::size_t>(r * groups + g)] = 8.0f * s * static_cast<float>(total);
       }
     }

@@ -98,7 +98,7 @@ struct Activations {
   std::vector<std::int8_t> q;     // Int8/Int4: [rows, kpad]
   std::vector<std::uint8_t> u;    // Int8: q + 128 (VNNI multiplies unsigned by signed bytes)
   std::vector<float> scale;       // Int8: [rows]; Int4: [rows, kpad / 32]
-  std::vector<std::int32_t> sum;  // Int4: sum of q per group [rows, kpad / 32]
+  std::vector<std::int32_t> sum;  // Int8: sum of q per row [rows]; Int4: per group [rows, kpad / 32]
   std::vector<float> offset;      // Int4: 8 * scale * sum per group (what the levels' -8 takes away)
   // Fills this for x (row stride ldx >= k); reuses the memory of earlier calls.
   void prepare(Format format, const float* x, std::int64_t rows, std::int64_t k, std::int64_t ldx);
