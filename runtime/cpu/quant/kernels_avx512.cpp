@@ -211,11 +211,17 @@ struct Bf16Span {
 // streams they also prefetch 16 KiB ahead: at 8 streams a generation step's 24 MiB of int8 sat
 // waiting on its weight loads (the hardware prefetchers alone did not keep up), not on VNNI.
 
-// How far ahead the many-stream integer kernels ask for weights: at 8 streams a 64-byte vector
-// takes ~8 cycles, so 4 KiB is a few microseconds ahead; 16 KiB (the float kernels' block) was
-// 15-20% slower at int8 x 8 on Zen 4 (prefetched lines and the streams' x competing for L1),
-// no prefetch slower still.
-constexpr std::int64_t kStreamsAhead = 4096;
+// How far ahead the many-stream integer kernels ask for weights: into L1 kStreamsAhead bytes
+// ahead (at 8 streams a 64-byte vector takes ~8 cycles, so ~1 us), and into L2 kStreamsAheadL2
+// ahead, for weights coming from L3 or memory. Measured at int8 x 8 on Zen 4 (2 threads,
+// interleaved in one process): 16 KiB into L1 alone was 15-20% slower than 4 KiB (prefetched
+// lines and the streams' x competing for L1), 1 KiB and no prefetch slower still; the L2 hint
+// took another ~10% off the median.
+constexpr std::int64_t kStreamsAhead = 4096, kStreamsAheadL2 = 32768;
+CF_INLINE void prefetch_streams(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kStreamsAhead, _MM_HINT_T0);
+  _mm_prefetch(static_cast<const char*>(p) + kStreamsAheadL2, _MM_HINT_T1);
+}
 
 // Rows [r, r + 16) (a panel; the store is masked to r1) of stream b, int8 weights in panels:
 // every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast (VNNI multiplies
@@ -245,7 +251,7 @@ CF_AVX512 void int8_panel_one(const Ctx& c, std::int64_t r, std::int64_t r1, std
 // The same product for S streams (2 to 8) with the roles of the bytes swapped: the weights made
 // unsigned (w + 128, one xor per 64 bytes for all S streams) times x's signed levels broadcast
 // from memory, less 128 times each stream's sum of levels. The integer sums are int8_panel_one's,
-// so the results are the same bits. It asks for the weights kStreamsAhead bytes ahead.
+// so the results are the same bits.
 template <int S>
 CF_AVX512 void int8_panel_streams(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
   constexpr int D = S < 4 ? 2 : 1;
@@ -258,7 +264,7 @@ CF_AVX512 void int8_panel_streams(const Ctx& c, std::int64_t r, std::int64_t r1,
     for (int d = 0; d < D; ++d) acc[j][d] = _mm512_setzero_si512();
   for (std::int64_t k = 0; k < c.kpad; k += 16)
     for (int v = 0; v < 4; ++v) {
-      prefetch(w + (k + 4 * v) * 16 + kStreamsAhead);
+      prefetch_streams(w + (k + 4 * v) * 16);
       const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512(w + (k + 4 * v) * 16), flip);
       for (int j = 0; j < S; ++j) acc[j][v % D] = dot_u8_bcast_s8(acc[j][v % D], wu, x + j * xk + k + 4 * v);
     }
@@ -295,7 +301,7 @@ CF_AVX512 void int4_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::in
       for (int d = 0; d < D; ++d) dot[j][d] = _mm512_setzero_si512();
     const std::uint8_t* wg = w + g * 256;
     for (int v = 0; v < 4; ++v) {
-      if constexpr (S > 1) prefetch(wg + 64 * v + kStreamsAhead);
+      if constexpr (S > 1) prefetch_streams(wg + 64 * v);
       const __m512i bytes = _mm512_loadu_si512(wg + 64 * v);
       const __m512i lo = _mm512_and_si512(bytes, low), hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
       for (int j = 0; j < S; ++j) {
