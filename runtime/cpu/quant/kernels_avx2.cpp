@@ -71,7 +71,7 @@ CF_AVX2 void bf16_avx2(const std::uint16_t* w, std::int64_t kpad, const Activati
 // Int8 panels (quant_matrix.h), 8 of a panel's 16 rows at a time: every 32 bytes are 4 k of the
 // 8 rows against 4 bytes of x broadcast. maddubs wants one unsigned operand: |x| times w with x's
 // sign moved onto w (both within +-127, so a pair sums to at most 2 * 127 * 127: no saturation).
-CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, const std::int32_t*, std::int64_t kpad,
+CF_AVX2 void int8_avx2(const std::int8_t* w, const float* scales, std::int64_t kpad,
                        const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                        std::int64_t ldo) {
   const __m256i ones = _mm256_set1_epi16(1);

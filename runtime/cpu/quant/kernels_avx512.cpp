@@ -23,7 +23,6 @@ struct Ctx {
   const std::uint8_t* w;        // the matrix's bytes
   const float* scales;          // int8
   const std::uint16_t* halves;  // int4: fp16 group scales
-  const std::int32_t* row_sum;
   std::int64_t kpad;  // k per row of the weights' panels
   const Activations* x;
   const float* bias;
@@ -39,17 +38,10 @@ CF_AVX512 inline __mmask16 rows_mask(std::int64_t r, std::int64_t r1) {
   return valid == 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
 }
 
-// acc += unsigned bytes u times signed bytes s, 4 at a time (VNNI). In assembly: GCC 12 copies
-// every accumulator of _mm512_dpbusd_epi32 through another register each iteration (and spills
-// some), which halved the throughput of the many-stream kernels.
-CF_INLINE __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(s));
-  return acc;
-}
-
-// acc += u times the 4 signed bytes at p, broadcast to every lane from memory: the broadcast is
-// part of the load, where _mm512_set1_epi32 of a loaded int costs a shuffle per stream, the same
-// port VNNI needs (with 8 streams the shuffles held the product to half of VNNI's rate).
+// acc += unsigned bytes u times the 4 signed bytes at p broadcast to every lane, 4 products a
+// lane (VNNI), the broadcast part of the load. In assembly: GCC 12 copies every accumulator of
+// _mm512_dpbusd_epi32 through another register each iteration (and spills some), which halved
+// the throughput of the many-stream kernels.
 struct FourBytes {
   std::int8_t b[4];
 };
@@ -211,7 +203,7 @@ struct Bf16Span {
 // streams they also prefetch 16 KiB ahead: at 8 streams a generation step's 24 MiB of int8 sat
 // waiting on its weight loads (the hardware prefetchers alone did not keep up), not on VNNI.
 
-// How far ahead the many-stream integer kernels ask for weights: into L1 kStreamsAhead bytes
+// How far ahead the integer kernels ask for weights: into L1 kStreamsAhead bytes
 // ahead (at 8 streams a 64-byte vector takes ~8 cycles, so ~1 us), and into L2 kStreamsAheadL2
 // ahead, for weights coming from L3 or memory. Measured at int8 x 8 on Zen 4 (2 threads,
 // interleaved in one process): 16 KiB into L1 alone was 15-20% slower than 4 KiB (prefetched
@@ -223,38 +215,16 @@ CF_INLINE void prefetch_streams(const void* p) {
   _mm_prefetch(static_cast<const char*>(p) + kStreamsAheadL2, _MM_HINT_T1);
 }
 
-// Rows [r, r + 16) (a panel; the store is masked to r1) of stream b, int8 weights in panels:
-// every 64 bytes are 4 k of the 16 rows, times 4 bytes of x + 128 broadcast (VNNI multiplies
-// unsigned by signed bytes), less 128 times each row's sum at the end. One stream streams its
-// weights from memory: 4 independent sums, no prefetch (the hardware's keeps up at this rate).
-CF_AVX512 void int8_panel_one(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
-  constexpr int D = 4;
-  const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
-  const std::uint8_t* x = c.x->u.data() + b * c.xk();
-  __m512i acc[D];
-  for (int d = 0; d < D; ++d) acc[d] = _mm512_setzero_si512();
-  for (std::int64_t k = 0; k < c.kpad; k += 16)
-    for (int v = 0; v < 4; ++v) {
-      std::int32_t four;
-      std::memcpy(&four, x + k + 4 * v, 4);
-      acc[v] = dot_u8s8(acc[v], _mm512_set1_epi32(four), _mm512_loadu_si512(w + (k + 4 * v) * 16));
-    }
-  const __mmask16 m = rows_mask(r, r1);
-  const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(c.row_sum + r), 7);
-  const __m512 bias = c.bias ? _mm512_maskz_loadu_ps(m, c.bias + r) : _mm512_setzero_ps();
-  const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-  const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
-  const __m512 y = _mm512_fmadd_ps(dot, _mm512_mul_ps(_mm512_loadu_ps(c.scales + r), _mm512_set1_ps(c.x->scale[b])), bias);
-  _mm512_mask_storeu_ps(c.out + b * c.ldo + r, m, y);
-}
-
-// The same product for S streams (2 to 8) with the roles of the bytes swapped: the weights made
-// unsigned (w + 128, one xor per 64 bytes for all S streams) times x's signed levels broadcast
-// from memory, less 128 times each stream's sum of levels. The integer sums are int8_panel_one's,
-// so the results are the same bits.
+// Rows [r, r + 16) (a panel; the store is masked to r1) for streams [b, b + S), S <= 8, of int8
+// weights in panels: every 64 bytes are 4 k of the 16 rows. VNNI multiplies unsigned by signed
+// bytes: the weights are made unsigned (w + 128: one xor per 64 bytes, for all S streams) and
+// multiplied by x's signed levels broadcast from memory (part of the load: a broadcast from a
+// register costs a shuffle per stream, on the port VNNI needs, which held 8 streams to half of
+// VNNI's rate), less 128 times each stream's sum of levels at the end. One stream keeps 4
+// independent sums, 2-3 streams 2 each; the prefetches help one stream too (~10%, measured).
 template <int S>
-CF_AVX512 void int8_panel_streams(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
-  constexpr int D = S < 4 ? 2 : 1;
+CF_AVX512 void int8_panel(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
+  constexpr int D = S == 1 ? 4 : S < 4 ? 2 : 1;
   const std::int8_t* w = reinterpret_cast<const std::int8_t*>(c.w) + r * c.kpad;
   const std::int64_t xk = c.xk();
   const std::int8_t* x = c.x->q.data() + b * xk;
@@ -345,8 +315,7 @@ CF_AVX512 void drive_integer(const Ctx& c, std::int64_t r0, std::int64_t r1) {
 template <int S>
 struct Int8Panel {
   CF_AVX512 static void run(const Ctx& c, std::int64_t r, std::int64_t r1, std::int64_t b) {
-    if constexpr (S == 1) int8_panel_one(c, r, r1, b);
-    else int8_panel_streams<S>(c, r, r1, b);
+    int8_panel<S>(c, r, r1, b);
   }
 };
 template <int S>
@@ -357,25 +326,25 @@ struct Int4Panel {
 CF_AVX512 void f32_avx512(const float* w, std::int64_t kpad, const Activations& x, std::int64_t r0, std::int64_t r1,
                           const float* bias, float* out, std::int64_t ldo) {
   FloatKernels<float, F32Span>::drive(
-      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 CF_AVX512 void bf16_avx512(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
                            std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
   FloatKernels<std::uint16_t, Bf16Span>::drive(
-      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+      {reinterpret_cast<const std::uint8_t*>(w), nullptr, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
-CF_AVX512 void int8_avx512(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
+CF_AVX512 void int8_avx512(const std::int8_t* w, const float* scales, std::int64_t kpad,
                            const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                            std::int64_t ldo) {
-  drive_integer<Int8Panel>({reinterpret_cast<const std::uint8_t*>(w), scales, nullptr, row_sum, kpad, &x, bias, out, ldo},
+  drive_integer<Int8Panel>({reinterpret_cast<const std::uint8_t*>(w), scales, nullptr, kpad, &x, bias, out, ldo},
                            r0, r1);
 }
 
 CF_AVX512 void int4_avx512(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
                            std::int64_t r0, std::int64_t r1, const float* bias, float* out, std::int64_t ldo) {
-  drive_integer<Int4Panel>({w, nullptr, scales, nullptr, kpad, &x, bias, out, ldo}, r0, r1);
+  drive_integer<Int4Panel>({w, nullptr, scales, kpad, &x, bias, out, ldo}, r0, r1);
 }
 
 // quantize_scalar's levels, 16 at a time: the same multiply, rounding (nearest even) and clamp.

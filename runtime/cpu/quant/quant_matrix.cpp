@@ -70,7 +70,7 @@ void bf16_scalar(const std::uint16_t* w, std::int64_t kpad, const Activations& x
     }
 }
 
-void int8_scalar(const std::int8_t* w, const float* scales, const std::int32_t*, std::int64_t kpad,
+void int8_scalar(const std::int8_t* w, const float* scales, std::int64_t kpad,
                  const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                  std::int64_t ldo) {
   for (std::int64_t r = r0; r < r1; ++r)
@@ -194,7 +194,6 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
     return;
   }
   q.resize(static_cast<std::size_t>(rows * kpad));
-  if (fmt == Format::Int8) u.resize(q.size());
   // Int8: one scale per row of x (the whole vector); Int4: one per group of 32.
   const std::int64_t span = fmt == Format::Int8 ? kpad : kGroup, groups = kpad / span;
   scale.resize(static_cast<std::size_t>(rows * groups));
@@ -210,10 +209,6 @@ void Activations::prepare(Format fmt, const float* x, std::int64_t n_rows, std::
       const float s = quantize(x + r * ldx + lo, valid, span, dst + lo, &total);
       scale[static_cast<std::size_t>(r * groups + g)] = s;
       sum[static_cast<std::size_t>(r * groups + g)] = total;
-      if (fmt == Format::Int8) {
-        for (std::int64_t i = lo; i < lo + span; ++i)
-          u[static_cast<std::size_t>(r * kpad + i)] = static_cast<std::uint8_t>(dst[i] + 128);
-      }
       if (fmt == Format::Int4) {
         offset[static_cast<std::size_t>(r * groups + g)] = 8.0f * s * static_cast<float>(total);
       }
@@ -326,7 +321,6 @@ QuantMatrix QuantMatrix::from_raw(Format format, std::int64_t k, std::int64_t n,
 
 // Weights arrive row-major (quantize, a file) and go into panels here.
 void QuantMatrix::derive() {
-  row_sum_.clear();
   const std::int64_t npad = panel_rows(n_), groups = kpad_ / kGroup;
   if (format_ == Format::F32 || format_ == Format::BF16) {
     // The panels keep k rounded up to 4 (what the kernels step by), not to 32: the row-major
@@ -340,13 +334,8 @@ void QuantMatrix::derive() {
     data_ = std::move(panels);
   } else if (format_ == Format::Int8) {
     std::vector<std::uint8_t> panels(static_cast<std::size_t>(npad * kpad_), 0);
-    row_sum_.assign(static_cast<std::size_t>(npad), 0);
     for (std::int64_t r = 0; r < n_; ++r)
-      for (std::int64_t i = 0; i < kpad_; ++i) {
-        const std::uint8_t byte = data_[static_cast<std::size_t>(r * kpad_ + i)];
-        panels[int8_panel_at(kpad_, r, i)] = byte;
-        row_sum_[static_cast<std::size_t>(r)] += static_cast<std::int8_t>(byte);
-      }
+      for (std::int64_t i = 0; i < kpad_; ++i) panels[int8_panel_at(kpad_, r, i)] = data_[static_cast<std::size_t>(r * kpad_ + i)];
     data_ = std::move(panels);
     scales_.resize(static_cast<std::size_t>(npad), 0.0f);
   } else if (format_ == Format::Int4) {
@@ -451,7 +440,7 @@ void QuantMatrix::multiply_rows(const Activations& x, const float* bias, float* 
     case Format::BF16:
       return ks.bf16(reinterpret_cast<const std::uint16_t*>(data_.data()), kpanel_, x, r0, r1, bias, out, ldo);
     case Format::Int8:
-      return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), row_sum_.data(), kpad_, x, r0,
+      return ks.int8(reinterpret_cast<const std::int8_t*>(data_.data()), scales_.data(), kpad_, x, r0,
                      r1, bias, out, ldo);
     case Format::Int4: return ks.int4(data_.data(), int4_scales(), kpad_, x, r0, r1, bias, out, ldo);
   }

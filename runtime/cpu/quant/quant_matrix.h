@@ -96,7 +96,6 @@ struct Activations {
   std::int64_t rows = 0, k = 0, kpad = 0;
   std::vector<float> f;           // F32/BF16: [rows, kpad]
   std::vector<std::int8_t> q;     // Int8/Int4: [rows, kpad]
-  std::vector<std::uint8_t> u;    // Int8: q + 128 (VNNI multiplies unsigned by signed bytes)
   std::vector<float> scale;       // Int8: [rows]; Int4: [rows, kpad / 32]
   std::vector<std::int32_t> sum;  // Int8: sum of q per row [rows]; Int4: per group [rows, kpad / 32]
   std::vector<float> offset;      // Int4: 8 * scale * sum per group (what the levels' -8 takes away)
@@ -140,7 +139,7 @@ class QuantMatrix {
   std::vector<float> raw_scales() const;
 
  private:
-  void derive();  // the kernels' layout (panels) and the per-row sums VNNI's unsigned operand needs
+  void derive();  // the kernels' layout (panels)
   void check(const Activations& x) const;  // x prepared for this matrix, else Error
   const std::uint16_t* int4_scales() const {
     return reinterpret_cast<const std::uint16_t*>(data_.data() + panel_rows(n_) * (kpanel_ / kGroup) * 16);
@@ -150,7 +149,6 @@ class QuantMatrix {
   // In panels of panel_rows(n) rows (f32_panel_at, bf16_panel_at, int8_panel_at, int4_panel_at).
   std::vector<std::uint8_t> data_;
   std::vector<float> scales_;  // Int8: [panel_rows(n)], zero past n
-  std::vector<std::int32_t> row_sum_;  // Int8: [panel_rows(n)], sum of each row's q (VNNI's offset)
 };
 
 // The kernels of one instruction set: rows [r0, r1) of out for all rows of x. `kpad` is the k
@@ -161,7 +159,7 @@ struct KernelSet {
               const float* bias, float* out, std::int64_t ldo);
   void (*bf16)(const std::uint16_t* w, std::int64_t kpad, const Activations& x, std::int64_t r0,
                std::int64_t r1, const float* bias, float* out, std::int64_t ldo);
-  void (*int8)(const std::int8_t* w, const float* scales, const std::int32_t* row_sum, std::int64_t kpad,
+  void (*int8)(const std::int8_t* w, const float* scales, std::int64_t kpad,
                const Activations& x, std::int64_t r0, std::int64_t r1, const float* bias, float* out,
                std::int64_t ldo);
   void (*int4)(const std::uint8_t* w, const std::uint16_t* scales, std::int64_t kpad, const Activations& x,
