@@ -1,5 +1,7 @@
 #include "compiler/kernel/stage_program.h"
 
+#include <set>
+
 #include "compiler/ir/error.h"
 #include "compiler/kernel/lower_kernel.h"
 #include "compiler/passes/fusion.h"
@@ -21,13 +23,21 @@ StageProgram lower_stage(const Cell& stage, const FusionPlan& plan, const std::s
   std::vector<bool> root(g.size(), false);
   for (const auto& o : stage.outputs) root[o.value.index] = true;
   for (ValueId v : stage.next_states) root[v.index] = true;
+  // The groups that read each value. A node in no group (invariant work, inlined where it is
+  // used) reads on behalf of the groups that read it, so its inputs count as read by those.
+  std::vector<std::set<int>> readers(g.size());
+  for (std::uint32_t i = g.size(); i-- > 0;)
+    for (ValueId in : g.nodes()[i].inputs) {
+      if (group_of[i] >= 0) readers[in.index].insert(group_of[i]);
+      else readers[in.index].insert(readers[i].begin(), readers[i].end());
+    }
   // A value is needed outside its group when a node of another group reads it, or the stage
   // hands it out.
   std::vector<bool> needed_after(root);
   for (std::uint32_t i = 0; i < g.size(); ++i)
-    for (ValueId in : g.nodes()[i].inputs)
-      if (group_of[in.index] >= 0 && group_of[i] != group_of[in.index] && group_of[i] >= 0)
-        needed_after[in.index] = true;
+    if (group_of[i] >= 0)
+      for (int r : readers[i])
+        if (r != group_of[i]) needed_after[i] = true;
 
   std::vector<bool> available(g.size(), false);
   for (std::uint32_t i = 0; i < g.size(); ++i)

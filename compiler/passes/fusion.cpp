@@ -52,8 +52,10 @@ FusionPlan plan_fusion(const Cell& stage, const FusionOptions& options) {
     }
     level[i] = l;
     if (is_leaf(n.op) && n.op != OpKind::constant) continue;
-    // Invariant work is recomputed inline where it is used, unless the stage must store it.
-    if (invariant[i] && !is_root[i]) continue;
+    // Invariant pointwise work is recomputed inline where it is used, unless the stage must
+    // store it. A reduction cannot be inlined (it is a loop of its own), so an invariant one
+    // (a norm of a parameter, say) joins the first kernel and is computed there each step.
+    if (invariant[i] && !is_root[i] && op_info(n.op).op_class != OpClass::Reduction) continue;
     kernels[l].push_back(id);
   }
   int last = 0;

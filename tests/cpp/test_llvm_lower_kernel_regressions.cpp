@@ -187,5 +187,71 @@ TEST(LowerKernel, ProductWhoseResultNothingReads) {
   check_odd_sizes(parse_cell(f64));
 }
 
+// The pipeline fuzzer (tests/fuzz/fuzz_pipeline, corpus_pipeline/amax_of_parameters.cell): a
+// reduction over values computed from parameters alone. Such work is not in any kernel (it is
+// recomputed inline where it is read), but a reduction is a loop of its own and cannot be
+// inlined: compile() threw "internal error: amax reached inline emission". An invariant
+// reduction now joins the first kernel, and a later kernel reads it from memory.
+constexpr const char* kReductionsOfParameters = R"(
+cell reductions_of_parameters f32 {
+  %x = input : [B,5]
+  %h = state : [B,4]
+  %b = param : [4]
+  %g = param : [4]
+  %bb = broadcast %b : [B,4]
+  %gg = broadcast %g : [B,4]
+  %t = tanh %bb : [B,4]
+  %big = amax %t : [B,1]
+  %sq = mul %gg, %gg : [B,4]
+  %norm2 = sum %sq : [B,1]
+  %avg = mean %t : [B,1]
+  %inv = rsqrt %norm2 : [B,1]
+  %scale = expand %inv {n=4} : [B,4]
+  %unit = mul %gg, %scale : [B,4]
+  %xs = slice %x {start=1, len=4} : [B,4]
+  %u = mul %xs, %unit : [B,4]
+  %shift = expand %big {n=4} : [B,4]
+  %v = add %u, %h : [B,4]
+  %w = sub %v, %shift : [B,4]
+  %h_next = tanh %w : [B,4]
+  output y = %avg
+  next h = %h_next
+}
+)";
+
+TEST(LowerKernel, ReductionsOfParametersAlone) {
+  std::string text = kReductionsOfParameters;
+  check_odd_sizes(parse_cell(text));
+  text.replace(text.find(" f32 {"), 6, " f64 {");
+  check_odd_sizes(parse_cell(text));
+}
+
+// The same after a matrix product: at large batches the product runs as a GEMM between two
+// kernels, so the reduction (first kernel) is read by the second kernel from memory.
+constexpr const char* kReductionOfParametersAfterAProduct = R"(
+cell reduction_after_product f32 {
+  %x = input : [B,3]
+  %h = state : [B,6]
+  %W = param : [6,6]
+  %b = param : [6]
+  %bb = broadcast %b : [B,6]
+  %sq = mul %bb, %bb : [B,6]
+  %norm2 = sum %sq : [B,1]
+  %z = matmul %h, %W : [B,6]
+  %zt = tanh %z : [B,6]
+  %n = expand %norm2 {n=6} : [B,6]
+  %v = div %zt, %n : [B,6]
+  %xs = sum %x : [B,1]
+  %xe = expand %xs {n=6} : [B,6]
+  %h_next = add %v, %xe : [B,6]
+  output y = %norm2
+  next h = %h_next
+}
+)";
+
+TEST(LowerKernel, ReductionOfParametersReadAfterAProduct) {
+  check_odd_sizes(parse_cell(kReductionOfParametersAfterAProduct));
+}
+
 }  // namespace
 }  // namespace cellfuse
