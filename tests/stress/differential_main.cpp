@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "compiler/ir/op.h"
@@ -37,14 +38,17 @@ struct Options {
   CellShapeLimits limits;
   std::int64_t print = -1, check_one = -1, emit = 0;
   bool keep_going = false, require_all_ops = false, shrink = true;
+  bool expect_failure = false;
+  double min_caught = 0;  // --min-caught F: fail unless each kind of mutant is caught at least this often  // --check: exit 0 when the seed fails and shrinks by the contract
   std::string failures_dir;
+  std::optional<DType> dtype;  // every cell in this dtype instead of the seed's
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "cellfuse_differential: %s\nusage: cellfuse_differential [--seconds S | --cells N] [--seed S] "
                "[--threads N] [--no-bptt] [--no-forward] [--max-width W] [--keep-going] [--no-shrink] [--require-all-ops] "
-               "[--failures DIR] | --check SEED | --print SEED | --emit N\n",
+               "[--failures DIR] [--dtype f32|f64] [--mutants] [--tolerance-scale X] [--explain] [--min-caught F] | --check SEED [--expect-failure] | --print SEED | --emit N\n",
                why);
   std::exit(2);
 }
@@ -72,6 +76,19 @@ Options parse(int argc, char** argv) {
     else if (a == "--print") o.print = std::stoll(value());
     else if (a == "--emit") o.emit = std::stoll(value());
     else if (a == "--computed-weights") o.limits.computed_weights = true;
+    else if (a == "--mutants") o.check.mutants = true;
+    else if (a == "--explain") o.check.explain = true;
+    else if (a == "--min-caught") {
+      o.min_caught = std::stod(value());
+      o.check.mutants = true;
+    }
+    else if (a == "--tolerance-scale") o.check.tolerance_scale = std::stod(value());
+    else if (a == "--expect-failure") o.expect_failure = true;
+    else if (a == "--dtype") {
+      const std::string d = value();
+      if (d != "f32" && d != "f64") usage(("--dtype takes f32 or f64, not " + d).c_str());
+      o.dtype = d == "f32" ? DType::f32 : DType::f64;
+    }
     else usage(("unknown argument " + a).c_str());
   }
   return o;
@@ -79,7 +96,7 @@ Options parse(int argc, char** argv) {
 
 // Checks one seed; on failure prints it with the shrunk cell and returns false.
 bool run_seed(std::uint64_t seed, const Options& o, CheckCounts& counts, std::vector<std::int64_t>& ops) {
-  const Cell cell = random_cell(seed, random_dtype(seed), o.limits);
+  const Cell cell = random_cell(seed, o.dtype.value_or(random_dtype(seed)), o.limits);
   const auto hist = op_histogram(cell);
   for (std::size_t k = 0; k < hist.size(); ++k) ops[k] += hist[k];
   const auto shapes = random_run_shapes(seed);
@@ -92,15 +109,38 @@ bool run_seed(std::uint64_t seed, const Options& o, CheckCounts& counts, std::ve
   std::fflush(stdout);
   if (!o.shrink) return false;
   // The same failure: the same check and the same tensor ("cpu bptt" + "d param 2"), so that
-  // shrinking does not drift to another problem.
+  // shrinking does not drift to another problem. Each candidate runs only what failed: the
+  // failing shape with its arguments, and only the forward or only the BPTT programs (each
+  // candidate compiles its programs at -O3: the inference program is not needed for a BPTT
+  // failure, nor the training ones for a forward failure).
   auto signature = [](const Failure& f) { return f.where + "|" + f.detail.substr(0, f.detail.find(':')); };
   CheckCounts scratch;
   const std::string wanted = signature(*failure);
+  CheckOptions narrow = check;
+  narrow.mutants = false;
+  std::vector<RunShape> narrow_shapes = shapes;
+  if (failure->shape >= 0) {
+    narrow_shapes = {shapes[static_cast<std::size_t>(failure->shape)]};
+    narrow.arg_seed = check.arg_seed + static_cast<std::uint64_t>(failure->shape) * kArgSeedStride;
+  }
+  if (failure->where.rfind("cpu bptt", 0) == 0) narrow.forward = false;
+  if (failure->where.rfind("cpu forward", 0) == 0) narrow.bptt = false;
+  const auto started = std::chrono::steady_clock::now();
+  int candidates = 0;
   Cell small = shrink_cell(cell, [&](const Cell& candidate) {
-    const auto f = check_cpu(candidate, shapes, check, scratch);
+    ++candidates;
+    const auto f = check_cpu(candidate, narrow_shapes, narrow, scratch);
     return f && signature(*f) == wanted;
   });
-  const auto again = check_cpu(small, shapes, check, scratch);
+  const double shrink_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const auto again = check_cpu(small, narrow_shapes, narrow, scratch);
+  // The shrinker's contract: the cell it returns fails the same check and is no larger.
+  if (!again || signature(*again) != wanted || small.graph.size() > cell.graph.size()) {
+    std::printf("shrink contract broken: the shrunk cell (%zu nodes, from %zu) %s\n", small.graph.size(),
+                cell.graph.size(), again ? ("fails otherwise: " + again->where + ": " + again->detail).c_str() : "passes");
+    std::exit(3);
+  }
+  std::printf("shrunk in %.1f s (%d candidates checked)\n", shrink_seconds, candidates);
   const std::string text = print_cell(small);
   std::printf("minimized (%zu of %zu nodes; %s):\n%s\n", small.graph.size(), cell.graph.size(),
               again ? again->detail.c_str() : "?", text.c_str());
@@ -133,7 +173,11 @@ int main(int argc, char** argv) {
   }
   std::vector<std::int64_t> ops(static_cast<std::size_t>(op_count()), 0);
   CheckCounts counts;
-  if (o.check_one >= 0) return run_seed(static_cast<std::uint64_t>(o.check_one), o, counts, ops) ? 0 : 1;
+  if (o.check_one >= 0) {
+    const bool passed = run_seed(static_cast<std::uint64_t>(o.check_one), o, counts, ops);
+    if (o.expect_failure) return passed ? 1 : 0;
+    return passed ? 0 : 1;
+  }
   if (o.seconds <= 0 && o.cells <= 0) usage("give --seconds or --cells");
 
   const auto start = std::chrono::steady_clock::now();
@@ -157,10 +201,25 @@ int main(int argc, char** argv) {
               static_cast<long long>(counts.bptt_runs), static_cast<long long>(counts.tensors),
               static_cast<long long>(counts.loose), static_cast<long long>(counts.skipped), counts.worst_ratio,
               static_cast<long long>(failures), s, static_cast<double>(counts.cells) / s);
+  std::printf("gradients with a fan-in estimate: %lld, %lld tensors at it (BPTT runs without: %lld), "
+              "worst error/estimate where it exceeds the depth rule %.3g\n",
+              static_cast<long long>(counts.with_estimate), static_cast<long long>(counts.fan_in),
+              static_cast<long long>(counts.without_estimate), counts.worst_fan_in_ratio);
+  if (o.check.mutants) {
+    for (const auto& [what, m] : {std::pair{"one element off by 1e-3 of the norm", counts.element_mutants},
+                                  std::pair{"a parameter gradient without batch row 0", counts.row_mutants}})
+      std::printf("mutants (%s): %lld made, %lld caught (%lld without the fan-in estimates)\n", what,
+                  static_cast<long long>(m.made), static_cast<long long>(m.caught),
+                  static_cast<long long>(m.caught_by_value_rule));
+  }
+  bool mutants_escaped = false;
+  for (const MutantCounts* m : {&counts.element_mutants, &counts.row_mutants})
+    if (o.min_caught > 0 && static_cast<double>(m->caught) < o.min_caught * static_cast<double>(m->made)) mutants_escaped = true;
+  if (mutants_escaped) std::printf("FAIL: fewer mutants caught than --min-caught %g\n", o.min_caught);
   std::string missing;
   for (int k = 0; k < op_count(); ++k)
     if (ops[static_cast<std::size_t>(k)] == 0) missing += " " + std::string(op_name(static_cast<OpKind>(k)));
   std::printf("op coverage: %s\n", missing.empty() ? "every op of ops.def appeared" : ("never generated:" + missing).c_str());
   if (o.require_all_ops && !missing.empty()) return 1;
-  return failures ? 1 : 0;
+  return failures || mutants_escaped ? 1 : 0;
 }
