@@ -1,10 +1,11 @@
 #pragma once
 // The differential check of one cell: the CPU backend (forward over whole sequences, and BPTT:
 // outputs, final states and every gradient) against the f64 reference interpreter, on the same
-// random arguments. Tolerances grow with the cell's depth and the sequence length, and with the
-// cell's conditioning at these arguments: the f32 reference interpreter is run too, and a cell
-// whose f32 evaluation is itself far from f64 (a comparison near a tie, a cancellation) gets a
-// tolerance of a few times that distance instead of a false alarm. Such cases are counted.
+// random arguments. Tolerances grow with the cell's depth and the sequence length; with the
+// cell's conditioning at these arguments (the f32 reference interpreter is run too, on the
+// arguments and on the arguments moved by one ulp, and a cell whose f32 evaluation is itself far
+// from f64 gets a tolerance of a few times that distance); and for gradients with the magnitude
+// of the terms they are summed from (gradient_magnitude.h). Widened tensors are counted.
 #include <cstdint>
 #include <optional>
 #include <string>
