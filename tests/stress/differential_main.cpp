@@ -38,8 +38,8 @@ struct Options {
   CellShapeLimits limits;
   std::int64_t print = -1, check_one = -1, emit = 0;
   bool keep_going = false, require_all_ops = false, shrink = true;
-  bool expect_failure = false;
-  double min_caught = 0;  // --min-caught F: fail unless each kind of mutant is caught at least this often  // --check: exit 0 when the seed fails and shrinks by the contract
+  bool expect_failure = false;  // --check: exit 0 when the seed fails and shrinks by the contract
+  double min_caught = 0;         // --min-caught F: fail unless each kind of mutant is caught at least this often
   std::string failures_dir;
   std::optional<DType> dtype;  // every cell in this dtype instead of the seed's
 };
@@ -213,9 +213,11 @@ int main(int argc, char** argv) {
                   static_cast<long long>(m.caught_by_value_rule));
   }
   bool mutants_escaped = false;
+  // No mutant made at all is a failure too: --min-caught would otherwise pass without checking.
   for (const MutantCounts* m : {&counts.element_mutants, &counts.row_mutants})
-    if (o.min_caught > 0 && static_cast<double>(m->caught) < o.min_caught * static_cast<double>(m->made)) mutants_escaped = true;
-  if (mutants_escaped) std::printf("FAIL: fewer mutants caught than --min-caught %g\n", o.min_caught);
+    if (o.min_caught > 0 && (m->made == 0 || static_cast<double>(m->caught) < o.min_caught * static_cast<double>(m->made)))
+      mutants_escaped = true;
+  if (mutants_escaped) std::printf("FAIL: a kind of mutant was caught less often than --min-caught %g, or none was made\n", o.min_caught);
   std::string missing;
   for (int k = 0; k < op_count(); ++k)
     if (ops[static_cast<std::size_t>(k)] == 0) missing += " " + std::string(op_name(static_cast<OpKind>(k)));

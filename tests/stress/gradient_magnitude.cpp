@@ -84,6 +84,8 @@ std::optional<MagnitudeStep> magnitude_step(const BackwardCell& backward) {
       case OpKind::mul:
       case OpKind::linear:
       case OpKind::matmul:
+        if (adjoint[n.inputs[0].index] && adjoint[n.inputs[1].index]) return std::nullopt;  // quadratic in the adjoints
+        break;
       case OpKind::cat:
       case OpKind::slice:
       case OpKind::expand:
