@@ -145,6 +145,7 @@ std::vector<std::vector<std::int32_t>> Generator::generate(const std::vector<std
   std::vector<std::vector<std::int32_t>> out(static_cast<std::size_t>(B));
   for (auto& o : out) o.reserve(static_cast<std::size_t>(length));
   std::vector<Sampler> samplers;
+  samplers.reserve(static_cast<std::size_t>(B));
   for (std::int64_t b = 0; b < B; ++b) samplers.emplace_back(stream_seed(options.seed, b));
 
   std::lock_guard<std::mutex> lock(team_->user_mutex());
@@ -161,59 +162,93 @@ std::vector<std::vector<std::int32_t>> Generator::generate(const std::vector<std
   const float* bias = decoder_bias_.empty() ? nullptr : decoder_bias_.data();
   decoder_in_.prepare(format_, top_.data() + (T - 1) * B * hidden, B, hidden, hidden);
   decoder_.multiply(decoder_in_, bias, logits.data(), vocab_, team_.get());
-  ids.resize(static_cast<std::size_t>(B));
   // Kept from call to call (for as many streams): a served model does not probe at every request.
   if (!step_parts_ || step_parts_rows_ != B) {
     step_parts_ = std::make_unique<StepParts>(step_bytes_ * static_cast<std::size_t>(B), team_->size());
     step_parts_rows_ = B;
   }
-  for (std::int64_t step = 0; step < length; ++step) {
-    for (std::int64_t b = 0; b < B; ++b) {
-      ids[static_cast<std::size_t>(b)] = samplers[static_cast<std::size_t>(b)].sample(logits.data() + b * vocab_, vocab_, options);
-      out[static_cast<std::size_t>(b)].push_back(ids[static_cast<std::size_t>(b)]);
-    }
-    if (on_step && !on_step(step, ids.data())) break;
-    if (step + 1 == length) break;
-    StepParts& parts = *step_parts_;
+  if (length == 0) return out;
+  bind_steps(B);
+  GenerationRun run{.options = options, .length = length, .samplers = samplers, .out = out, .on_step = on_step};
+  run.ids.resize(static_cast<std::size_t>(B));
+  run.logits = std::move(logits);
+  StepParts& parts = *step_parts_;
+  while (!run.stop) {
     const bool timed = parts.timing();
     const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-    generation_step(ids.data(), B, logits.data(), parts.next());
+    const std::int64_t before = run.step;
+    run_steps(run, parts.steps(), parts.next());
     parts.record(timed ? std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count()
-                       : 0);
+                       : 0,
+                 run.step - before);
   }
+  if (run.error) std::rethrow_exception(run.error);
   return out;
 }
 
-// One token per stream through every layer and the decoder, in one run of the team (`parts`
-// members; 1: the caller alone, no barriers): each member takes its share of every product's
-// output rows (QuantCell::step), with barriers only where one reads what another wrote.
-void Generator::generation_step(const std::int32_t* ids, std::int64_t rows, float* logits, int parts) {
-  x_.resize(static_cast<std::size_t>(rows * embed_dim_));
-  for (std::int64_t r = 0; r < rows; ++r)
-    std::memcpy(x_.data() + r * embed_dim_, embedding_.data() + ids[r] * embed_dim_,
-                static_cast<std::size_t>(embed_dim_) * sizeof(float));
+// The step path's memory, bound once per call for the team's size: the embedding rows of the
+// sampled tokens, each layer's states and output (member 0's; a replicated step keeps the other
+// members' copies in the layer), the logits.
+void Generator::bind_steps(std::int64_t rows) {
+  const int members = team_->size();
+  step_x_.resize(static_cast<std::size_t>(rows * embed_dim_));
   step_out_.resize(layers_.size());
-  const float* input = x_.data();
+  std::vector<const float*> inputs(static_cast<std::size_t>(members), step_x_.data());
   for (std::size_t l = 0; l < layers_.size(); ++l) {
-    step_states_.clear();
-    for (auto& s : states_[l]) step_states_.push_back(s.data());
+    std::vector<float*> states;
+    for (auto& st : states_[l]) states.push_back(st.data());
     step_out_[l].resize(static_cast<std::size_t>(rows * layers_[l].output_width()));
-    layers_[l].bind_step(rows, input, step_states_, step_out_[l].data(), parts);
-    input = step_out_[l].data();
+    layers_[l].bind_step(rows, inputs, states, step_out_[l].data(), members);
+    for (int p = 0; p < members; ++p) inputs[static_cast<std::size_t>(p)] = layers_[l].step_output(p);
   }
-  decoder_members_.resize(static_cast<std::size_t>(parts));
-  const float* top = input;
+  decoder_members_.resize(static_cast<std::size_t>(members));
+}
+
+// Up to `count` steps of generation in one run of `parts` members of the team (1: the caller
+// alone, no barriers). Each step: member 0 samples every stream's next token from the logits
+// (and calls on_step) while the others wait; then every layer and the decoder, each member
+// taking its share of every product's output rows (QuantCell::step), with barriers only where
+// one reads what another wrote. A step that ends generation (the last token, on_step's false,
+// an error) stops every member after the barrier that follows the sampling.
+void Generator::run_steps(GenerationRun& run, std::int64_t count, int parts) {
+  const std::int64_t rows = static_cast<std::int64_t>(run.ids.size());
   const float* bias = decoder_bias_.empty() ? nullptr : decoder_bias_.data();
+  auto sample = [&] {
+    try {
+      for (std::int64_t b = 0; b < rows; ++b) {
+        const auto ub = static_cast<std::size_t>(b);
+        run.ids[ub] = run.samplers[ub].sample(run.logits.data() + b * vocab_, vocab_, run.options);
+        run.out[ub].push_back(run.ids[ub]);
+      }
+      if ((run.on_step && !run.on_step(run.step, run.ids.data())) || run.step + 1 == run.length) run.stop = true;
+      ++run.step;
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::memcpy(step_x_.data() + r * embed_dim_, embedding_.data() + run.ids[static_cast<std::size_t>(r)] * embed_dim_,
+                    static_cast<std::size_t>(embed_dim_) * sizeof(float));
+    } catch (...) {
+      run.error = std::current_exception();
+      run.stop = true;
+    }
+  };
   auto work = [&](int part, int n) {
     StepSync sync;
     sync.parts = n;
-    for (auto& layer : layers_) layer.step(part, n, *team_, sync);
-    sync.before_shared(*team_, top);
-    const auto [r0, r1] = share_rows(vocab_, QuantMatrix::kRowBlock, part, n);
-    if (r0 < r1) {
-      auto& a = decoder_members_[static_cast<std::size_t>(part)];
-      a.prepare(format_, top, rows, decoder_.k(), decoder_.k());
-      decoder_.multiply_rows(a, bias, logits, vocab_, r0, r1);
+    for (auto& layer : layers_) layer.begin_steps(part);
+    for (std::int64_t i = 0; i < count; ++i) {
+      sync.before_solo(*team_);  // the logits are whole
+      if (part == 0) sample();
+      sync.barrier(*team_);  // the tokens' embeddings and `stop` are out
+      if (run.stop) break;
+      for (auto& layer : layers_) layer.step(part, n, *team_, sync);
+      const float* top = layers_.back().step_output(n > 1 ? part : 0);
+      sync.before_shared(*team_, top);
+      const auto [r0, r1] = share_rows(vocab_, QuantMatrix::kRowBlock, part, n);
+      if (r0 < r1) {
+        auto& a = decoder_members_[static_cast<std::size_t>(part)];
+        a.prepare(format_, top, rows, decoder_.k(), decoder_.k());
+        decoder_.multiply_rows(a, bias, run.logits.data(), vocab_, r0, r1);
+      }
+      sync.written.push_back(run.logits.data());
     }
   };
   if (parts == 1) work(0, 1);

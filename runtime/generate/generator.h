@@ -11,6 +11,7 @@
 //   auto ids = gen.generate(gen.encode("The "), 1000, {.temperature = 0.8, .seed = 1}, 1);
 //   gen.save("model.cfgen");  auto again = Generator::load("model.cfgen");
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -87,9 +88,21 @@ class Generator {
   // Runs the layers over `steps` x `rows` input rows from the embedding of `ids` ([steps*rows]);
   // leaves the last layer's outputs in top_.
   void run_layers(const std::int32_t* ids, std::int64_t steps, std::int64_t rows);
-  // One generation step of `rows` streams fed `ids` on `parts` members of the team (1: the
-  // caller alone): the logits [rows, vocab] of the next token.
-  void generation_step(const std::int32_t* ids, std::int64_t rows, float* logits, int parts);
+  // One generate() call's sampling state, shared by the members of a run of steps.
+  struct GenerationRun {
+    const SampleOptions& options;
+    std::int64_t length;
+    std::vector<Sampler>& samplers;
+    std::vector<std::vector<std::int32_t>>& out;
+    const StepCallback& on_step;
+    std::vector<std::int32_t> ids{};  // the tokens sampled last, one per stream
+    std::vector<float> logits{};      // [streams, vocab] for the next sampling
+    std::int64_t step = 0;            // tokens sampled per stream so far
+    bool stop = false;                // written by member 0 before a barrier, read after it
+    std::exception_ptr error{};       // what stopped it, thrown once the run is over
+  };
+  void bind_steps(std::int64_t rows);
+  void run_steps(GenerationRun& run, std::int64_t count, int parts);
 
   cpu::quant::Format format_ = cpu::quant::Format::F32;
   std::int64_t vocab_ = 0, embed_dim_ = 0;
@@ -103,8 +116,8 @@ class Generator {
   std::vector<std::vector<std::vector<float>>> states_;
   std::vector<float> x_, y_, top_;
   cpu::quant::Activations decoder_in_;
+  std::vector<float> step_x_;                               // the step path's embedding rows
   std::vector<std::vector<float>> step_out_;                // per layer: one step's output
-  std::vector<float*> step_states_;
   std::vector<cpu::quant::Activations> decoder_members_;   // per team member (the step path)
   std::size_t step_bytes_ = 0;                              // weight_bytes(), fixed at setup
   std::unique_ptr<StepParts> step_parts_;                   // for step_parts_rows_ streams

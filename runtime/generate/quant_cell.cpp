@@ -6,92 +6,19 @@
 #include <algorithm>
 #include <cstring>
 
-#include "compiler/codegen/llvm/kernel_codegen.h"
 #include "compiler/ir/error.h"
-#include "compiler/pipeline.h"
 #include "runtime/cpu/blas.h"
-#include "runtime/cpu/llvm_jit.h"
-#include "runtime/cpu/team.h"
+#include "runtime/generate/quant_cell_impl.h"
 
 namespace cellfuse::generate {
-namespace {
 
 using cpu::quant::Activations;
 using cpu::quant::Format;
 using cpu::quant::QuantMatrix;
-
-constexpr std::int64_t kRowChunk = 64;  // rows per kernel call; scratch is sized for this many
-
-std::int64_t features(const Cell& c, ValueId v) { return c.graph.node(v).shape.features(); }
-std::int64_t elements(const Shape& s) {
-  std::int64_t n = 1;
-  for (int i = 0; i < s.rank; ++i) n *= s.dims[static_cast<std::size_t>(i)];
-  return n;
-}
-
-// One stage's program and the memory its runs use (grown to the most rows seen).
-struct StageExec {
-  const SequenceStage* stage = nullptr;
-  StageProgram program;
-  std::vector<llvm_codegen::KernelFunction> functions;  // per step; null for a product
-  std::vector<int> matrix_param;                        // per step: the cell param of a quantized weight, or -1
-  std::vector<const QuantMatrix*> matrix;               // per step: that weight
-  std::vector<float*> where;                            // per stage value
-  std::vector<std::vector<float>> temporaries;          // per program temporary
-  // Per step, per set: a kernel's buffers. Set p is member p's when a step's kernel is split by
-  // rows (each member its own scratch); set 0 otherwise.
-  std::vector<std::vector<std::vector<void*>>> pointers;
-  std::vector<std::vector<float>> scratch;
-  std::vector<std::vector<float>> exports;  // per stage output, [rows, cols]
-  std::int64_t capacity = 0;
-};
-
-}  // namespace
-
-void StepSync::before_shared(cpu::Team& team, const float* reads) {
-  if (solo || opaque || (reads && std::find(written.begin(), written.end(), reads) != written.end())) barrier(team);
-}
-
-void StepSync::before_solo(cpu::Team& team) {
-  if (opaque || !written.empty()) barrier(team);
-}
-
-void StepSync::barrier(cpu::Team& team) {
-  if (parts > 1) team.barrier();
-  written.clear();
-  opaque = solo = false;
-}
-
-std::pair<std::int64_t, std::int64_t> share_rows(std::int64_t total, std::int64_t unit, int part, int parts) {
-  const std::int64_t blocks = (total + unit - 1) / unit;
-  const std::int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
-  return {std::min(total, b0 * unit), std::min(total, b1 * unit)};
-}
-
-struct QuantCell::Impl {
-  Cell cell;
-  SequencePlan plan;
-  StageExec stages[3];
-  std::unique_ptr<LlvmJit> jit;
-  LayerWeights weights;
-  Activations activations;
-  std::vector<std::vector<float>> current, next;  // the loop's states
-  // The step path (bind_step / step): rows, where the states and the output live, each member's
-  // activations (one per program step), a team of one for products of two per-step values.
-  std::int64_t step_rows = 0;
-  std::vector<float*> step_states;
-  float* step_output = nullptr;
-  std::vector<std::vector<Activations>> member_activations[3];
-  cpu::Team alone{1};
-
-  void compile(const Cell& user_cell);
-  std::vector<bool> fp32_needed() const;
-  void check_weights() const;
-  void resolve_matrices();
-  void grow(StageExec& se, std::int64_t rows, int sets);
-  void run_kernel(StageExec& se, std::size_t i, std::int64_t r0, std::int64_t r1, int set);
-  void run_stage(StageExec& se, std::int64_t rows, std::int64_t export_row, cpu::Team& team);
-};
+using detail::elements;
+using detail::features;
+using detail::kRowChunk;
+using detail::StageExec;
 
 // The cell through the one pipeline: kernels for any rows, no product fused (each is a quantized
 // matrix-vector product run here).
@@ -287,12 +214,13 @@ void QuantCell::Impl::grow(StageExec& se, std::int64_t rows, int sets) {
     se.exports[o].resize(static_cast<std::size_t>(rows * features(sc, sc.outputs[o].value)));
 }
 
-// Rows [r0, r1) of step i's kernel with scratch set `set`.
-void QuantCell::Impl::run_kernel(StageExec& se, std::size_t i, std::int64_t r0, std::int64_t r1, int set) {
+// Rows [r0, r1) of step i's kernel with scratch set `set`, its values where `where` says.
+void QuantCell::Impl::run_kernel(StageExec& se, std::size_t i, std::int64_t r0, std::int64_t r1, int set,
+                                 const std::vector<float*>& where) {
   const auto& ks = se.program.steps[i].kernel;
   auto& ptrs = se.pointers[i][static_cast<std::size_t>(set)];
   for (std::size_t b = 0; b < ks.kernel.buffers.size(); ++b)
-    if (ks.kernel.buffers[b].role != kernel::BufferRole::Scratch) ptrs[b] = se.where[ks.buffers[b].index];
+    if (ks.kernel.buffers[b].role != kernel::BufferRole::Scratch) ptrs[b] = where[ks.buffers[b].index];
   for (std::int64_t r = r0; r < r1; r += kRowChunk) se.functions[i](ptrs.data(), r, std::min(r1, r + kRowChunk), 0, 1, nullptr, nullptr);
 }
 
@@ -314,7 +242,7 @@ void QuantCell::Impl::run_stage(StageExec& se, std::int64_t rows, std::int64_t e
       }
       continue;
     }
-    run_kernel(se, i, 0, rows, 0);
+    run_kernel(se, i, 0, rows, 0, se.where);
   }
   for (std::size_t o = 0; o < sc.outputs.size(); ++o) {
     ValueId v = sc.outputs[o].value;
@@ -386,103 +314,6 @@ void QuantCell::run(std::int64_t steps, std::int64_t rows, const float* input, c
   const std::int64_t cols = output_width();
   std::memcpy(output, m.stages[static_cast<int>(src.stage)].exports[static_cast<std::size_t>(src.index)].data(),
               static_cast<std::size_t>(total * cols) * sizeof(float));
-}
-
-// The step path binds each stage's inputs straight to the memory of the value that feeds them
-// (no export copies): one step's values stay where they were computed.
-void QuantCell::bind_step(std::int64_t rows, const float* input, const std::vector<float*>& states, float* output,
-                          int parts) {
-  Impl& m = *impl_;
-  if (states.size() != m.cell.states.size())
-    throw Error("generator: layer '" + m.cell.name + "' has " + std::to_string(m.cell.states.size()) + " states, got " +
-                std::to_string(states.size()));
-  m.step_rows = rows, m.step_states = states, m.step_output = output;
-  for (int s = 0; s < 3; ++s) {
-    StageExec& se = m.stages[s];
-    if (!se.stage->cell) continue;
-    m.grow(se, rows, parts);
-    auto& acts = m.member_activations[s];
-    if (static_cast<int>(acts.size()) < parts) acts.resize(static_cast<std::size_t>(parts));
-    for (auto& a : acts) a.resize(se.program.steps.size());
-    const Cell& sc = *se.stage->cell;
-    for (std::size_t i = 0; i < sc.inputs.size(); ++i) {
-      const StageInput& in = se.stage->inputs[i];
-      float* from = const_cast<float*>(input);
-      if (in.from != StageInput::From::CellInput) {
-        const StageExec& producer = m.stages[in.from == StageInput::From::Pre ? 0 : 1];
-        from = producer.where[producer.stage->cell->outputs[static_cast<std::size_t>(in.index)].value.index];
-      }
-      se.where[sc.inputs[i].index] = from;
-    }
-    if (s == 1)
-      for (std::size_t k = 0; k < sc.states.size(); ++k) se.where[sc.states[k].index] = states[k];
-  }
-}
-
-void QuantCell::step(int part, int parts, cpu::Team& team, StepSync& sync) {
-  Impl& m = *impl_;
-  const std::int64_t rows = m.step_rows;
-  const bool split_kernels = parts > 1 && rows >= 2 * parts;
-  for (int s = 0; s < 3; ++s) {
-    StageExec& se = m.stages[s];
-    if (!se.stage->cell) continue;
-    for (std::size_t i = 0; i < se.program.steps.size(); ++i) {
-      const ProgramStep& step = se.program.steps[i];
-      if (step.kind == ProgramStep::Kind::Gemm && se.matrix[i]) {
-        const GemmStep& gm = step.gemm;
-        const float* x = se.where[gm.x.index];
-        sync.before_shared(team, x);
-        const auto [r0, r1] = share_rows(gm.n, QuantMatrix::kRowBlock, part, parts);
-        if (r0 < r1) {
-          Activations& a = m.member_activations[s][static_cast<std::size_t>(part)][i];
-          a.prepare(se.matrix[i]->format(), x, rows, gm.k, gm.k);
-          se.matrix[i]->multiply_rows(a, gm.bias.valid() ? se.where[gm.bias.index] : nullptr, se.where[gm.out.index],
-                                      gm.n, r0, r1);
-        }
-        sync.written.push_back(se.where[gm.out.index]);
-      } else if (step.kind == ProgramStep::Kind::Kernel && split_kernels) {
-        sync.before_shared(team, nullptr);
-        if (!sync.written.empty()) sync.barrier(team);  // it reads what the products wrote
-        const auto [r0, r1] = share_rows(rows, 1, part, parts);
-        m.run_kernel(se, i, r0, r1, part);
-        sync.opaque = true;
-      } else {
-        sync.before_solo(team);
-        if (part == 0) {
-          if (step.kind == ProgramStep::Kind::Kernel) {
-            m.run_kernel(se, i, 0, rows, 0);
-          } else {  // a product of two per-step values, on this member alone
-            const GemmStep& gm = step.gemm;
-            cpu::gemm<float>(m.alone, se.where[gm.x.index], se.where[gm.weight.index], gm.transposed,
-                             gm.bias.valid() ? se.where[gm.bias.index] : nullptr, se.where[gm.out.index], rows, gm.k,
-                             gm.n);
-          }
-        }
-        sync.solo = true;
-      }
-    }
-  }
-  sync.before_solo(team);
-  if (part == 0) {
-    const auto& src = m.plan.outputs[0];
-    const StageExec& se = m.stages[static_cast<int>(src.stage)];
-    const float* from = se.where[se.stage->cell->outputs[static_cast<std::size_t>(src.index)].value.index];
-    std::memcpy(m.step_output, from, static_cast<std::size_t>(rows * output_width()) * sizeof(float));
-    // Then the next states replace the states (an output may be a state as the step found it).
-    const StageExec& loop = m.stages[1];
-    if (loop.stage->cell) {
-      const Cell& lc = *loop.stage->cell;
-      // Through m.next, as a next state may be another state (a cell that swaps them).
-      m.next.resize(lc.states.size());
-      for (std::size_t k = 0; k < lc.states.size(); ++k) {
-        const float* next = loop.where[lc.next_states[k].index];
-        m.next[k].assign(next, next + rows * features(lc, lc.states[k]));
-      }
-      for (std::size_t k = 0; k < lc.states.size(); ++k)
-        std::memcpy(m.step_states[k], m.next[k].data(), m.next[k].size() * sizeof(float));
-    }
-  }
-  sync.solo = true;
 }
 
 }  // namespace cellfuse::generate

@@ -77,13 +77,24 @@ class QuantCell {
   void run(std::int64_t steps, std::int64_t rows, const float* input, const std::vector<float*>& states,
            float* output, cpu::Team& team);
 
-  // One step of `rows` rows run by a whole team inside one Team::run, so that a generation step
-  // wakes the team once instead of once per product: bind() (on the caller, before the run) fixes
-  // the memory; then every member calls step(), which shares each product's output rows among
-  // the members and runs the pointwise kernels (on member 0, or split by rows when there are
-  // enough), with a barrier only where one member reads what another wrote (`sync`, carried
-  // from layer to layer). Same results, bit for bit, as run() with steps = 1.
-  void bind_step(std::int64_t rows, const float* input, const std::vector<float*>& states, float* output, int parts);
+  // One step of `rows` rows run by a team inside one Team::run, so that generation wakes the
+  // team once for many steps: bind_step() (on the caller, before the runs) fixes the memory; then
+  // every member calls step(), which shares each product's output rows among the members, with a
+  // barrier only where one member reads what another wrote (`sync`, carried from layer to layer).
+  // The pointwise kernels are split by rows when there are enough (rows >= 2 * parts); with fewer
+  // the step is replicated: every member runs every kernel over all rows on its own copy of the
+  // values kernels write, of the states and of the output (member 0's are `states` and `output`,
+  // the others' live here), so that no barrier follows a kernel. `inputs`: member p's input
+  // ([rows, input_width]; the layer below's step_output(p), or one shared array). Same results,
+  // bit for bit, as run() with steps = 1, whatever the members.
+  void bind_step(std::int64_t rows, const std::vector<const float*>& inputs, const std::vector<float*>& states,
+                 float* output, int parts);
+  // Member `part`'s output of the step (`output` for member 0).
+  const float* step_output(int part) const;
+  // Called by every member at the start of each run of steps, before its first barrier: a
+  // replica takes member 0's states (runs on fewer members may have moved them on).
+  void begin_steps(int part);
+  // `parts`: the run's members, the bound number or 1 (the caller alone, on member 0's memory).
   void step(int part, int parts, cpu::Team& team, StepSync& sync);
 
  private:

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "compiler/ir/error.h"
+#include "runtime/generate/exp_weights.h"
 
 namespace cellfuse::generate {
 namespace {
@@ -49,11 +50,9 @@ std::int32_t Sampler::sample(const float* logits, std::int64_t vocab, const Samp
     // identity, without building it (the same weights, sums and draw; a step of a small model
     // takes a few microseconds, this part a good share of them).
     weight_.resize(static_cast<std::size_t>(vocab));
+    tempered_weights(logits, vocab, top, o.temperature, weight_.data());
     double total = 0;
-    for (std::int64_t i = 0; i < vocab; ++i) {
-      weight_[static_cast<std::size_t>(i)] = std::exp((logits[i] - top) / o.temperature);
-      total += weight_[static_cast<std::size_t>(i)];
-    }
+    for (double w : weight_) total += w;
     const double u = uniform() * total;
     double acc = 0;
     for (std::int64_t i = 0; i < vocab; ++i) {
@@ -76,7 +75,7 @@ std::int32_t Sampler::sample(const float* logits, std::int64_t vocab, const Samp
   weight_.resize(keep);
   double total = 0;
   for (std::size_t j = 0; j < keep; ++j) {
-    weight_[j] = std::exp((logits[order_[j]] - top) / o.temperature);
+    weight_[j] = exp_nonpositive((logits[order_[j]] - top) / o.temperature);
     total += weight_[j];
   }
   if (o.top_p < 1) {

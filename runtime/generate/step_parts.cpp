@@ -20,15 +20,26 @@ void StepParts::start_probing() {
   parts_ = team_;
 }
 
-void StepParts::record(std::int64_t ns) {
+std::int64_t StepParts::steps() const {
+  switch (mode_) {
+    case Mode::Probing: return kProbeSteps;
+    case Mode::Stretch: return std::min<std::int64_t>(left_, kMaxRun);
+    case Mode::Fixed: break;
+  }
+  return kMaxRun;
+}
+
+void StepParts::record(std::int64_t ns, std::int64_t steps) {
+  if (steps < 1) return;
   switch (mode_) {
     case Mode::Fixed: return;
     case Mode::Stretch:
-      if (--left_ <= 0) start_probing();
+      left_ -= steps;
+      if (left_ <= 0) start_probing();
       return;
     case Mode::Probing: break;
   }
-  samples_[probe_ % 2][probe_ / 2] = ns;
+  samples_[probe_ % 2][probe_ / 2] = ns / steps;
   if (++probe_ < 2 * kProbes) {
     parts_ = probe_ % 2 == 0 ? team_ : 1;
     return;

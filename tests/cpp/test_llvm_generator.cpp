@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 
 #include "compiler/ir/error.h"
 #include "frontend/cells.h"
+#include "runtime/generate/exp_weights.h"
 #include "runtime/generate/generator.h"
 #include "tests/cpp/cell_conversion.h"
 
@@ -256,33 +258,80 @@ TEST(Sampler, FrequenciesFollowTheTemperedDistribution) {
 }
 
 // Without top-k or top-p every token is kept in id order: the draw is the first token whose
-// running sum of exp((logit - max) / T) passes u * total, u the sampler's next uniform. Computed
-// here from a second sampler of the same seed, draw by draw, on fresh logits each time.
+// running sum of exp_nonpositive((logit - max) / T) passes u * total, u the sampler's next
+// uniform. Computed here from a second sampler of the same seed, draw by draw, on fresh logits
+// each time, with the scalar exp_nonpositive: the sampler's vector form (AVX-512) must give the
+// same bits, and so must every kernel set this host runs.
 TEST(Sampler, KeepingEveryTokenDrawsByTheRunningSumInIdOrder) {
   std::mt19937 rng(8);
   std::normal_distribution<float> d(0.0f, 3.0f);
   const std::int64_t V = 97;
-  for (std::int64_t k : {std::int64_t{0}, V, V + 5}) {
-    Sampler s(2024), twin(2024);
-    const SampleOptions o{.temperature = 0.7, .top_k = k};
-    std::vector<float> logits(static_cast<std::size_t>(V));
-    for (int draw = 0; draw < 2000; ++draw) {
-      for (auto& l : logits) l = d(rng);
-      const double top = *std::max_element(logits.begin(), logits.end());
-      std::vector<double> w;
-      double total = 0;
-      for (float l : logits) total += w.emplace_back(std::exp((l - top) / o.temperature));
-      const double u = twin.uniform() * total;
-      std::int32_t want = static_cast<std::int32_t>(V - 1);
-      double acc = 0;
-      for (std::int64_t i = 0; i < V; ++i)
-        if (u < (acc += w[static_cast<std::size_t>(i)])) {
-          want = static_cast<std::int32_t>(i);
-          break;
+  std::vector<cpu::quant::Isa> isas = {cpu::quant::Isa::Scalar};
+  if (cpu::quant::host_isa() >= cpu::quant::Isa::Avx2) isas.push_back(cpu::quant::Isa::Avx2);
+  if (cpu::quant::host_isa() >= cpu::quant::Isa::Avx512) isas.push_back(cpu::quant::Isa::Avx512);
+  for (auto isa : isas) {
+    cpu::quant::force_isa(isa);
+    for (std::int64_t k : {std::int64_t{0}, V, V + 5}) {
+      Sampler s(2024), twin(2024);
+      // 0.013: most weights underflow (exactly 0 below -746), some are subnormal.
+      for (double temp : {0.7, 0.013}) {
+        const SampleOptions o{.temperature = temp, .top_k = k};
+        std::vector<float> logits(static_cast<std::size_t>(V));
+        for (int draw = 0; draw < 1000; ++draw) {
+          for (auto& l : logits) l = d(rng);
+          const double top = *std::max_element(logits.begin(), logits.end());
+          std::vector<double> w;
+          double total = 0;
+          for (float l : logits) total += w.emplace_back(exp_nonpositive((l - top) / o.temperature));
+          const double u = twin.uniform() * total;
+          std::int32_t want = static_cast<std::int32_t>(V - 1);
+          double acc = 0;
+          for (std::int64_t i = 0; i < V; ++i)
+            if (u < (acc += w[static_cast<std::size_t>(i)])) {
+              want = static_cast<std::int32_t>(i);
+              break;
+            }
+          ASSERT_EQ(s.sample(logits.data(), V, o), want)
+              << "draw " << draw << ", top_k " << k << ", T " << temp << ", " << cpu::quant::isa_name(isa);
         }
-      ASSERT_EQ(s.sample(logits.data(), V, o), want) << "draw " << draw << ", top_k " << k;
+      }
     }
   }
+  cpu::quant::force_isa(cpu::quant::host_isa());
+}
+
+// The sampler's exp against libm's: relative error under 1e-14 (and a few units of the smallest
+// subnormal where the result is subnormal), exactly 0 below -746, 1 at 0; and the
+// vector form (tempered_weights) gives the scalar one's bits for fresh arguments over the range.
+TEST(Sampler, ItsExpMatchesLibmAndItsVectorForm) {
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<double> u(-760.0, 0.0), small(-2.0, 0.0);
+  EXPECT_EQ(exp_nonpositive(0.0), 1.0);
+  EXPECT_EQ(exp_nonpositive(-0.0), 1.0);
+  EXPECT_EQ(exp_nonpositive(-746.0 - 1e-9), 0.0);
+  EXPECT_EQ(exp_nonpositive(-std::numeric_limits<double>::infinity()), 0.0);
+  for (int i = 0; i < 200000; ++i) {
+    const double x = i % 2 ? u(rng) : small(rng), want = std::exp(x), got = exp_nonpositive(x);
+    ASSERT_LE(std::abs(got - want), 1e-14 * want + 2 * std::numeric_limits<double>::denorm_min()) << x;
+  }
+  // Logits as floats, a top and a temperature: the vector form against the scalar one.
+  const std::int64_t n = 203;  // not a multiple of 8
+  std::vector<float> logits(static_cast<std::size_t>(n));
+  std::normal_distribution<float> d(0.0f, 40.0f);
+  for (auto& l : logits) l = d(rng);
+  const double top = *std::max_element(logits.begin(), logits.end());
+  for (auto isa : {cpu::quant::Isa::Scalar, cpu::quant::host_isa()}) {
+    cpu::quant::force_isa(isa);
+    for (double temp : {1.0, 0.3, 0.01, 1e-300}) {
+      std::vector<double> w(static_cast<std::size_t>(n) + 1, -1.0);
+      tempered_weights(logits.data(), n, top, temp, w.data());
+      for (std::int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(w[static_cast<std::size_t>(i)], exp_nonpositive((logits[static_cast<std::size_t>(i)] - top) / temp))
+            << "token " << i << ", T " << temp << ", " << cpu::quant::isa_name(isa);
+      EXPECT_EQ(w.back(), -1.0) << "wrote past n";
+    }
+  }
+  cpu::quant::force_isa(cpu::quant::host_isa());
 }
 
 TEST(Generator, BadArgumentsAreClearErrors) {

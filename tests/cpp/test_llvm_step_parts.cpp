@@ -3,17 +3,36 @@
 // check that either choice gives the same bits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "runtime/generate/step_parts.h"
 
 namespace cellfuse::generate {
 namespace {
 
-// Runs one probing round: `shared_ns` / `alone_ns` for the steps on the team / the caller.
+// Runs one probing round: `shared_ns` / `alone_ns` per step on the team / the caller (a probe
+// is a run of StepParts::kProbeSteps steps, timed as a whole).
 void probe_round(StepParts& p, int team, std::int64_t shared_ns, std::int64_t alone_ns) {
   for (int i = 0; i < 2 * StepParts::kProbes; ++i) {
     ASSERT_TRUE(p.timing()) << "probe " << i;
     ASSERT_EQ(p.next(), i % 2 == 0 ? team : 1) << "probe " << i;
-    p.record(p.next() == 1 ? alone_ns : shared_ns);
+    ASSERT_EQ(p.steps(), StepParts::kProbeSteps);
+    p.record((p.next() == 1 ? alone_ns : shared_ns) * p.steps(), p.steps());
+  }
+}
+
+// Runs the stretch after a probing round: runs of at most kMaxRun steps on `want` members, not
+// timed, kStretch steps in all.
+void stretch(StepParts& p, int want) {
+  std::int64_t done = 0;
+  while (done < StepParts::kStretch) {
+    ASSERT_FALSE(p.timing()) << "step " << done << " of the stretch";
+    ASSERT_EQ(p.next(), want);
+    const std::int64_t n = p.steps();
+    ASSERT_GE(n, 1);
+    ASSERT_LE(n, std::min<std::int64_t>(StepParts::kMaxRun, StepParts::kStretch - done));
+    p.record(1, n);  // not timed: ignored
+    done += n;
   }
 }
 
@@ -24,7 +43,8 @@ TEST(StepParts, SmallAndLargeModelsAndTeamsOfOneNeverProbe) {
     for (int i = 0; i < 3000; ++i) {
       ASSERT_FALSE(p.timing());
       ASSERT_EQ(p.next(), want) << bytes << " bytes, team " << team;
-      p.record(123);
+      ASSERT_EQ(p.steps(), StepParts::kMaxRun);
+      p.record(123, i % 7 + 1);
     }
   }
 }
@@ -36,11 +56,7 @@ TEST(StepParts, TheFasterChoiceRunsUntilTheNextProbes) {
     StepParts p(450 * 1024, 2);
     for (int round = 0; round < 3; ++round) {
       probe_round(p, 2, shared, alone);
-      for (int i = 0; i < StepParts::kStretch; ++i) {
-        ASSERT_FALSE(p.timing()) << "step " << i << " of the stretch";
-        ASSERT_EQ(p.next(), want);
-        p.record(1);  // not timed: ignored
-      }
+      stretch(p, want);
     }
     EXPECT_TRUE(p.timing());  // probing again
   }
@@ -48,7 +64,7 @@ TEST(StepParts, TheFasterChoiceRunsUntilTheNextProbes) {
   StepParts p(450 * 1024, 4);
   probe_round(p, 4, 3000, 5000);
   EXPECT_EQ(p.next(), 4);
-  for (int i = 0; i < StepParts::kStretch; ++i) p.record(0);
+  stretch(p, 4);
   probe_round(p, 4, 50000, 5000);
   EXPECT_EQ(p.next(), 1);
 }
@@ -61,8 +77,29 @@ TEST(StepParts, OneSlowProbeDoesNotDecide) {
     // each (a sleeping worker to wake) is slow too.
     std::int64_t ns = shared ? 3000 : 5000;
     if (i == 0 || i == 2) ns = 1'000'000;
-    p.record(ns);
+    p.record(ns * p.steps(), p.steps());
   }
+  EXPECT_EQ(p.next(), 2);
+}
+
+// A run that ends early (generation over) counts its steps: the stretch ends after kStretch
+// steps, however they came; a probe's time is per step.
+TEST(StepParts, RunsCountTheirSteps) {
+  StepParts p(450 * 1024, 2);
+  for (int i = 0; i < 2 * StepParts::kProbes; ++i) {
+    // Probes that made 1 step (a call that ended) are as valid as full ones: per-step times.
+    const std::int64_t steps = i % 3 == 0 ? 1 : p.steps();
+    p.record((p.next() == 2 ? 3000 : 5000) * steps, steps);
+  }
+  ASSERT_EQ(p.next(), 2);
+  std::int64_t done = 0;
+  while (!p.timing()) {
+    p.record(0, 3);
+    done += 3;
+  }
+  EXPECT_EQ(done, (StepParts::kStretch + 2) / 3 * 3);
+  p.record(0, 0);  // a run that made no step changes nothing
+  EXPECT_TRUE(p.timing());
   EXPECT_EQ(p.next(), 2);
 }
 
