@@ -392,7 +392,8 @@ def report(args, rows, figures, notes):
              f"loops, {args.rounds} rounds timed in alternation (medians).", ""]
     lines += [f"- {n}" for n in notes] + [""]
     lines += ["| model | contender | ms per character | weights |", "|---|---|---:|---|"]
-    lines += [f"| {m} | {c} | {t:.3f} | {f} |" for m, c, t, f in rows]
+    # A small model's microseconds need a fourth decimal.
+    lines += [f"| {m} | {c} | {t:.3f} | {f} |" if t >= 0.1 else f"| {m} | {c} | {t:.4f} | {f} |" for m, c, t, f in rows]
     lines += ["", "| figure | measured | target |", "|---|---:|---|"]
     lines += [f"| {n} | {v:.3f} | {t} |" for n, v, t in figures]
     text = "\n".join(lines) + "\n"
