@@ -186,14 +186,18 @@ std::vector<std::vector<std::int32_t>> Generator::generate(const std::vector<std
   return out;
 }
 
-// The step path's memory, bound once per call for the team's size: the embedding rows of the
-// sampled tokens, each layer's states and output (member 0's; a replicated step keeps the other
-// members' copies in the layer), the logits.
+// The step path's memory, bound once per call for the team's size: each member's embedding
+// rows of the sampled tokens, each layer's states and output (member 0's; a replicated step
+// keeps the other members' copies in the layer), the logits.
 void Generator::bind_steps(std::int64_t rows) {
   const int members = team_->size();
-  step_x_.resize(static_cast<std::size_t>(rows * embed_dim_));
+  step_x_.resize(static_cast<std::size_t>(members));
+  std::vector<const float*> inputs;
+  for (auto& x : step_x_) {
+    x.resize(static_cast<std::size_t>(rows * embed_dim_));
+    inputs.push_back(x.data());
+  }
   step_out_.resize(layers_.size());
-  std::vector<const float*> inputs(static_cast<std::size_t>(members), step_x_.data());
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     std::vector<float*> states;
     for (auto& st : states_[l]) states.push_back(st.data());
@@ -205,43 +209,72 @@ void Generator::bind_steps(std::int64_t rows) {
 }
 
 // Up to `count` steps of generation in one run of `parts` members of the team (1: the caller
-// alone, no barriers). Each step: member 0 samples every stream's next token from the logits
-// (and calls on_step) while the others wait; then every layer and the decoder, each member
-// taking its share of every product's output rows (QuantCell::step), with barriers only where
-// one reads what another wrote. A step that ends generation (the last token, on_step's false,
-// an error) stops every member after the barrier that follows the sampling.
+// alone, no barriers). Each step samples every stream's next token from the logits, then runs
+// every layer and the decoder, each member taking its share of every product's output rows
+// (QuantCell::step), with barriers only where one reads what another wrote. Without a callback
+// every member samples (each its own copy of the samplers, all drawing the same tokens from the
+// same logits) and embeds the tokens into its own input rows: no barrier after the sampling.
+// With one, member 0 samples and calls it while the others wait at a barrier that also tells
+// them whether to stop. A step that ends generation (the last token, on_step's false, an error)
+// stops every member alike.
 void Generator::run_steps(GenerationRun& run, std::int64_t count, int parts) {
   const std::int64_t rows = static_cast<std::int64_t>(run.ids.size());
   const float* bias = decoder_bias_.empty() ? nullptr : decoder_bias_.data();
-  auto sample = [&] {
+  // (Only with replicated layers: when kernels are split by rows, every member reads member 0's
+  // input rows.)
+  const bool every = parts > 1 && !run.on_step && layers_.front().step_replicated();
+  if (every) {  // here, before the run: member 0 moves its samplers on from its first step
+    run.draws.resize(static_cast<std::size_t>(parts - 1));
+    for (auto& d : run.draws) d.samplers = run.samplers, d.ids.resize(run.ids.size());
+  }
+  const std::int64_t first = run.step;
+  // Member `part`'s draw of step `step`: whether generation ends with it.
+  auto draw = [&](int part, std::int64_t step) {
+    auto& samplers = part == 0 ? run.samplers : run.draws[static_cast<std::size_t>(part - 1)].samplers;
+    auto& ids = part == 0 ? run.ids : run.draws[static_cast<std::size_t>(part - 1)].ids;
     try {
       for (std::int64_t b = 0; b < rows; ++b) {
         const auto ub = static_cast<std::size_t>(b);
-        run.ids[ub] = run.samplers[ub].sample(run.logits.data() + b * vocab_, vocab_, run.options);
-        run.out[ub].push_back(run.ids[ub]);
+        ids[ub] = samplers[ub].sample(run.logits.data() + b * vocab_, vocab_, run.options);
+        if (part == 0) run.out[ub].push_back(ids[ub]);
       }
-      if ((run.on_step && !run.on_step(run.step, run.ids.data())) || run.step + 1 == run.length) run.stop = true;
-      ++run.step;
+      const bool stopped = part == 0 && run.on_step && !run.on_step(step, ids.data());  // (on the last step too)
+      const bool last = stopped || step + 1 == run.length;
+      float* x = step_x_[static_cast<std::size_t>(part)].data();
       for (std::int64_t r = 0; r < rows; ++r)
-        std::memcpy(step_x_.data() + r * embed_dim_, embedding_.data() + run.ids[static_cast<std::size_t>(r)] * embed_dim_,
+        std::memcpy(x + r * embed_dim_, embedding_.data() + ids[static_cast<std::size_t>(r)] * embed_dim_,
                     static_cast<std::size_t>(embed_dim_) * sizeof(float));
-    } catch (...) {
-      run.error = std::current_exception();
-      run.stop = true;
+      return last;
+    } catch (...) {  // every member of `every` meets the same logits, hence the same error
+      if (part == 0) run.error = std::current_exception();
+      return true;
     }
   };
   auto work = [&](int part, int n) {
     StepSync sync;
     sync.parts = n;
+    const bool each = every && n > 1;  // n: 1 when the team runs the caller alone
     for (auto& layer : layers_) layer.begin_steps(part);
+    std::int64_t step = first;
     for (std::int64_t i = 0; i < count; ++i) {
       sync.before_solo(*team_);  // the logits are whole
-      if (part == 0) sample();
-      sync.barrier(*team_);  // the tokens' embeddings and `stop` are out
-      if (run.stop) break;
+      bool stop = false;
+      if (each || part == 0) stop = draw(each ? part : 0, step);
+      ++step;
+      if (!each) {  // member 0's tokens (in its rows, which every member reads) and its verdict
+        if (part == 0) run.stop = stop;
+        sync.barrier(*team_);
+        stop = run.stop;
+        // A replicated layer's member reads its own input rows: member 0's here.
+        if (n > 1 && part > 0) std::memcpy(step_x_[static_cast<std::size_t>(part)].data(), step_x_[0].data(), step_x_[0].size() * sizeof(float));
+      }
+      if (stop) break;
+      const int barriers = sync.barriers;
       for (auto& layer : layers_) layer.step(part, n, *team_, sync);
       const float* top = layers_.back().step_output(n > 1 ? part : 0);
       sync.before_shared(*team_, top);
+      // The logits are rewritten below: every member must be done reading them.
+      if (each && sync.barriers == barriers) sync.barrier(*team_);
       const auto [r0, r1] = share_rows(vocab_, QuantMatrix::kRowBlock, part, n);
       if (r0 < r1) {
         auto& a = decoder_members_[static_cast<std::size_t>(part)];
@@ -249,6 +282,10 @@ void Generator::run_steps(GenerationRun& run, std::int64_t count, int parts) {
         decoder_.multiply_rows(a, bias, run.logits.data(), vocab_, r0, r1);
       }
       sync.written.push_back(run.logits.data());
+    }
+    if (part == 0) {
+      run.step = step;
+      if (!run.stop && (step == run.length || run.error)) run.stop = true;  // (else others may read it now)
     }
   };
   if (parts == 1) work(0, 1);

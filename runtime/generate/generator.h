@@ -100,6 +100,11 @@ class Generator {
     std::int64_t step = 0;            // tokens sampled per stream so far
     bool stop = false;                // written by member 0 before a barrier, read after it
     std::exception_ptr error{};       // what stopped it, thrown once the run is over
+    struct Draw {                     // member p >= 1's copy when every member samples
+      std::vector<Sampler> samplers;
+      std::vector<std::int32_t> ids;
+    };
+    std::vector<Draw> draws{};
   };
   void bind_steps(std::int64_t rows);
   void run_steps(GenerationRun& run, std::int64_t count, int parts);
@@ -116,7 +121,7 @@ class Generator {
   std::vector<std::vector<std::vector<float>>> states_;
   std::vector<float> x_, y_, top_;
   cpu::quant::Activations decoder_in_;
-  std::vector<float> step_x_;                               // the step path's embedding rows
+  std::vector<std::vector<float>> step_x_;                  // per member: the step's embedding rows
   std::vector<std::vector<float>> step_out_;                // per layer: one step's output
   std::vector<cpu::quant::Activations> decoder_members_;   // per team member (the step path)
   std::size_t step_bytes_ = 0;                              // weight_bytes(), fixed at setup

@@ -30,6 +30,7 @@ struct StepSync {
   std::vector<const float*> written;  // outputs of work split among the members
   bool opaque = false;                // split work whose outputs are not listed (a kernel's rows)
   bool solo = false;                  // work member 0 did alone
+  int barriers = 0;                   // barriers taken so far (parts > 1)
   // Before work split among the members that reads `reads` (or null): a barrier when it may
   // read what another member wrote since the last one.
   void before_shared(cpu::Team& team, const float* reads);
@@ -89,8 +90,10 @@ class QuantCell {
   // bit for bit, as run() with steps = 1, whatever the members.
   void bind_step(std::int64_t rows, const std::vector<const float*>& inputs, const std::vector<float*>& states,
                  float* output, int parts);
-  // Member `part`'s output of the step (`output` for member 0).
+  // Member `part`'s output of the step (`output` for member 0), and whether the bound step is
+  // replicated (else every member reads member 0's input and output).
   const float* step_output(int part) const;
+  bool step_replicated() const;
   // Called by every member at the start of each run of steps, before its first barrier: a
   // replica takes member 0's states (runs on fewer members may have moved them on).
   void begin_steps(int part);

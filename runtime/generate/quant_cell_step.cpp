@@ -22,7 +22,10 @@ void StepSync::before_solo(cpu::Team& team) {
 }
 
 void StepSync::barrier(cpu::Team& team) {
-  if (parts > 1) team.barrier();
+  if (parts > 1) {
+    team.barrier();
+    ++barriers;
+  }
   written.clear();
   opaque = solo = false;
 }
@@ -124,6 +127,8 @@ const float* QuantCell::step_output(int part) const {
   if (part == 0 || !m.replicated) return m.step_output;
   return m.replicas[static_cast<std::size_t>(part - 1)].output.data();
 }
+
+bool QuantCell::step_replicated() const { return impl_->replicated; }
 
 void QuantCell::begin_steps(int part) {
   Impl& m = *impl_;

@@ -4,10 +4,12 @@
 // the caller alone gives, and the teacher-forced (batched) path agrees with the steps.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <stdexcept>
 
+#include "compiler/ir/error.h"
 #include "frontend/cells.h"
 #include "runtime/generate/generator.h"
 
@@ -63,7 +65,9 @@ TEST(GeneratorTeam, ReplicatedAndSplitStepsGiveTheCallersTokens) {
   for (Format f : {Format::F32, Format::Int8}) {
     Generator one(m, f, 1), two(m, f, 2);
     // fp32 always on the team; int8 (a quarter of the bytes) probed: either way the same tokens.
-    if (f == Format::F32) ASSERT_GE(two.weight_bytes(), StepParts::kAlwaysShared);
+    if (f == Format::F32) {
+      ASSERT_GE(two.weight_bytes(), StepParts::kAlwaysShared);
+    }
     for (std::int64_t streams : {1, 3, 5}) {
       const SampleOptions o{.temperature = 1.0, .seed = static_cast<std::uint64_t>(10 + streams)};
       auto a = one.generate(kPrime, 25, o, streams);
@@ -105,8 +109,25 @@ TEST(GeneratorTeam, RunsSwitchingBetweenTeamAndCallerKeepTheStates) {
   }
 }
 
-// An error inside a run of the team (here the callback's) stops every member and reaches the
-// caller; the generator then runs again as new.
+// With a callback (member 0 samples and calls it, the others wait for its verdict) a team run
+// shows every step, the last one included, and gives the tokens it gives without one.
+TEST(GeneratorTeam, ACallbackSeesEveryStepOfATeamRun) {
+  const GeneratorModel m = big_stack();
+  Generator two(m, Format::F32, 2);
+  const SampleOptions o{.seed = 21};
+  std::vector<std::int32_t> seen;
+  const auto out = two.generate(kPrime, 30, o, 1, [&](std::int64_t step, const std::int32_t* ids) {
+    EXPECT_EQ(step, static_cast<std::int64_t>(seen.size()));
+    seen.push_back(ids[0]);
+    return true;
+  });
+  EXPECT_EQ(seen, out[0]);
+  EXPECT_EQ(out, two.generate(kPrime, 30, o, 1));
+}
+
+// An error inside a run of the team stops every member and reaches the caller; the generator
+// then runs again as new. The callback's (member 0 samples, the others wait for its verdict),
+// and a non-finite logit (every member samples, each meets it).
 TEST(GeneratorTeam, AnErrorInATeamRunStopsItCleanly) {
   const GeneratorModel m = big_stack();
   Generator two(m, Format::F32, 2), fresh(m, Format::F32, 2);
@@ -121,6 +142,13 @@ TEST(GeneratorTeam, AnErrorInATeamRunStopsItCleanly) {
                std::runtime_error);
   EXPECT_EQ(calls, 7);
   EXPECT_EQ(two.generate(kPrime, 20, o, 3), fresh.generate(kPrime, 20, o, 3));
+
+  GeneratorModel huge = big_stack();
+  for (auto& w : huge.decoder_weight) w = std::clamp(w * 1e38f, -3e38f, 3e38f);  // logits overflow to +-inf
+  for (auto& b : huge.decoder_bias) b = 3e38f;
+  Generator bad(huge, Format::F32, 2);
+  for (std::int64_t streams : {1, 5})
+    EXPECT_THROW(bad.generate(kPrime, 30, o, streams), Error) << streams << " streams";
 }
 
 }  // namespace
