@@ -11,7 +11,6 @@
 // captures and replays graphs, and writes nothing out of bounds (guard bytes) nor reads memory
 // nothing wrote (fresh memory is NaN). What it cannot prove: GPU timing, memory-model corner
 // cases and the device math library's last bits (tests/gpu/run_gpu_tests.sh does, on a GPU).
-#include <dlfcn.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -31,6 +30,7 @@
 #include "backend_check.h"
 #include "cuda_device_args.h"
 #include "cuda_test_program.h"
+#include "fake_cuda/emulated_cuda.h"
 #include "storage_rounding.h"
 #include "compiler/codegen/cuda/cuda_program.h"
 #include "compiler/ir/error.h"
@@ -62,139 +62,23 @@ using testing_support::convert_seeds;
 using testing_support::expect_grads;
 using testing_support::expect_matches;
 using testing_support::rounded;
+using testing_support::build_host_kernels;
+using testing_support::emulated_bptt;
+using testing_support::emulated_cell;
+using testing_support::emulation_work_dir;
+using testing_support::fake_counters;
+using testing_support::fake_errors;
+using testing_support::use_fake_cuda;
+using Counters = testing_support::FakeCounters;
 using ::testing::HasSubstr;
-
-// The process's scratch directory: the kernel cache and the host builds of the kernels.
-const fs::path& work_dir() {
-  static const fs::path dir = [] {
-    std::string pattern = (fs::temp_directory_path() / "cellfuse_emulated.XXXXXX").string();
-    if (!::mkdtemp(pattern.data())) std::abort();
-    return fs::path(pattern);
-  }();
-  return dir;
-}
-
-struct RemoveWorkDir {
-  ~RemoveWorkDir() {
-    std::error_code ec;
-    fs::remove_all(work_dir(), ec);
-  }
-} remove_work_dir;
 
 // Before any test runs (and so before the driver is first loaded): the fake driver and cuBLAS.
 const bool kFakeDriver = [] {
-  ::setenv("CELLFUSE_CUDA_DRIVER", CELLFUSE_FAKE_CUDA, 1);
-  ::setenv("CELLFUSE_CUBLAS_LIBRARY", CELLFUSE_FAKE_CUDA, 1);
-  ::setenv("CELLFUSE_CACHE_DIR", (work_dir() / "cache").c_str(), 1);
-  ::unsetenv("CELLFUSE_CUDA_GRAPHS");
-  ::unsetenv("CELLFUSE_CUDA_LOOP");
-  // Auto follows its fixed rule here, so that what a test checks does not depend on timing;
-  // the tests of the timing itself (PlanTiming*) turn it on.
-  ::setenv("CELLFUSE_CUDA_PLAN_TIMING", "0", 1);
+  use_fake_cuda();
   return true;
 }();
 
-template <class F>
-F fake_hook(const char* name) {
-  void* library = ::dlopen(CELLFUSE_FAKE_CUDA, RTLD_NOW | RTLD_LOCAL);
-  if (!library) throw std::runtime_error(::dlerror());
-  return reinterpret_cast<F>(::dlsym(library, name));
-}
-
-std::string fake_errors() { return fake_hook<const char* (*)()>("cf_fake_take_errors")(); }
-
-struct Counters {
-  unsigned long long launches, gemms, graph_launches, captures;
-};
-Counters fake_counters() {
-  const unsigned long long* c = fake_hook<const unsigned long long* (*)()>("cf_fake_counters")();
-  return {c[0], c[1], c[2], c[3]};
-}
-
-// The program's source plus, for every kernel, the entry points the fake driver calls.
-std::string host_source(const cuda_codegen::CudaProgram& p) {
-  const std::string T = p.cell.graph.dtype() == DType::f32 ? "float" : "double";
-  std::string out = p.source + "\n// ---- host trampolines ----\n";
-  auto trampoline = [&](const std::string& name, const std::vector<std::string>& types) {
-    out += "extern \"C\" const int " + name + "__cf_nparams = " + std::to_string(types.size()) + ";\n";
-    out += "extern \"C\" void " + name + "__cf_launch(unsigned grid, unsigned block, const unsigned long long* a) {\n";
-    out += "  cf_emu::launch(grid, block, [&] { " + name + "(";
-    for (std::size_t i = 0; i < types.size(); ++i) {
-      out += i ? ", " : "";
-      out += types[i] == "long long" ? "static_cast<long long>(a[" + std::to_string(i) + "])"
-                                     : "reinterpret_cast<" + types[i] + ">(a[" + std::to_string(i) + "])";
-    }
-    out += "); });\n}\n";
-  };
-  for (const auto& stage : p.stages)
-    for (std::size_t i = 0; i < stage.kernels.size(); ++i) {
-      const auto& k = stage.kernels[i];
-      if (k.name.empty()) continue;
-      std::vector<std::string> types;
-      const auto& buffers = stage.program.steps[i].kernel.kernel.buffers;
-      for (int b : k.pointer_buffers)
-        types.push_back(buffers[static_cast<std::size_t>(b)].role == kernel::BufferRole::Output ? T + "*" : "const " + T + "*");
-      types.push_back("long long");
-      types.push_back(T + "*");
-      trampoline(k.name, types);
-    }
-  for (const auto* loop : {&p.persistent, &p.resident}) {  // cuda_persistent.h's parameters, launched cooperatively
-    if (!loop->ok()) continue;
-    const auto& c = *p.plan.loop.cell;
-    std::vector<std::string> types;
-    for (std::size_t i = 0; i < c.inputs.size() + c.states.size() + c.params.size(); ++i) types.push_back("const " + T + "*");
-    for (std::size_t i = 0; i < c.outputs.size() + c.states.size() + 1; ++i) types.push_back(T + "*");
-    types.push_back("unsigned*");
-    types.push_back("long long");
-    types.push_back("long long");
-    const std::string& name = loop->name;
-    out += "extern \"C\" const int " + name + "__cf_nparams = " + std::to_string(types.size()) + ";\n";
-    out += "extern \"C\" void " + name +
-           "__cf_cooperative(unsigned grid, unsigned block, unsigned shared, const unsigned long long* a) {\n";
-    out += "  cf_emu::launch_cooperative(grid, block, shared, [&] { " + name + "(";
-    for (std::size_t i = 0; i < types.size(); ++i) {
-      out += i ? ", " : "";
-      out += types[i] == "long long" ? "static_cast<long long>(a[" + std::to_string(i) + "])"
-                                     : "reinterpret_cast<" + types[i] + ">(a[" + std::to_string(i) + "])";
-    }
-    out += "); });\n}\n";
-  }
-  for (const char* t : {"float", "double"}) {
-    const std::string ty = t, suffix = ty == "float" ? "f32" : "f64";
-    trampoline("cf_transpose_" + suffix, {"const " + ty + "*", ty + "*", "long long", "long long"});
-    trampoline("cf_fill_rows_" + suffix, {ty + "*", "const " + ty + "*", "long long", "long long"});
-  }
-  for (const char* format : {"bf16", "f16"}) {
-    trampoline(std::string("cf_widen_") + format, {"const unsigned short*", "float*", "long long", "long long"});
-    trampoline(std::string("cf_narrow_") + format, {"const float*", "unsigned short*", "long long", "long long"});
-  }
-  return out;
-}
-
-// Compiles the program's kernels for the host; returns the shared library's path.
-std::string build_host_kernels(const cuda_codegen::CudaProgram& p) {
-  static int counter = 0;
-  const std::string base = (work_dir() / ("kernels_" + std::to_string(++counter))).string();
-  std::ofstream(base + ".cpp") << host_source(p);
-  const std::string command = std::string(CELLFUSE_HOST_CXX) + " -std=c++20 -O1 -shared -fPIC -pthread -w -include " +
-                              CELLFUSE_EMULATION_DIR + "/cuda_emulation.h " + base + ".cpp -o " + base + ".so 2> " + base + ".log";
-  if (std::system(command.c_str()) != 0) {
-    std::ifstream log(base + ".log");
-    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-    throw std::runtime_error("host build of the kernels failed: " + command + "\n" + text);
-  }
-  return base + ".so";
-}
-
-// A CudaCell whose module is the host build of its own source.
-std::unique_ptr<CudaCell> emulated_cell(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
-  auto program = compile_cuda_program(optimize(cell), batch, cell.name, options.program);
-  const std::string so = build_host_kernels(program);
-  ::setenv("CELLFUSE_FAKE_KERNELS", so.c_str(), 1);
-  auto compiled = std::make_unique<CudaCell>(cell, batch, options);
-  EXPECT_EQ(compiled->source(), program.source) << "the host build is of another source";
-  return compiled;
-}
+const fs::path& work_dir() { return emulation_work_dir(); }
 
 // Three runs (a direct launch, a graph capture, a graph replay), each against the interpreter.
 template <class T>
@@ -528,21 +412,6 @@ TEST(CudaEmulated, TheInMemoryCacheCompilesOnce) {
 }
 
 // ---- training: CudaBptt (forward with its tape, backward step in reverse, parameter GEMMs) ----
-
-// A CudaBptt whose two modules are host builds of its two cells' sources (the fake driver
-// searches both libraries; kernel names differ between the cells).
-std::unique_ptr<CudaBptt> emulated_bptt(const Cell& cell, std::int64_t batch, const CudaOptions& options = {}) {
-  BackwardCell backward = differentiate(cell);
-  Cell forward = forward_with_tape(backward);
-  auto fwd = compile_cuda_program(optimize(forward), batch, forward.name, options.program);
-  auto step = compile_cuda_program(optimize(backward.step), batch, backward.step.name, options.program);
-  const std::string libraries = build_host_kernels(fwd) + ":" + build_host_kernels(step);
-  ::setenv("CELLFUSE_FAKE_KERNELS", libraries.c_str(), 1);
-  auto compiled = std::make_unique<CudaBptt>(cell, batch, options);
-  EXPECT_EQ(compiled->forward_cell().source(), fwd.source) << "the host build is of another source";
-  EXPECT_EQ(compiled->backward_step().source(), step.source) << "the host build is of another source";
-  return compiled;
-}
 
 // Three runs (direct, graph capture, replay) against the reference BPTT in f64.
 template <class T>

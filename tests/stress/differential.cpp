@@ -12,8 +12,6 @@
 #include "compiler/passes/autodiff.h"
 #include "gradient_magnitude.h"
 #include "random_cell.h"
-#include "runtime/cpu/cpu_bptt.h"
-#include "runtime/cpu/cpu_cell.h"
 #include "runtime/random_args.h"
 #include "runtime/reference/bptt.h"
 #include "runtime/reference/interpreter.h"
@@ -258,23 +256,25 @@ Failure with_shape(Failure f, std::size_t shape) {
 }
 
 template <class T>
-std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>& shapes, const CheckOptions& options,
-                                   CheckCounts& counts) {
+std::optional<Failure> check_typed(const BackendUnderTest& backend, const Cell& cell, const std::vector<RunShape>& shapes,
+                                   const CheckOptions& options, CheckCounts& counts) {
   const DType dtype = cell.graph.dtype();
   const Cell ref_cell = as_f64(cell);
   const Cell probe_cell = as_f32(cell);
   const int depth = cell_depth(cell);
   const std::int64_t batch = shapes.front().batch;
-  std::unique_ptr<CpuCell> forward;
-  std::unique_ptr<CpuBptt> training;
+  const std::string& name = backend.name();
+  std::unique_ptr<CompiledPrograms> programs;
   try {
-    if (options.forward) forward = std::make_unique<CpuCell>(cell, batch, options.threads);
-    if (options.bptt) training = std::make_unique<CpuBptt>(cell, batch, options.threads);
+    programs = backend.compile(cell, batch, options.forward, options.bptt);
   } catch (const Error& e) {
-    return Failure{"cpu compile error", e.what()};
+    return Failure{name + " compile error", e.what()};
   } catch (const std::exception& e) {
-    return Failure{"cpu compile crash", e.what()};
+    return Failure{name + " compile crash", e.what()};
   }
+  if (const std::string errors = programs->take_errors(); !errors.empty())
+    return Failure{name + " compile error", "the driver reported: " + errors};
+  const bool forward = options.forward, training = options.bptt;
   std::optional<BackwardCell> ref_backward, probe_backward;
   std::optional<MagnitudeStep> magnitude;
   if (options.bptt) {
@@ -290,7 +290,7 @@ std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>
   std::uint64_t seed = options.arg_seed;
   for (std::size_t k = 0; k < shapes.size(); ++k) {
     const RunShape& shape = shapes[k];
-    if (shape.batch != batch) throw std::logic_error("check_cpu: every shape must have the compiled batch");
+    if (shape.batch != batch) throw std::logic_error("check_cell: every shape must have the compiled batch");
     const std::string what = " (T=" + std::to_string(shape.steps) + " B=" + std::to_string(shape.batch) +
                              " args seed " + std::to_string(seed) + ")";
     const auto args = random_sequence_args<T>(cell, shape.steps, shape.batch, seed);
@@ -305,16 +305,18 @@ std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>
       const auto probe2 = interpret_sequence(probe_cell, args32_nudged);
       SequenceResult<T> got;
       try {
-        got = forward->run(args);
+        got = programs->forward(args);
       } catch (const Error& e) {
-        return with_shape(Failure{"cpu forward run error", e.what() + what}, k);
+        return with_shape(Failure{name + " forward run error", e.what() + what}, k);
       } catch (const std::exception& e) {
-        return with_shape(Failure{"cpu forward run crash", e.what() + what}, k);
+        return with_shape(Failure{name + " forward run crash", e.what() + what}, k);
       }
+      if (const std::string errors = programs->take_errors(); !errors.empty())
+        return with_shape(Failure{name + " forward run error", "the driver reported: " + errors + what}, k);
       ++counts.forward_runs;
-      if (options.explain) std::printf("cpu forward%s\n", what.c_str());
+      if (options.explain) std::printf("%s forward%s\n", name.c_str(), what.c_str());
       if (auto bad = compare(flatten(got), flatten(want), {flatten(probe), flatten(probe2)}, {}, dtype, base, counts, options.tolerance_scale, options.explain))
-        return with_shape(Failure{"cpu forward", *bad + what}, k);
+        return with_shape(Failure{name + " forward", *bad + what}, k);
     }
     if (training) {
       const auto seeds = random_loss_gradients<T>(cell, shape.steps, shape.batch, seed + 1);
@@ -326,12 +328,14 @@ std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>
       const std::vector<Flat<float>> probes{flatten(probe), flatten(probe2)};
       BpttResult<T> got;
       try {
-        got = training->run(args, seeds);
+        got = programs->bptt(args, seeds);
       } catch (const Error& e) {
-        return with_shape(Failure{"cpu bptt run error", e.what() + what}, k);
+        return with_shape(Failure{name + " bptt run error", e.what() + what}, k);
       } catch (const std::exception& e) {
-        return with_shape(Failure{"cpu bptt run crash", e.what() + what}, k);
+        return with_shape(Failure{name + " bptt run crash", e.what() + what}, k);
       }
+      if (const std::string errors = programs->take_errors(); !errors.empty())
+        return with_shape(Failure{name + " bptt run error", "the driver reported: " + errors + what}, k);
       ++counts.bptt_runs;
       const auto want_flat = flatten(want);
       std::optional<SequenceGradients<double>> estimates;
@@ -345,9 +349,9 @@ std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>
         ++counts.without_estimate;
       }
       const auto got_flat = flatten(got);
-      if (options.explain) std::printf("cpu bptt%s\n", what.c_str());
+      if (options.explain) std::printf("%s bptt%s\n", name.c_str(), what.c_str());
       if (auto bad = compare(got_flat, want_flat, probes, estimate_of, dtype, base, counts, options.tolerance_scale, options.explain))
-        return with_shape(Failure{"cpu bptt", *bad + what}, k);
+        return with_shape(Failure{name + " bptt", *bad + what}, k);
       if (options.mutants)
         count_caught_mutants(got_flat, want_flat, probes, estimate_of, dtype, base,
                              row_zero_parameter_gradients(*ref_backward, args64, seeds64), counts);
@@ -359,15 +363,20 @@ std::optional<Failure> check_typed(const Cell& cell, const std::vector<RunShape>
 
 }  // namespace
 
-std::optional<Failure> check_cpu(const Cell& cell, const std::vector<RunShape>& shapes, const CheckOptions& options,
-                                 CheckCounts& counts) {
+std::optional<Failure> check_cell(const BackendUnderTest& backend, const Cell& cell, const std::vector<RunShape>& shapes,
+                                  const CheckOptions& options, CheckCounts& counts) {
   ++counts.cells;
   try {
-    return cell.graph.dtype() == DType::f32 ? check_typed<float>(cell, shapes, options, counts)
-                                            : check_typed<double>(cell, shapes, options, counts);
+    return cell.graph.dtype() == DType::f32 ? check_typed<float>(backend, cell, shapes, options, counts)
+                                            : check_typed<double>(backend, cell, shapes, options, counts);
   } catch (const Error& e) {
     return Failure{"reference error", e.what()};
   }
+}
+
+std::optional<Failure> check_cpu(const Cell& cell, const std::vector<RunShape>& shapes, const CheckOptions& options,
+                                 CheckCounts& counts) {
+  return check_cell(*cpu_backend(options.threads), cell, shapes, options, counts);
 }
 
 }  // namespace cellfuse::stress

@@ -1,7 +1,7 @@
 #pragma once
-// The differential check of one cell: the CPU backend (forward over whole sequences, and BPTT:
-// outputs, final states and every gradient) against the f64 reference interpreter, on the same
-// random arguments. Tolerances grow with the cell's depth and the sequence length; with the
+// The differential check of one cell: a backend (backend_under_test.h: the CPU, or CUDA on a GPU
+// or the fake driver; forward over whole sequences, and BPTT: outputs, final states and every
+// gradient) against the f64 reference interpreter, on the same random arguments. Tolerances grow with the cell's depth and the sequence length; with the
 // cell's conditioning at these arguments (the f32 reference interpreter is run too, on the
 // arguments and on the arguments moved by one ulp, and a cell whose f32 evaluation is itself far
 // from f64 gets a tolerance of a few times that distance); and for gradients with the magnitude
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "compiler/ir/graph.h"
+#include "backend_under_test.h"
 
 namespace cellfuse::stress {
 
@@ -21,7 +22,7 @@ struct RunShape {
 struct CheckOptions {
   bool forward = true;
   bool bptt = true;
-  int threads = 1;           // the CPU backend's team
+  int threads = 1;           // check_cpu: the CPU backend's team
   std::uint64_t arg_seed = 1;
   // Mutation testing of the check (cellfuse_differential --mutants): after each BPTT run that
   // passes, spoiled copies of its gradients are compared too and must fail (CheckCounts).
@@ -63,8 +64,13 @@ struct Failure {
 // The arguments of shapes[k] come from options.arg_seed + k * kArgSeedStride.
 inline constexpr std::uint64_t kArgSeedStride = 0x1000;
 
-// Compiles `cell` once for shape.batch (forward and training programs, not cached: the driver
-// makes a new cell each time), runs `shapes` (each with its own arguments) and compares.
+// Compiles `cell` once for shape.batch with `backend` (forward and training programs, not cached:
+// the driver makes a new cell each time), runs `shapes` (each with its own arguments) and
+// compares. Failure::where begins with backend.name().
+std::optional<Failure> check_cell(const BackendUnderTest& backend, const Cell& cell, const std::vector<RunShape>& shapes,
+                                  const CheckOptions& options, CheckCounts& counts);
+
+// check_cell on the CPU backend with a team of options.threads.
 std::optional<Failure> check_cpu(const Cell& cell, const std::vector<RunShape>& shapes, const CheckOptions& options,
                                  CheckCounts& counts);
 

@@ -1,7 +1,10 @@
-// cellfuse_differential: random cells (random_cell.h) through the CPU backend against the f64
-// reference interpreter, forward and BPTT, for a time budget or a number of cells.
+// cellfuse_differential: random cells (random_cell.h) through a backend (the CPU by default)
+// against the f64 reference interpreter, forward and BPTT, for a time budget or a number of cells.
 //
 //   cellfuse_differential --seconds 60 [--seed 1] [--threads 1] [--no-bptt] [--max-width 300]
+//   cellfuse_differential --backend cuda --cells 100     CUDA on the machine's GPU (device 0)
+//   cellfuse_differential --backend cuda --fake-cuda ... CUDA on the fake driver, kernels built
+//                                                        for the host (no GPU needed; slow)
 //   cellfuse_differential --cells 1000 --seed 5000
 //   cellfuse_differential --check 1234          one seed, shrunk when it fails
 //   cellfuse_differential --print 1234          the cell of a seed, as text
@@ -10,14 +13,17 @@
 // Seeds run in order from --seed; a failure prints the seed, what differed, and the cell shrunk
 // to the smallest one that still fails the same way, then exits 1 (or goes on with
 // --keep-going). --require-all-ops fails unless every op of ops.def appeared in some cell.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 
+#include "compiler/ir/error.h"
 #include "compiler/ir/op.h"
 #include "compiler/ir/text.h"
 #include "differential.h"
@@ -42,13 +48,15 @@ struct Options {
   double min_caught = 0;         // --min-caught F: fail unless each kind of mutant is caught at least this often
   std::string failures_dir;
   std::optional<DType> dtype;  // every cell in this dtype instead of the seed's
+  std::string backend = "cpu";  // --backend cpu|cuda
+  bool fake_cuda = false;       // --fake-cuda: the CUDA backend on the fake driver
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "cellfuse_differential: %s\nusage: cellfuse_differential [--seconds S | --cells N] [--seed S] "
                "[--threads N] [--no-bptt] [--no-forward] [--max-width W] [--keep-going] [--no-shrink] [--require-all-ops] "
-               "[--failures DIR] [--dtype f32|f64] [--mutants] [--tolerance-scale X] [--explain] [--min-caught F] | --check SEED [--expect-failure] | --print SEED | --emit N\n",
+               "[--failures DIR] [--backend cpu|cuda [--fake-cuda]] [--dtype f32|f64] [--mutants] [--tolerance-scale X] [--explain] [--min-caught F] | --check SEED [--expect-failure] | --print SEED | --emit N\n",
                why);
   std::exit(2);
 }
@@ -84,6 +92,11 @@ Options parse(int argc, char** argv) {
     }
     else if (a == "--tolerance-scale") o.check.tolerance_scale = std::stod(value());
     else if (a == "--expect-failure") o.expect_failure = true;
+    else if (a == "--backend") {
+      o.backend = value();
+      if (o.backend != "cpu" && o.backend != "cuda") usage(("--backend takes cpu or cuda, not " + o.backend).c_str());
+    }
+    else if (a == "--fake-cuda") o.fake_cuda = true;
     else if (a == "--dtype") {
       const std::string d = value();
       if (d != "f32" && d != "f64") usage(("--dtype takes f32 or f64, not " + d).c_str());
@@ -91,21 +104,26 @@ Options parse(int argc, char** argv) {
     }
     else usage(("unknown argument " + a).c_str());
   }
+  if (o.fake_cuda && o.backend != "cuda") usage("--fake-cuda goes with --backend cuda");
   return o;
 }
 
 // Checks one seed; on failure prints it with the shrunk cell and returns false.
-bool run_seed(std::uint64_t seed, const Options& o, CheckCounts& counts, std::vector<std::int64_t>& ops) {
+bool run_seed(const BackendUnderTest& backend, std::uint64_t seed, const Options& o, CheckCounts& counts,
+              std::vector<std::int64_t>& ops) {
   const Cell cell = random_cell(seed, o.dtype.value_or(random_dtype(seed)), o.limits);
   const auto hist = op_histogram(cell);
   for (std::size_t k = 0; k < hist.size(); ++k) ops[k] += hist[k];
   const auto shapes = random_run_shapes(seed);
   CheckOptions check = o.check;
   check.arg_seed = seed;
-  const auto failure = check_cpu(cell, shapes, check, counts);
+  const auto failure = check_cell(backend, cell, shapes, check, counts);
   if (!failure) return true;
   std::printf("\nFAIL seed %llu: %s: %s\n", static_cast<unsigned long long>(seed), failure->where.c_str(),
               failure->detail.c_str());
+  const std::string reproduce = "cellfuse_differential --check " + std::to_string(seed) +
+                                (o.backend == "cpu" ? "" : o.fake_cuda ? " --backend cuda --fake-cuda" : " --backend cuda");
+  if (!o.shrink) std::printf("reproduce and shrink: %s\n", reproduce.c_str());
   std::fflush(stdout);
   if (!o.shrink) return false;
   // The same failure: the same check and the same tensor ("cpu bptt" + "d param 2"), so that
@@ -123,17 +141,17 @@ bool run_seed(std::uint64_t seed, const Options& o, CheckCounts& counts, std::ve
     narrow_shapes = {shapes[static_cast<std::size_t>(failure->shape)]};
     narrow.arg_seed = check.arg_seed + static_cast<std::uint64_t>(failure->shape) * kArgSeedStride;
   }
-  if (failure->where.rfind("cpu bptt", 0) == 0) narrow.forward = false;
-  if (failure->where.rfind("cpu forward", 0) == 0) narrow.bptt = false;
+  if (failure->where.rfind(backend.name() + " bptt", 0) == 0) narrow.forward = false;
+  if (failure->where.rfind(backend.name() + " forward", 0) == 0) narrow.bptt = false;
   const auto started = std::chrono::steady_clock::now();
   int candidates = 0;
   Cell small = shrink_cell(cell, [&](const Cell& candidate) {
     ++candidates;
-    const auto f = check_cpu(candidate, narrow_shapes, narrow, scratch);
+    const auto f = check_cell(backend, candidate, narrow_shapes, narrow, scratch);
     return f && signature(*f) == wanted;
   });
   const double shrink_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  const auto again = check_cpu(small, narrow_shapes, narrow, scratch);
+  const auto again = check_cell(backend, small, narrow_shapes, narrow, scratch);
   // The shrinker's contract: the cell it returns fails the same check and is no larger.
   if (!again || signature(*again) != wanted || small.graph.size() > cell.graph.size()) {
     std::printf("shrink contract broken: the shrunk cell (%zu nodes, from %zu) %s\n", small.graph.size(),
@@ -144,7 +162,7 @@ bool run_seed(std::uint64_t seed, const Options& o, CheckCounts& counts, std::ve
   const std::string text = print_cell(small);
   std::printf("minimized (%zu of %zu nodes; %s):\n%s\n", small.graph.size(), cell.graph.size(),
               again ? again->detail.c_str() : "?", text.c_str());
-  std::printf("reproduce: cellfuse_differential --check %llu\n", static_cast<unsigned long long>(seed));
+  std::printf("reproduce: %s\n", reproduce.c_str());
   if (!o.failures_dir.empty()) {
     std::ofstream(o.failures_dir + "/seed-" + std::to_string(seed) + ".cell")
         << "# cellfuse_differential seed " << seed << ": " << failure->where << ": " << failure->detail << "\n"
@@ -171,10 +189,20 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  // The backend, or a clear message why it cannot run here (no silent skip: exit 2).
+  std::unique_ptr<BackendUnderTest> backend;
+  try {
+    backend = o.backend == "cuda" ? cuda_backend(o.fake_cuda) : cpu_backend(o.check.threads);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "cellfuse_differential: --backend %s: %s\n", o.backend.c_str(), e.what());
+    return 2;
+  }
+  const std::string target = o.backend + (o.fake_cuda ? " (fake driver)" : "");
   std::vector<std::int64_t> ops(static_cast<std::size_t>(op_count()), 0);
   CheckCounts counts;
   if (o.check_one >= 0) {
-    const bool passed = run_seed(static_cast<std::uint64_t>(o.check_one), o, counts, ops);
+    const bool passed = run_seed(*backend, static_cast<std::uint64_t>(o.check_one), o, counts, ops);
+    if (passed) std::printf("seed %lld passes on %s\n", static_cast<long long>(o.check_one), target.c_str());
     if (o.expect_failure) return passed ? 1 : 0;
     return passed ? 0 : 1;
   }
@@ -187,16 +215,16 @@ int main(int argc, char** argv) {
   for (;; ++seed) {
     if (o.cells > 0 && counts.cells >= o.cells) break;
     if (o.seconds > 0 && elapsed() >= o.seconds) break;
-    if (!run_seed(seed, o, counts, ops)) {
+    if (!run_seed(*backend, seed, o, counts, ops)) {
       ++failures;
       if (!o.keep_going) break;
     }
   }
   const double s = elapsed();
-  std::printf("cellfuse_differential: seeds %llu..%llu: %lld cells, %lld forward runs, %lld BPTT runs, %lld tensors "
+  std::printf("cellfuse_differential on %s: seeds %llu..%llu: %lld cells, %lld forward runs, %lld BPTT runs, %lld tensors "
               "compared (%lld at a tolerance widened by the f32 probe, %lld not compared), worst error/tolerance %.3g, "
               "%lld failures, %.1f s, %.2f cells/s\n",
-              static_cast<unsigned long long>(o.seed), static_cast<unsigned long long>(seed - 1),
+              target.c_str(), static_cast<unsigned long long>(o.seed), static_cast<unsigned long long>(o.seed + static_cast<std::uint64_t>(std::max<std::int64_t>(counts.cells, 1)) - 1),
               static_cast<long long>(counts.cells), static_cast<long long>(counts.forward_runs),
               static_cast<long long>(counts.bptt_runs), static_cast<long long>(counts.tensors),
               static_cast<long long>(counts.loose), static_cast<long long>(counts.skipped), counts.worst_ratio,
