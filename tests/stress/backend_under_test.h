@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "compiler/ir/graph.h"
 #include "runtime/reference/bptt.h"
@@ -24,6 +25,9 @@ class CompiledPrograms {
   // What went wrong besides the results since the last call (the fake driver: a write past an
   // allocation, a launch it could not run), then cleared; "" when nothing did.
   virtual std::string take_errors() const { return ""; }
+  // How each compiled program's time loop ran ("forward graph", "bptt backward resident", ...:
+  // the CUDA backend's loop plans, after the runs); empty for a backend without a choice.
+  virtual std::vector<std::string> loop_plans() const { return {}; }
 };
 
 class BackendUnderTest {
@@ -42,8 +46,10 @@ std::unique_ptr<BackendUnderTest> cpu_backend(int threads);
 
 // The CUDA backend, on the machine's device 0, or with `fake_driver` on the fake driver (chosen
 // here with testing_support::use_fake_cuda(): call this before anything else loads the CUDA
-// driver). Throws Error saying why when there is none: no CUDA backend in this build, no driver,
-// no device.
-std::unique_ptr<BackendUnderTest> cuda_backend(bool fake_driver);
+// driver). `loop`: the time loop's plan asked of every cell (CudaOptions::loop: auto, graph,
+// persistent or resident; a plan that does not fit a cell runs the graph, as the runtime does).
+// Throws Error saying why when there is none: no CUDA backend in this build, no driver, no
+// device; or when `loop` is none of those names.
+std::unique_ptr<BackendUnderTest> cuda_backend(bool fake_driver, const std::string& loop = "auto");
 
 }  // namespace cellfuse::stress

@@ -358,6 +358,7 @@ std::optional<Failure> check_typed(const BackendUnderTest& backend, const Cell& 
     }
     seed += kArgSeedStride;
   }
+  for (const std::string& plan : programs->loop_plans()) ++counts.loop_plans[plan];
   return std::nullopt;
 }
 

@@ -7,6 +7,7 @@
 // from f64 gets a tolerance of a few times that distance); and for gradients with the magnitude
 // of the terms they are summed from (gradient_magnitude.h). Widened tensors are counted.
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -51,6 +52,7 @@ struct CheckCounts {
   MutantCounts row_mutants;      // a parameter gradient without batch row 0's share
   double worst_ratio = 0;      // the largest error / tolerance seen (below 1 when all passed)
   double worst_fan_in_ratio = 0;  // the largest error / fan-in estimate where it exceeds the depth rule
+  std::map<std::string, std::int64_t> loop_plans;  // cells per program and loop plan (CompiledPrograms::loop_plans)
 };
 
 struct Failure {

@@ -5,6 +5,8 @@
 //   cellfuse_differential --backend cuda --cells 100     CUDA on the machine's GPU (device 0)
 //   cellfuse_differential --backend cuda --fake-cuda ... CUDA on the fake driver, kernels built
 //                                                        for the host (no GPU needed; slow)
+//   ... --backend cuda --cuda-loop resident              every cell's time loop on that plan where
+//                                                        it fits (auto, graph, persistent, resident)
 //   cellfuse_differential --cells 1000 --seed 5000
 //   cellfuse_differential --check 1234          one seed, shrunk when it fails
 //   cellfuse_differential --print 1234          the cell of a seed, as text
@@ -50,13 +52,14 @@ struct Options {
   std::optional<DType> dtype;  // every cell in this dtype instead of the seed's
   std::string backend = "cpu";  // --backend cpu|cuda
   bool fake_cuda = false;       // --fake-cuda: the CUDA backend on the fake driver
+  std::string cuda_loop = "auto";  // --cuda-loop: the loop plan asked of the CUDA backend
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "cellfuse_differential: %s\nusage: cellfuse_differential [--seconds S | --cells N] [--seed S] "
                "[--threads N] [--no-bptt] [--no-forward] [--max-width W] [--keep-going] [--no-shrink] [--require-all-ops] "
-               "[--failures DIR] [--backend cpu|cuda [--fake-cuda]] [--dtype f32|f64] [--mutants] [--tolerance-scale X] [--explain] [--min-caught F] | --check SEED [--expect-failure] | --print SEED | --emit N\n",
+               "[--failures DIR] [--backend cpu|cuda [--fake-cuda] [--cuda-loop auto|graph|persistent|resident]] [--dtype f32|f64] [--mutants] [--tolerance-scale X] [--explain] [--min-caught F] | --check SEED [--expect-failure] | --print SEED | --emit N\n",
                why);
   std::exit(2);
 }
@@ -97,6 +100,7 @@ Options parse(int argc, char** argv) {
       if (o.backend != "cpu" && o.backend != "cuda") usage(("--backend takes cpu or cuda, not " + o.backend).c_str());
     }
     else if (a == "--fake-cuda") o.fake_cuda = true;
+    else if (a == "--cuda-loop") o.cuda_loop = value();
     else if (a == "--dtype") {
       const std::string d = value();
       if (d != "f32" && d != "f64") usage(("--dtype takes f32 or f64, not " + d).c_str());
@@ -104,7 +108,7 @@ Options parse(int argc, char** argv) {
     }
     else usage(("unknown argument " + a).c_str());
   }
-  if (o.fake_cuda && o.backend != "cuda") usage("--fake-cuda goes with --backend cuda");
+  if ((o.fake_cuda || o.cuda_loop != "auto") && o.backend != "cuda") usage("--fake-cuda and --cuda-loop go with --backend cuda");
   return o;
 }
 
@@ -122,7 +126,8 @@ bool run_seed(const BackendUnderTest& backend, std::uint64_t seed, const Options
   std::printf("\nFAIL seed %llu: %s: %s\n", static_cast<unsigned long long>(seed), failure->where.c_str(),
               failure->detail.c_str());
   const std::string reproduce = "cellfuse_differential --check " + std::to_string(seed) +
-                                (o.backend == "cpu" ? "" : o.fake_cuda ? " --backend cuda --fake-cuda" : " --backend cuda");
+                                (o.backend == "cpu" ? "" : o.fake_cuda ? " --backend cuda --fake-cuda" : " --backend cuda") +
+                                (o.cuda_loop != "auto" ? " --cuda-loop " + o.cuda_loop : "");
   if (!o.shrink) std::printf("reproduce and shrink: %s\n", reproduce.c_str());
   std::fflush(stdout);
   if (!o.shrink) return false;
@@ -192,12 +197,13 @@ int main(int argc, char** argv) {
   // The backend, or a clear message why it cannot run here (no silent skip: exit 2).
   std::unique_ptr<BackendUnderTest> backend;
   try {
-    backend = o.backend == "cuda" ? cuda_backend(o.fake_cuda) : cpu_backend(o.check.threads);
+    backend = o.backend == "cuda" ? cuda_backend(o.fake_cuda, o.cuda_loop) : cpu_backend(o.check.threads);
   } catch (const Error& e) {
     std::fprintf(stderr, "cellfuse_differential: --backend %s: %s\n", o.backend.c_str(), e.what());
     return 2;
   }
-  const std::string target = o.backend + (o.fake_cuda ? " (fake driver)" : "");
+  const std::string target = o.backend + (o.fake_cuda ? " (fake driver)" : "") +
+                             (o.cuda_loop != "auto" ? ", loop plan " + o.cuda_loop + " asked" : "");
   std::vector<std::int64_t> ops(static_cast<std::size_t>(op_count()), 0);
   CheckCounts counts;
   if (o.check_one >= 0) {
@@ -233,6 +239,11 @@ int main(int argc, char** argv) {
               "worst error/estimate where it exceeds the depth rule %.3g\n",
               static_cast<long long>(counts.with_estimate), static_cast<long long>(counts.fan_in),
               static_cast<long long>(counts.without_estimate), counts.worst_fan_in_ratio);
+  if (!counts.loop_plans.empty()) {  // what the CUDA backend ran: an asked plan that does not fit runs the graph
+    std::printf("loop plans (cells):");
+    for (const auto& [plan, n] : counts.loop_plans) std::printf(" %s %lld;", plan.c_str(), static_cast<long long>(n));
+    std::printf("\n");
+  }
   if (o.check.mutants) {
     for (const auto& [what, m] : {std::pair{"one element off by 1e-3 of the norm", counts.element_mutants},
                                   std::pair{"a parameter gradient without batch row 0", counts.row_mutants}})
